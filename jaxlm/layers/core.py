@@ -1,0 +1,68 @@
+"""Dense, LayerNorm and Embed factories that attach logical axis names to every parameter.
+
+The axis names (``embed``, ``mlp``, ``heads``, ``kv``, ``vocab``, ...) are mapped to mesh
+axes by the rule table in :mod:`jaxlm.parallel`; layers never mention mesh axes.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+Axes = tuple[str | None, ...]
+
+
+def normal(std: float, axes: Axes):
+    return nn.with_logical_partitioning(nn.initializers.normal(std), axes)
+
+
+def zeros(axes: Axes):
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
+
+
+def ones(axes: Axes):
+    return nn.with_logical_partitioning(nn.initializers.ones_init(), axes)
+
+
+def dense(
+    features: int | Sequence[int],
+    kernel_axes: Axes,
+    *,
+    std: float,
+    name: str,
+    axis: int | Sequence[int] = -1,
+    use_bias: bool = True,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+) -> nn.DenseGeneral:
+    """A DenseGeneral whose kernel has ``kernel_axes`` and whose bias has the output axes."""
+    n_out = 1 if isinstance(features, int) else len(features)
+    return nn.DenseGeneral(
+        features,
+        axis=axis,
+        use_bias=use_bias,
+        kernel_init=normal(std, kernel_axes),
+        bias_init=zeros(kernel_axes[-n_out:]),
+        dtype=dtype,
+        param_dtype=param_dtype,
+        name=name,
+    )
+
+
+def layer_norm(eps: float, *, name: str, dtype=jnp.float32, param_dtype=jnp.float32) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=eps,
+        scale_init=ones(("embed",)),
+        bias_init=zeros(("embed",)),
+        dtype=dtype,
+        param_dtype=param_dtype,
+        name=name,
+    )
+
+
+def embed(num: int, features: int, axes: Axes, *, std: float, name: str, dtype=jnp.float32,
+          param_dtype=jnp.float32) -> nn.Embed:
+    return nn.Embed(num, features, embedding_init=normal(std, axes), dtype=dtype,
+                    param_dtype=param_dtype, name=name)

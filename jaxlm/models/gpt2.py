@@ -1,0 +1,151 @@
+"""GPT-2 exactly as OpenAI / Hugging Face define it.
+
+Pre-LN blocks, tanh-approximate GELU ("gelu_new"), learned absolute positions, input and
+output embeddings tied, dropout on embeddings, attention probabilities and residuals.
+Parameter names follow transformers' ``GPT2LMHeadModel`` so the PyTorch key map is short
+(see ``TORCH_KEY_MAP`` in :mod:`jaxlm.interop`).
+
+PyTorch names -> jaxlm params (``h.{i}`` is ``h_{i}``):
+  wte.weight -> wte/embedding            wpe.weight -> wpe/embedding
+  h.i.ln_1/ln_2/ln_f .weight/.bias -> scale/bias
+  h.i.attn.c_attn.weight [E, 3E]   -> attn/c_attn/kernel [E, 3, heads, head_dim] (Conv1D: no transpose)
+  h.i.attn.c_proj.weight [E, E]    -> attn/c_proj/kernel [heads, head_dim, E]
+  h.i.mlp.c_fc / c_proj .weight    -> mlp/c_fc / c_proj /kernel (already [in, out])
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxlm.layers.attention import SelfAttention
+from jaxlm.layers.core import dense, embed, layer_norm
+from jaxlm.models.base import ModelConfig
+from jaxlm.models.outputs import ModelOutput
+
+
+class GPT2Config(ModelConfig):
+    """Hugging Face ``GPT2Config`` field names and defaults (the 124M model)."""
+
+    type: Literal["gpt2"] = "gpt2"
+    vocab_size: int = 50257
+    n_positions: int = 1024
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    n_inner: int | None = None
+    activation_function: Literal["gelu_new", "gelu", "relu"] = "gelu_new"
+    resid_pdrop: float = 0.1
+    embd_pdrop: float = 0.1
+    attn_pdrop: float = 0.1
+    layer_norm_epsilon: float = 1e-5
+    initializer_range: float = 0.02
+    bos_token_id: int = 50256
+    eos_token_id: int = 50256
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+ACTIVATIONS = {
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "relu": jax.nn.relu,
+}
+
+
+class GPT2MLP(nn.Module):
+    config: GPT2Config
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool):
+        c = self.config
+        inner = c.n_inner or 4 * c.n_embd
+        h = dense(inner, ("embed", "mlp"), std=c.initializer_range, name="c_fc", dtype=self.dtype)(x)
+        h = ACTIVATIONS[c.activation_function](h)
+        h = dense(c.n_embd, ("mlp", "embed"), std=c.initializer_range / math.sqrt(2 * c.n_layer),
+                  name="c_proj", dtype=self.dtype)(h)
+        return nn.Dropout(c.resid_pdrop)(h, deterministic=deterministic)
+
+
+class GPT2Block(nn.Module):
+    config: GPT2Config
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, attention_mask, deterministic: bool, decode: bool, output_attentions: bool):
+        c = self.config
+        h = layer_norm(c.layer_norm_epsilon, name="ln_1", dtype=self.dtype)(x)
+        h, weights = SelfAttention(
+            num_heads=c.n_head, head_dim=c.head_dim, dropout_rate=c.attn_pdrop, causal=True,
+            fused_qkv=True, qkv_names="c_attn", out_name="c_proj", init_std=c.initializer_range,
+            out_init_std=c.initializer_range / math.sqrt(2 * c.n_layer),
+            implementation=c.attention_implementation, dtype=self.dtype, name="attn",
+        )(h, attention_mask, decode=decode, deterministic=deterministic, output_attentions=output_attentions)
+        x = x + nn.Dropout(c.resid_pdrop)(h, deterministic=deterministic)
+        h = layer_norm(c.layer_norm_epsilon, name="ln_2", dtype=self.dtype)(x)
+        x = x + GPT2MLP(c, dtype=self.dtype, name="mlp")(h, deterministic)
+        return nn.with_logical_constraint(x, ("batch", "length", "embed")), weights
+
+
+class GPT2Model(nn.Module):
+    """The GPT-2 trunk: returns ``last_hidden_state`` (after ``ln_f``)."""
+
+    config: GPT2Config
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
+                 decode: bool = False, output_hidden_states: bool = False, output_attentions: bool = False):
+        c = self.config
+        deterministic = not self.has_rng("dropout")
+        if position_ids is None:
+            position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+        wte = embed(c.vocab_size, c.n_embd, ("vocab", "embed"), std=c.initializer_range, name="wte",
+                    dtype=self.dtype)
+        wpe = embed(c.n_positions, c.n_embd, (None, "embed"), std=c.initializer_range, name="wpe",
+                    dtype=self.dtype)
+        x = wte(input_ids) + wpe(position_ids)
+        if token_type_ids is not None:  # GPT-2 reuses wte for token types, as transformers does
+            x = x + wte(token_type_ids)
+        x = nn.Dropout(c.embd_pdrop)(x, deterministic=deterministic)
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+        hidden_states, attentions = [], []
+        for i in range(c.n_layer):
+            hidden_states.append(x)
+            x, w = GPT2Block(c, dtype=self.dtype, name=f"h_{i}")(
+                x, attention_mask, deterministic, decode, output_attentions)
+            attentions.append(w)
+        x = layer_norm(c.layer_norm_epsilon, name="ln_f", dtype=self.dtype)(x)
+        hidden_states.append(x)
+        return ModelOutput(
+            last_hidden_state=x,
+            hidden_states=tuple(hidden_states) if output_hidden_states else None,
+            attentions=tuple(attentions) if output_attentions else None,
+        )
+
+
+class GPT2LMHeadModel(nn.Module):
+    """GPT-2 with the language-model head tied to ``wte``: returns ``logits``."""
+
+    config: GPT2Config
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
+                 decode: bool = False, output_hidden_states: bool = False, output_attentions: bool = False):
+        trunk = GPT2Model(self.config, dtype=self.dtype, name="transformer")
+        out = trunk(input_ids, attention_mask, token_type_ids, position_ids, decode=decode,
+                    output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+        wte = trunk.variables["params"]["wte"]["embedding"]
+        wte = wte.value if isinstance(wte, nn.Partitioned) else wte
+        logits = jnp.einsum("ble,ve->blv", out.last_hidden_state, wte.astype(self.dtype))
+        logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+        return out.replace(logits=logits)

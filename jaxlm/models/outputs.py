@@ -1,0 +1,30 @@
+"""Model outputs shaped like transformers' ``ModelOutput``s."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+
+
+@flax.struct.dataclass
+class ModelOutput:
+    """``logits`` for head models, ``last_hidden_state`` for base models.
+
+    ``hidden_states`` (embeddings + every layer) and ``attentions`` (every layer,
+    ``[batch, heads, q, k]``) are tuples when requested, else ``None``; ``extra`` holds
+    head-specific outputs (e.g. ``pooler_output``, ``seq_relationship_logits``).
+    """
+
+    logits: jax.Array | None = None
+    last_hidden_state: jax.Array | None = None
+    hidden_states: tuple[jax.Array, ...] | None = None
+    attentions: tuple[jax.Array, ...] | None = None
+    extra: dict[str, Any] = flax.struct.field(default_factory=dict)
+
+    def __getattr__(self, name):  # out.pooler_output etc., as in transformers
+        extra = self.__dict__.get("extra") or {}
+        if name in extra:
+            return extra[name]
+        raise AttributeError(name)
