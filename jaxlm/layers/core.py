@@ -9,9 +9,17 @@ from __future__ import annotations
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 Axes = tuple[str | None, ...]
+
+# Hugging Face activation names (``hidden_act`` / ``activation_function``) -> functions.
+ACTIVATIONS = {
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "relu": jax.nn.relu,
+}
 
 
 def normal(std: float, axes: Axes):

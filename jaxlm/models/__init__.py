@@ -10,18 +10,35 @@ from dataclasses import dataclass
 
 import flax.linen as nn
 
-from jaxlm.models.base import ModelConfig
-from jaxlm.models.gpt2 import GPT2Config, GPT2LMHeadModel, GPT2Model
+from jaxlm.models import bert, distilbert, gpt2
+from jaxlm.models.base import ModelConfig, TorchKeyMap
 
 
 @dataclass(frozen=True)
 class ModelFamily:
     config: type[ModelConfig]
     heads: dict[str, type[nn.Module]]
+    torch_keys: TorchKeyMap | None = None
+    """How its params are named in PyTorch checkpoints (None: no PyTorch counterpart)."""
 
 
 MODEL_FAMILIES: dict[str, ModelFamily] = {
-    "gpt2": ModelFamily(GPT2Config, {"base": GPT2Model, "causal_lm": GPT2LMHeadModel}),
+    "gpt2": ModelFamily(gpt2.GPT2Config, {"base": gpt2.GPT2Model, "causal_lm": gpt2.GPT2LMHeadModel},
+                        gpt2.TORCH_KEY_MAP),
+    "bert": ModelFamily(bert.BertConfig, {
+        "base": bert.BertModel,
+        "masked_lm": bert.BertForMaskedLM,
+        "pretraining": bert.BertForPreTraining,
+        "next_sentence": bert.BertForNextSentencePrediction,
+        "classification": bert.BertForSequenceClassification,
+        "token_classification": bert.BertForTokenClassification,
+        "question_answering": bert.BertForQuestionAnswering,
+    }, bert.TORCH_KEY_MAP),
+    "distilbert": ModelFamily(distilbert.DistilBertConfig, {
+        "base": distilbert.DistilBertModel,
+        "masked_lm": distilbert.DistilBertForMaskedLM,
+        "classification": distilbert.DistilBertForSequenceClassification,
+    }, distilbert.TORCH_KEY_MAP),
 }
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -22,3 +23,28 @@ class ModelConfig(BaseModel):
     def hf_dict(self) -> dict:
         """The fields that transformers' config class knows."""
         return self.model_dump(exclude=JAXLM_ONLY_FIELDS)
+
+
+@dataclass(frozen=True)
+class TorchKeyMap:
+    """How one model family's params are named in PyTorch ``state_dict``s (Levanter style).
+
+    :mod:`jaxlm.interop` names every jaxlm param generically (path joined with dots;
+    ``kernel`` / ``scale`` / ``embedding`` -> ``weight``), then applies ``renames`` in order.
+    Kernels are reshaped from / to 2-D: ``[out, in]`` (``nn.Linear``) or, with ``conv1d``,
+    ``[in, out]`` (GPT-2's ``Conv1D``); the sibling bias tells how many trailing kernel axes
+    are outputs.
+    """
+
+    prefix: str
+    """The trunk's name inside head models (transformers' ``base_model_prefix``)."""
+    renames: tuple[tuple[str, str], ...] = ()
+    """``re.sub`` pattern / replacement pairs, applied in order to the dotted jaxlm name."""
+    conv1d: bool = False
+    dropped: tuple[str, ...] = ()
+    """Patterns of PyTorch keys that are buffers or tied copies: read past, never written."""
+    optional: str = r"(?!)"
+    """Pattern of keys (prefix removed) a checkpoint may lack or carry beyond the model:
+    heads and poolers, so a base checkpoint loads into a head model and vice versa."""
+    fixed: dict[str, Any] = field(default_factory=dict)
+    """Hugging Face config settings that jaxlm implements only at these values."""

@@ -3,7 +3,7 @@
 Pre-LN blocks, tanh-approximate GELU ("gelu_new"), learned absolute positions, input and
 output embeddings tied, dropout on embeddings, attention probabilities and residuals.
 Parameter names follow transformers' ``GPT2LMHeadModel`` so the PyTorch key map is short
-(see ``TORCH_KEY_MAP`` in :mod:`jaxlm.interop`).
+(``TORCH_KEY_MAP`` below, read by :mod:`jaxlm.interop`).
 
 PyTorch names -> jaxlm params (``h.{i}`` is ``h_{i}``):
   wte.weight -> wte/embedding            wpe.weight -> wpe/embedding
@@ -19,12 +19,11 @@ import math
 from typing import Literal
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from jaxlm.layers.attention import SelfAttention
-from jaxlm.layers.core import dense, embed, layer_norm
-from jaxlm.models.base import ModelConfig
+from jaxlm.layers.core import ACTIVATIONS, dense, embed, layer_norm
+from jaxlm.models.base import ModelConfig, TorchKeyMap
 from jaxlm.models.outputs import ModelOutput
 
 
@@ -52,11 +51,15 @@ class GPT2Config(ModelConfig):
         return self.n_embd // self.n_head
 
 
-ACTIVATIONS = {
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "relu": jax.nn.relu,
-}
+TORCH_KEY_MAP = TorchKeyMap(
+    prefix="transformer",
+    renames=((r"\bh_(\d+)\.", r"h.\1."),),
+    conv1d=True,
+    # Causal-mask buffers of old checkpoints; lm_head is tied to wte.
+    dropped=(r"\.attn\.(bias|masked_bias)$", r"^lm_head\.weight$"),
+    fixed={"add_cross_attention": False, "scale_attn_weights": True,
+           "scale_attn_by_inverse_layer_idx": False, "tie_word_embeddings": True},
+)
 
 
 class GPT2MLP(nn.Module):

@@ -1,0 +1,284 @@
+"""One config system: a typed pydantic schema, YAML files, dotted command-line overrides.
+
+Strict on purpose: an unknown key fails naming the closest valid key, a wrongly typed value
+fails naming key, value and expected type. The resolved config is written into the run
+directory (``config.yaml``) so every run records exactly what it ran.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from jaxlm.errors import ConfigError
+from jaxlm.models import MODEL_FAMILIES
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+
+class RunConfig(Section):
+    out_dir: str = "runs/default"
+    seed: int = 0
+
+
+class TokenizerConfig(Section):
+    path: str | None = None
+    """A directory or file with ``tokenizer.json``, or GPT-2 ``vocab.json`` + ``merges.txt``.
+    ``None`` trains a byte-level BPE tokenizer on the training text (cached in the run dir)."""
+    vocab_size: int = Field(4096, gt=256)
+
+
+class DataConfig(Section):
+    paths: list[str] | None = None
+    """Text files or globs; ``None`` uses the embedded corpus (CPython's ``pydoc_data``)."""
+
+    seq_len: int = Field(128, gt=0)
+    validation_fraction: float = Field(0.1, gt=0, lt=1)
+    tokenizer: TokenizerConfig = TokenizerConfig()
+
+    @field_validator("paths", mode="before")
+    @classmethod
+    def _one_path(cls, v):
+        return [v] if isinstance(v, str) else v
+
+
+class TrainerConfig(Section):
+    max_steps: int = Field(1000, gt=0)
+    batch_size: int = Field(32, gt=0)
+    """Global batch size (sequences per optimizer update, over all devices)."""
+    grad_accum_steps: int = Field(1, gt=0)
+    """Split each batch into this many micro-batches (a ``lax.scan`` inside the step)."""
+    log_every: int = Field(10, gt=0)
+    eval_every: int = Field(200, gt=0)
+    eval_batches: int | None = Field(None, gt=0)
+    """Cap on validation batches per eval; ``None`` evaluates the whole validation split."""
+    eval_batch_size: int | None = Field(None, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    progress_bar: bool = True
+
+
+class OptimizerConfig(Section):
+    name: Literal["adamw", "adam", "lamb", "sgd", "adagrad", "rmsprop"] = "adamw"
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    """Decoupled for adamw / lamb; L2 added to the gradient (PyTorch's convention) otherwise."""
+    decay_exclude: list[Literal["bias", "norm", "embedding"]] = ["bias", "norm", "embedding"]
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    momentum: float = 0.0
+    """SGD / RMSProp momentum."""
+    nesterov: bool = False
+    rmsprop_decay: float = 0.99
+    adagrad_initial_accumulator: float = 0.0
+    clip_norm: float | None = Field(1.0, gt=0)
+    """Clip gradients to this global L2 norm; ``None`` disables clipping."""
+
+
+class PlateauConfig(Section):
+    """Scale the learning rate by ``factor`` when the training loss stops improving."""
+
+    factor: float = Field(0.5, gt=0, lt=1)
+    patience: int = Field(10, ge=0)
+    cooldown: int = Field(0, ge=0)
+    rtol: float = Field(1e-4, ge=0)
+    atol: float = Field(0.0, ge=0)
+    accumulation_size: int = Field(10, gt=0)
+    """Steps whose mean loss makes one plateau measurement."""
+    min_scale: float = Field(0.0, ge=0)
+
+
+class ScheduleConfig(Section):
+    name: Literal["constant", "linear", "cosine", "step", "exponential", "cyclic", "cosine_restarts",
+                  "one_cycle"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    """Linear warmup from 0 to the peak before the named schedule (not for one_cycle / cyclic)."""
+    decay_steps: int | None = Field(None, gt=0)
+    """Length of the decay after warmup; ``None`` means until ``trainer.max_steps``."""
+    end_lr_fraction: float = Field(0.0, ge=0)
+    """linear / cosine: final learning rate as a fraction of the peak."""
+    step_size: int = Field(1000, gt=0)
+    """step: multiply by ``gamma`` every ``step_size`` steps; cyclic: half-cycle length."""
+    gamma: float = Field(0.1, gt=0)
+    cyclic_mode: Literal["triangular", "triangular2"] = "triangular"
+    cyclic_min_lr_fraction: float = Field(0.1, ge=0, le=1)
+    restart_period: int = Field(1000, gt=0)
+    """cosine_restarts: length of the first cycle (PyTorch's ``T_0``)."""
+    restart_mult: int = Field(1, ge=1)
+    """cosine_restarts: each cycle is this many times longer than the last (``T_mult``)."""
+    pct_start: float = Field(0.3, gt=0, lt=1)
+    div_factor: float = Field(25.0, gt=0)
+    final_div_factor: float = Field(1e4, gt=0)
+    plateau: PlateauConfig | None = None
+
+
+class CheckpointConfig(Section):
+    every: int = Field(500, gt=0)
+    keep: int = Field(3, gt=0)
+
+
+class MeshConfig(Section):
+    data: int = -1
+    """Data-parallel size; -1 fills the devices not used by the other axes."""
+    fsdp: int = 1
+    tensor: int = 1
+
+
+def _model_union():
+    classes = tuple(f.config for f in MODEL_FAMILIES.values())
+    union = classes[0] if len(classes) == 1 else Union[classes]  # noqa: UP007
+    return Annotated[union, Field(discriminator="type")]
+
+
+class Config(Section):
+    run: RunConfig = RunConfig()
+    task: Literal["causal_lm"] = "causal_lm"
+    model: _model_union()  # type: ignore[valid-type]
+    data: DataConfig = DataConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    mesh: MeshConfig = MeshConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.trainer.batch_size % self.trainer.grad_accum_steps:
+            raise ValueError(f"trainer.batch_size={self.trainer.batch_size} is not divisible by "
+                             f"trainer.grad_accum_steps={self.trainer.grad_accum_steps}")
+        n_positions = getattr(self.model, "n_positions", None) or getattr(
+            self.model, "max_position_embeddings", None)
+        if n_positions is not None and self.data.seq_len > n_positions:
+            raise ValueError(f"data.seq_len={self.data.seq_len} exceeds the model's {n_positions} "
+                             "positions; lower data.seq_len or raise the model's n_positions")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading, overrides and errors
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-3`` as a string; configs mean a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_value(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
+def apply_override(tree: dict, dotted: str) -> None:
+    if "=" not in dotted:
+        raise ConfigError(f"override {dotted!r} is not KEY=VALUE (e.g. trainer.max_steps=100)")
+    key, value = dotted.split("=", 1)
+    parts = key.strip().split(".")
+    node = tree
+    for p in parts[:-1]:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}: {p!r} holds a value, not a section")
+        node = child
+    node[parts[-1]] = parse_value(value)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist; see configs/ for examples")
+        try:
+            tree = yaml.load(path.read_text(), Loader=_Loader) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(tree).__name__}")
+    for o in overrides:
+        apply_override(tree, o)
+    return validate_config(tree)
+
+
+def validate_config(tree: dict) -> Config:
+    tree = dict(tree)
+    model = tree.setdefault("model", {})
+    if isinstance(model, dict) and "type" not in model:
+        tree["model"] = {"type": "gpt2", **model}
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_describe(e.errors()[0])) from None
+
+
+def _fields_at(loc: tuple) -> dict:
+    """The schema fields of the section that ``loc`` points into."""
+    model: Any = Config
+    for part in loc:
+        if model is Config and part == "model":
+            model = None  # the next part is the discriminator tag
+            continue
+        if model is None:
+            family = MODEL_FAMILIES.get(part)
+            model = family.config if family else Config
+            continue
+        ann = model.model_fields.get(part)
+        sub = ann and _section_type(ann.annotation)
+        if sub is None:
+            break
+        model = sub
+    return model.model_fields if model is not None else {}
+
+
+def _section_type(annotation):
+    for t in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            return t
+    return None
+
+
+def _describe(err: dict) -> str:
+    loc = tuple(err["loc"])
+    # Drop the discriminator tag pydantic inserts into model.* locations.
+    shown = tuple(p for i, p in enumerate(loc) if not (i == 1 and loc[0] == "model" and p in MODEL_FAMILIES))
+    key = ".".join(str(p) for p in shown)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        valid = list(_fields_at(loc[:-1]))
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+        hint = f"did you mean {'.'.join([*map(str, shown[:-1]), close[0]])!r}?" if close else \
+            f"valid keys here: {', '.join(valid)}"
+        return f"unknown config key {key!r}; {hint}"
+    if kind == "union_tag_invalid":
+        return f"model.type={err['ctx']['tag']!r} is unknown; choose one of: {', '.join(MODEL_FAMILIES)}"
+    if kind == "value_error":
+        return str(err.get("ctx", {}).get("error", err["msg"]))
+    if kind == "missing":
+        return f"config key {key!r} is required"
+    expected = ""
+    field = _fields_at(loc[:-1]).get(str(loc[-1])) if loc else None
+    if field is not None and typing.get_origin(field.annotation) is not Literal:
+        expected = f", expected {_type_name(field.annotation)}"
+    value = err.get("input")
+    return f"config key {key!r}={value!r} ({type(value).__name__}): {err['msg'].lower()}{expected}"
+
+
+def _type_name(annotation) -> str:
+    text = getattr(annotation, "__name__", None) or str(annotation)
+    return text.replace("typing.", "")
+
+
+def save_config(config: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

@@ -1,0 +1,114 @@
+"""Tokenizers through HF ``tokenizers``: train a byte-level BPE, or load existing files.
+
+Loadable: a ``tokenizer.json`` (any kind), GPT-2's ``vocab.json`` + ``merges.txt``, or
+BERT's WordPiece ``vocab.txt`` (lower-cased when ``tokenizer_config.json`` says so).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+import tokenizers
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from jaxlm.errors import DataError
+
+EOS = "<|endoftext|>"
+FILE = "tokenizer.json"
+
+
+class Tokenizer:
+    """A thin wrapper that knows its end-of-text id (``<|endoftext|>`` or ``[SEP]``)."""
+
+    def __init__(self, tok: tokenizers.Tokenizer):
+        self.tok = tok
+        for name in (EOS, "[SEP]", "</s>"):
+            if tok.token_to_id(name) is not None:
+                self.eos_token, self.eos_id = name, tok.token_to_id(name)
+                break
+        else:
+            self.eos_token, self.eos_id = None, None
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def encode_batch(self, texts: list[str], add_special_tokens: bool = False) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=add_special_tokens)]
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / (FILE + ".tmp")
+        self.tok.save(str(tmp))
+        tmp.replace(directory / FILE)
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    """Byte-level BPE as GPT-2 builds it: no unknown tokens, ``<|endoftext|>`` as the only special."""
+    tok = tokenizers.Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer=trainer)
+    return Tokenizer(tok)
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    path = Path(path)
+    if path.is_file() and path.name.endswith(".json"):
+        return Tokenizer(tokenizers.Tokenizer.from_file(str(path)))
+    if not path.is_dir():
+        raise DataError(f"tokenizer path {str(path)!r} does not exist")
+    if (path / FILE).is_file():
+        return Tokenizer(tokenizers.Tokenizer.from_file(str(path / FILE)))
+    if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
+        return _gpt2_files(path)
+    if (path / "vocab.txt").is_file():
+        return _wordpiece_files(path)
+    raise DataError(f"no tokenizer in {path}: expected tokenizer.json, vocab.json + merges.txt, or vocab.txt")
+
+
+def _gpt2_files(path: Path) -> Tokenizer:
+    tok = tokenizers.Tokenizer(models.BPE.from_file(str(path / "vocab.json"), str(path / "merges.txt")))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return Tokenizer(tok)
+
+
+def _wordpiece_files(path: Path) -> Tokenizer:
+    lowercase = True
+    config = path / "tokenizer_config.json"
+    if config.is_file():
+        lowercase = json.loads(config.read_text()).get("do_lower_case", True)
+    tok = tokenizers.Tokenizer(models.WordPiece.from_file(str(path / "vocab.txt"), unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    if cls is not None and sep is not None:
+        tok.post_processor = processors.BertProcessing(("[SEP]", sep), ("[CLS]", cls))
+    return Tokenizer(tok)
+
+
+def get_tokenizer(path: str | None, vocab_size: int, train_texts: list[str], cache_dir: Path) -> Tokenizer:
+    """The configured tokenizer, or the BPE trained on ``train_texts`` (cached in ``cache_dir``)."""
+    if path is not None:
+        return load_tokenizer(path)
+    if (cache_dir / FILE).is_file():
+        tok = load_tokenizer(cache_dir)
+        if tok.vocab_size != vocab_size:
+            raise DataError(f"{cache_dir / FILE} has {tok.vocab_size} tokens but data.tokenizer.vocab_size="
+                            f"{vocab_size}; use a new run.out_dir or delete the cached tokenizer")
+        return tok
+    tok = train_bpe(train_texts, vocab_size)
+    tok.save(cache_dir)
+    return tok

@@ -1,0 +1,289 @@
+"""BERT exactly as Google / Hugging Face define it, with every transformers head.
+
+Word + position + token-type embeddings, LayerNorm and dropout; post-LN encoder layers
+with exact (erf) GELU; a tanh pooler over the first token. Heads: masked LM (dense + GELU
++ LayerNorm, decoder tied to the word embeddings plus its own bias), next-sentence
+prediction, both (pre-training), sequence / token classification, question answering.
+Class names are transformers' architecture names; configs use its field names.
+
+As with torch's ``padding_idx``, the word-embedding row of ``pad_token_id`` gets no
+gradient from the embedding lookup (it still does through the tied MLM decoder).
+
+PyTorch names (``TORCH_KEY_MAP``) -> jaxlm params, ``bert.`` inside head models:
+  embeddings.{word,position,token_type}_embeddings.weight -> embeddings/.../embedding
+  encoder.layer.i.attention.self.{query,key,value}  -> layer_i/attention/{query,key,value}
+                                                        (kernel [E, heads, head_dim])
+  encoder.layer.i.attention.output.dense            -> layer_i/attention/output ([heads, head_dim, E])
+  encoder.layer.i.attention.output.LayerNorm        -> layer_i/attention_LayerNorm
+  encoder.layer.i.{intermediate,output}.dense       -> layer_i/{intermediate,output}
+  encoder.layer.i.output.LayerNorm                  -> layer_i/output_LayerNorm
+  pooler.dense -> pooler          cls.predictions.transform.{dense,LayerNorm} -> cls/predictions/transform{,_LayerNorm}
+  cls.predictions.bias, cls.seq_relationship, classifier, qa_outputs: same names
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxlm.layers.attention import SelfAttention
+from jaxlm.layers.core import ACTIVATIONS, dense, embed, layer_norm, zeros
+from jaxlm.models.base import ModelConfig, TorchKeyMap
+from jaxlm.models.outputs import ModelOutput
+
+
+class BertConfig(ModelConfig):
+    """Hugging Face ``BertConfig`` field names and defaults (bert-base)."""
+
+    type: Literal["bert"] = "bert"
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: Literal["gelu", "gelu_new", "relu"] = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int | None = 0
+    classifier_dropout: float | None = None
+    num_labels: int = 2
+    id2label: dict[int, str] | None = None
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+TORCH_KEY_MAP = TorchKeyMap(
+    prefix="bert",
+    renames=(
+        (r"\blayer_(\d+)\.", r"encoder.layer.\1."),
+        (r"\battention\.(query|key|value)\.", r"attention.self.\1."),
+        (r"\battention\.output\.", "attention.output.dense."),
+        (r"\battention_LayerNorm\.", "attention.output.LayerNorm."),
+        (r"(\blayer\.\d+)\.output\.(weight|bias)$", r"\1.output.dense.\2"),
+        (r"\b(intermediate|pooler|transform)\.(weight|bias)$", r"\1.dense.\2"),
+        (r"\b(output|transform)_LayerNorm\.", r"\1.LayerNorm."),
+    ),
+    dropped=(r"^embeddings\.(position_ids|token_type_ids)$", r"^cls\.predictions\.decoder\.(weight|bias)$"),
+    optional=r"^(pooler|cls|classifier|qa_outputs)\.",
+    fixed={"is_decoder": False, "add_cross_attention": False, "tie_word_embeddings": True,
+           "position_embedding_type": "absolute"},
+)
+
+
+def embed_ids(table: nn.Embed, ids: jax.Array, padding_idx: int | None) -> jax.Array:
+    """``table(ids)`` where, as with torch's ``padding_idx``, padding lookups pass no gradient."""
+    x = table(ids)
+    if padding_idx is None:
+        return x
+    return jnp.where((ids == padding_idx)[..., None], jax.lax.stop_gradient(x), x)
+
+
+class BertEmbeddings(nn.Module):
+    config: BertConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, input_ids, token_type_ids, position_ids, deterministic: bool):
+        c = self.config
+        kw = dict(std=c.initializer_range, dtype=self.dtype)
+        words = embed(c.vocab_size, c.hidden_size, ("vocab", "embed"), name="word_embeddings", **kw)
+        x = embed_ids(words, input_ids, c.pad_token_id)
+        x = x + embed(c.type_vocab_size, c.hidden_size, (None, "embed"), name="token_type_embeddings",
+                      **kw)(token_type_ids)
+        x = x + embed(c.max_position_embeddings, c.hidden_size, (None, "embed"),
+                      name="position_embeddings", **kw)(position_ids)
+        x = layer_norm(c.layer_norm_eps, name="LayerNorm", dtype=self.dtype)(x)
+        return nn.Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic)
+
+
+class BertLayer(nn.Module):
+    """Post-LN: ``LN(x + attention(x))`` then ``LN(x + MLP(x))``."""
+
+    config: BertConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, attention_mask, deterministic: bool, output_attentions: bool):
+        c = self.config
+        kw = dict(std=c.initializer_range, dtype=self.dtype)
+        h, weights = SelfAttention(
+            num_heads=c.num_attention_heads, head_dim=c.head_dim, dropout_rate=c.attention_probs_dropout_prob,
+            init_std=c.initializer_range, out_init_std=c.initializer_range, qkv_names=("query", "key", "value"),
+            out_name="output", implementation=c.attention_implementation, dtype=self.dtype, name="attention",
+        )(x, attention_mask, deterministic=deterministic, output_attentions=output_attentions)
+        h = nn.Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
+        x = layer_norm(c.layer_norm_eps, name="attention_LayerNorm", dtype=self.dtype)(x + h)
+        h = dense(c.intermediate_size, ("embed", "mlp"), name="intermediate", **kw)(x)
+        h = dense(c.hidden_size, ("mlp", "embed"), name="output", **kw)(ACTIVATIONS[c.hidden_act](h))
+        h = nn.Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
+        x = layer_norm(c.layer_norm_eps, name="output_LayerNorm", dtype=self.dtype)(x + h)
+        return nn.with_logical_constraint(x, ("batch", "length", "embed")), weights
+
+
+class BertModel(nn.Module):
+    """The BERT trunk: ``last_hidden_state`` and, with the pooler, ``pooler_output``."""
+
+    config: BertConfig
+    add_pooling_layer: bool = True
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
+                 output_hidden_states: bool = False, output_attentions: bool = False):
+        c = self.config
+        deterministic = not self.has_rng("dropout")
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        if position_ids is None:
+            position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+        x = BertEmbeddings(c, dtype=self.dtype, name="embeddings")(input_ids, token_type_ids, position_ids,
+                                                                   deterministic)
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        hidden_states, attentions = [x], []
+        for i in range(c.num_hidden_layers):
+            x, w = BertLayer(c, dtype=self.dtype, name=f"layer_{i}")(x, attention_mask, deterministic,
+                                                                     output_attentions)
+            hidden_states.append(x)
+            attentions.append(w)
+        extra = {}
+        if self.add_pooling_layer:
+            pooled = dense(c.hidden_size, ("embed", None), std=c.initializer_range, name="pooler",
+                           dtype=self.dtype)(x[:, 0])
+            extra["pooler_output"] = jnp.tanh(pooled)
+        return ModelOutput(
+            last_hidden_state=x,
+            hidden_states=tuple(hidden_states) if output_hidden_states else None,
+            attentions=tuple(attentions) if output_attentions else None,
+            extra=extra,
+        )
+
+
+class BertLMPredictionHead(nn.Module):
+    """Dense + activation + LayerNorm, then the decoder tied to the word embeddings plus a bias."""
+
+    config: BertConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, word_embeddings):
+        c = self.config
+        x = dense(c.hidden_size, ("embed", None), std=c.initializer_range, name="transform", dtype=self.dtype)(x)
+        x = layer_norm(c.layer_norm_eps, name="transform_LayerNorm", dtype=self.dtype)(ACTIVATIONS[c.hidden_act](x))
+        bias = self.param("bias", zeros(("vocab",)), (c.vocab_size,))
+        logits = jnp.einsum("ble,ve->blv", x, word_embeddings.astype(self.dtype)) + bias.astype(self.dtype)
+        return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+
+
+class BertPreTrainingHeads(nn.Module):
+    """transformers' ``cls`` module: masked-LM ``predictions`` and/or ``seq_relationship``."""
+
+    config: BertConfig
+    masked_lm: bool
+    next_sentence: bool
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, sequence_output, pooled_output, word_embeddings):
+        mlm = nsp = None
+        if self.masked_lm:
+            mlm = BertLMPredictionHead(self.config, dtype=self.dtype, name="predictions")(sequence_output,
+                                                                                         word_embeddings)
+        if self.next_sentence:
+            nsp = dense(2, ("embed", None), std=self.config.initializer_range, name="seq_relationship",
+                        dtype=self.dtype)(pooled_output)
+        return mlm, nsp
+
+
+class _BertWithHead(nn.Module):
+    """A ``BertModel`` named ``bert`` plus the head that ``head`` builds on its output."""
+
+    config: BertConfig
+    dtype: jnp.dtype = jnp.float32
+    add_pooling_layer: ClassVar[bool] = True
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
+                 output_hidden_states: bool = False, output_attentions: bool = False) -> ModelOutput:
+        trunk = BertModel(self.config, add_pooling_layer=self.add_pooling_layer, dtype=self.dtype, name="bert")
+        out = trunk(input_ids, attention_mask, token_type_ids, position_ids,
+                    output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+        return self.head(out, trunk, deterministic=not self.has_rng("dropout"))
+
+    def head(self, out: ModelOutput, trunk: BertModel, deterministic: bool) -> ModelOutput:
+        raise NotImplementedError
+
+    def pretraining_heads(self, out: ModelOutput, trunk: BertModel, masked_lm: bool, next_sentence: bool):
+        words = nn.meta.unbox(trunk.variables["params"]["embeddings"]["word_embeddings"]["embedding"])
+        return BertPreTrainingHeads(self.config, masked_lm, next_sentence, dtype=self.dtype, name="cls")(
+            out.last_hidden_state, out.extra.get("pooler_output"), words)
+
+    def classify(self, x, deterministic: bool):
+        """Dropout (``classifier_dropout``, else ``hidden_dropout_prob``) and a ``num_labels`` dense."""
+        c = self.config
+        rate = c.hidden_dropout_prob if c.classifier_dropout is None else c.classifier_dropout
+        x = nn.Dropout(rate)(x, deterministic=deterministic)
+        return dense(c.num_labels, ("embed", None), std=c.initializer_range, name="classifier", dtype=self.dtype)(x)
+
+
+class BertForMaskedLM(_BertWithHead):
+    """``logits``: ``[batch, length, vocab]``."""
+
+    add_pooling_layer: ClassVar[bool] = False
+
+    def head(self, out, trunk, deterministic):
+        logits, _ = self.pretraining_heads(out, trunk, masked_lm=True, next_sentence=False)
+        return out.replace(logits=logits)
+
+
+class BertForPreTraining(_BertWithHead):
+    """``logits`` = ``prediction_logits`` ``[batch, length, vocab]``; ``seq_relationship_logits`` ``[batch, 2]``."""
+
+    def head(self, out, trunk, deterministic):
+        mlm, nsp = self.pretraining_heads(out, trunk, masked_lm=True, next_sentence=True)
+        return out.replace(logits=mlm, extra={**out.extra, "prediction_logits": mlm, "seq_relationship_logits": nsp})
+
+
+class BertForNextSentencePrediction(_BertWithHead):
+    """``logits``: ``[batch, 2]`` (0: B continues A, 1: B is random)."""
+
+    def head(self, out, trunk, deterministic):
+        _, nsp = self.pretraining_heads(out, trunk, masked_lm=False, next_sentence=True)
+        return out.replace(logits=nsp)
+
+
+class BertForSequenceClassification(_BertWithHead):
+    """``logits``: ``[batch, num_labels]`` from the dropped-out pooler output."""
+
+    def head(self, out, trunk, deterministic):
+        return out.replace(logits=self.classify(out.pooler_output, deterministic))
+
+
+class BertForTokenClassification(_BertWithHead):
+    """``logits``: ``[batch, length, num_labels]``."""
+
+    add_pooling_layer: ClassVar[bool] = False
+
+    def head(self, out, trunk, deterministic):
+        return out.replace(logits=self.classify(out.last_hidden_state, deterministic))
+
+
+class BertForQuestionAnswering(_BertWithHead):
+    """``logits`` ``[batch, length, 2]``, split into ``start_logits`` / ``end_logits`` ``[batch, length]``."""
+
+    add_pooling_layer: ClassVar[bool] = False
+
+    def head(self, out, trunk, deterministic):
+        c = self.config
+        logits = dense(c.num_labels, ("embed", None), std=c.initializer_range, name="qa_outputs",
+                       dtype=self.dtype)(out.last_hidden_state)
+        return out.replace(logits=logits, extra={**out.extra, "start_logits": logits[..., 0],
+                                                 "end_logits": logits[..., 1]})

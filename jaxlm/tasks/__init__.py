@@ -1,0 +1,49 @@
+"""Tasks: what to learn. Each supplies a data source and a loss for the one trainer.
+
+A task knows which model head it needs, yields numpy batches (a resumable iterator for
+training, a finite pass for evaluation), computes a summed loss with its weight, and turns
+summed eval statistics into the reported ``eval_*`` metrics.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+import jax
+import numpy as np
+
+from jaxlm.config import Config
+from jaxlm.data.pipeline import BatchIterator
+
+Batch = dict[str, Any]
+
+
+class Task(Protocol):
+    head: str
+    """The model head to build (``causal_lm``, ``masked_lm``, ``classification``, ...)."""
+
+    def train_iterator(self, batch_size: int, process_index: int, process_count: int) -> BatchIterator: ...
+
+    def eval_batches(self, batch_size: int, limit: int | None) -> Iterator[dict[str, np.ndarray]]: ...
+
+    def example_batch(self, batch_size: int) -> dict[str, np.ndarray]: ...
+
+    def model_inputs(self, batch: Batch) -> dict[str, jax.Array]:
+        """Keyword arguments for ``model.apply`` (used to initialise the model too)."""
+
+    def loss(self, model, params, batch: Batch, dropout_rng, label_smoothing: float
+             ) -> tuple[jax.Array, jax.Array]:
+        """``(sum of per-example losses, sum of weights)`` for one (micro-)batch."""
+
+    def eval_sums(self, model, params, batch: Batch) -> dict[str, jax.Array]: ...
+
+    def summarize(self, sums: dict[str, float], complete: bool) -> dict[str, float]:
+        """``complete``: the sums cover the whole validation split."""
+
+
+def build_task(config: Config, run_dir: Path) -> Task:
+    from jaxlm.tasks.causal_lm import CausalLMTask
+
+    tasks = {"causal_lm": CausalLMTask}
+    return tasks[config.task](config, run_dir)

@@ -1,0 +1,63 @@
+"""Causal language modelling: next-token prediction on packed blocks of text."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+
+from jaxlm.config import Config
+from jaxlm.data.corpus import load_documents, split_documents
+from jaxlm.data.pipeline import BatchIterator, eval_batches, pack_blocks
+from jaxlm.data.tokenizer import get_tokenizer
+from jaxlm.errors import DataError
+from jaxlm.train.losses import cross_entropy_sum
+
+
+class CausalLMTask:
+    head = "causal_lm"
+
+    def __init__(self, config: Config, run_dir: Path):
+        data = config.data
+        train_text, valid_text = split_documents(load_documents(data.paths), data.validation_fraction)
+        self.tokenizer = get_tokenizer(data.tokenizer.path, data.tokenizer.vocab_size, train_text,
+                                       run_dir / "tokenizer")
+        if self.tokenizer.vocab_size > config.model.vocab_size:
+            raise DataError(f"the tokenizer has {self.tokenizer.vocab_size} tokens but model.vocab_size="
+                            f"{config.model.vocab_size}; set model.vocab_size={self.tokenizer.vocab_size}")
+        encode = self.tokenizer.encode_batch
+        self.train = pack_blocks(encode(train_text), self.tokenizer.eos_id, data.seq_len, keep_last=False)
+        self.valid = pack_blocks(encode(valid_text), self.tokenizer.eos_id, data.seq_len, keep_last=True)
+        self.valid_bytes = sum(len(t.encode("utf-8")) for t in valid_text)
+        self.seed = config.run.seed
+
+    def train_iterator(self, batch_size, process_index=0, process_count=1):
+        return BatchIterator(self.train, batch_size, self.seed, process_index=process_index,
+                             process_count=process_count)
+
+    def eval_batches(self, batch_size, limit=None):
+        return eval_batches(self.valid, batch_size, limit)
+
+    def example_batch(self, batch_size):
+        return {k: v[:1].repeat(batch_size, 0) for k, v in self.train.items()}
+
+    def model_inputs(self, batch):
+        return {"input_ids": batch["tokens"][:, :-1]}
+
+    def loss(self, model, params, batch, dropout_rng, label_smoothing=0.0):
+        rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
+        logits = model.apply({"params": params}, **self.model_inputs(batch), rngs=rngs).logits
+        return cross_entropy_sum(logits, batch["tokens"][:, 1:], batch["loss_mask"], label_smoothing)
+
+    def eval_sums(self, model, params, batch):
+        nll, tokens = self.loss(model, params, batch, None)
+        return {"nll": nll, "tokens": tokens}
+
+    def summarize(self, sums, complete):
+        loss = sums["nll"] / max(sums["tokens"], 1.0)
+        out = {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 700.0))}
+        if complete:  # bits per byte needs every validation token scored
+            out["eval_bits_per_byte"] = sums["nll"] / math.log(2) / self.valid_bytes
+        return out
+
+

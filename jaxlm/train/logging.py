@@ -1,0 +1,41 @@
+"""Metrics to ``metrics.jsonl`` (one JSON object per log step) and TensorBoard event files."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from tensorboardX import SummaryWriter
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: Path, enabled: bool = True):
+        self.enabled = enabled
+        if enabled:
+            self.jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        self.jsonl.write(json.dumps(record) + "\n")
+        for k, v in record.items():
+            if k != "step" and isinstance(v, (int, float)):
+                self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.jsonl.close()
+            self.tb.close()
+
+
+def _plain(v):
+    v = float(v)
+    return v if math.isfinite(v) else str(v)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,79 @@
+"""The train state and the jit-compiled train / eval steps."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxlm.train.optim import plateau_scale
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training, as one pytree (checkpointed whole).
+
+    ``step`` counts completed optimizer updates: a checkpoint labelled N holds N updates.
+    """
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+def make_train_step(model, task, tx: optax.GradientTransformationExtraArgs, schedule: Callable,
+                    grad_accum_steps: int, label_smoothing: float, dropout: bool):
+    """One optimizer update per call.
+
+    Gradient accumulation is a ``lax.scan`` over micro-batches inside the step rather than
+    ``optax.MultiSteps``: one call is one update (so steps, the data position and checkpoints
+    line up), and no second copy of the gradients lives in the optimizer state. Losses are
+    summed and divided by the total weight once, so k micro-batches equal one k-times-larger
+    batch exactly, padding included.
+    """
+
+    def summed_loss(params, batch, rng):
+        return task.loss(model, params, batch, rng if dropout else None, label_smoothing)
+
+    grad_fn = jax.value_and_grad(summed_loss, has_aux=True)
+
+    def step(state: TrainState, batch):
+        rng, step_rng = jax.random.split(state.rng)
+        if grad_accum_steps == 1:
+            (loss_sum, weight), grads = grad_fn(state.params, batch, step_rng)
+        else:
+            # Row j of micro-batch i is row j*k + i: each device keeps its own rows.
+            micro = jax.tree.map(
+                lambda x: x.reshape(-1, grad_accum_steps, *x.shape[1:]).swapaxes(0, 1), batch)
+
+            def body(carry, xs):
+                i, mb = xs
+                (s, w), g = grad_fn(state.params, mb, jax.random.fold_in(step_rng, i))
+                return jax.tree.map(jnp.add, carry, (s, w, g)), None
+
+            zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params))
+            (loss_sum, weight, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum_steps), micro))
+        weight = jnp.maximum(weight, 1.0)
+        grads = jax.tree.map(lambda g: g / weight, grads)
+        loss = loss_sum / weight
+        updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "loss": loss,
+            "grad_norm": optax.global_norm(grads),
+            "learning_rate": schedule(state.step) * plateau_scale(opt_state),
+        }
+        return TrainState(state.step + 1, params, opt_state, rng), metrics
+
+    return step
+
+
+def make_eval_step(model, task):
+    def step(params, batch):
+        return task.eval_sums(model, params, batch)
+
+    return step

@@ -1,0 +1,174 @@
+"""The one training loop. Every task (causal LM now; masked LM, classification, ... later)
+runs through :func:`train`; a task supplies data and a loss, nothing else changes."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from jaxlm.checkpoint import Checkpoints
+from jaxlm.config import Config, save_config
+from jaxlm.errors import ConfigError, JaxlmError
+from jaxlm.models import build_model
+from jaxlm.parallel.mesh import batch_sharding, data_parallel_size, logical_to_sharding, make_mesh
+from jaxlm.tasks import Task, build_task
+from jaxlm.train.logging import MetricsLogger
+from jaxlm.train.optim import build_optimizer
+from jaxlm.train.step import TrainState, make_eval_step, make_train_step
+
+log = logging.getLogger("jaxlm")
+
+
+@dataclass
+class Setup:
+    """Everything built from a config before the loop starts."""
+
+    config: Config
+    run_dir: Path
+    mesh: jax.sharding.Mesh
+    task: Task
+    model: nn.Module
+    tx: Any
+    schedule: Any
+    abstract_state: TrainState  # ShapeDtypeStructs carrying the target shardings
+    batch_sharding: jax.sharding.NamedSharding
+
+    def init_state(self) -> TrainState:
+        c = self.config
+        example = self.task.model_inputs(self.task.example_batch(1))
+        shardings = jax.tree.map(lambda a: a.sharding, self.abstract_state)
+
+        @jax.jit
+        def init(key):
+            params_key, key = jax.random.split(key)
+            params = nn.meta.unbox(self.model.init(params_key, **example)["params"])
+            return TrainState(jnp.zeros((), jnp.int32), params, self.tx.init(params), key)
+
+        with self.mesh:
+            state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(c.run.seed))
+        return state
+
+    def put_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        return {k: jax.make_array_from_process_local_data(self.batch_sharding, v) for k, v in local_batch.items()}
+
+
+def check_batch(name: str, size: int, mesh) -> None:
+    dp = data_parallel_size(mesh)
+    if size % dp:
+        raise ConfigError(f"{name}={size} is not divisible by the {dp} data-parallel devices "
+                          f"(mesh.data x mesh.fsdp); use a multiple of {dp}")
+
+
+def setup(config: Config) -> Setup:
+    run_dir = Path(config.run.out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    mesh = make_mesh(config.mesh)
+    t = config.trainer
+    check_batch("trainer.batch_size", t.batch_size, mesh)
+    check_batch("trainer.batch_size / trainer.grad_accum_steps", t.batch_size // t.grad_accum_steps, mesh)
+    check_batch("trainer.eval_batch_size", t.eval_batch_size or t.batch_size, mesh)
+    task = build_task(config, run_dir)
+    model = build_model(config.model, task.head)
+    tx, schedule = build_optimizer(config.optimizer, config.schedule, t.max_steps)
+
+    example = task.model_inputs(task.example_batch(1))
+
+    def boxed_state(key):
+        params = model.init(key, **example)["params"]
+        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), key)
+
+    boxed = jax.eval_shape(boxed_state, jax.random.PRNGKey(0))
+    shardings = logical_to_sharding(nn.get_partition_spec(boxed), mesh)
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            nn.meta.unbox(boxed), shardings)
+    return Setup(config, run_dir, mesh, task, model, tx, schedule, abstract, batch_sharding(mesh))
+
+
+def evaluate(s: Setup, params, eval_fn=None) -> dict[str, float]:
+    t = s.config.trainer
+    eval_fn = eval_fn or jax.jit(make_eval_step(s.model, s.task))
+    totals, n_batches = None, 0
+    with s.mesh:
+        for batch in s.task.eval_batches(t.eval_batch_size or t.batch_size, t.eval_batches):
+            sums = eval_fn(params, s.put_batch(batch))
+            totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+            n_batches += 1
+    if totals is None:
+        raise JaxlmError("the validation split is empty; raise data.validation_fraction or add text")
+    complete = t.eval_batches is None or n_batches < t.eval_batches
+    return s.task.summarize({k: float(v) for k, v in jax.device_get(totals).items()}, complete)
+
+
+def train(config: Config) -> dict[str, float]:
+    """Train until ``trainer.max_steps``, resuming from the run directory's latest checkpoint."""
+    s = setup(config)
+    c, t = config, config.trainer
+    is_main = jax.process_index() == 0
+    if is_main:
+        save_config(c, s.run_dir / "config.yaml")
+    ckpt = Checkpoints(s.run_dir, every=c.checkpoint.every, keep=c.checkpoint.keep)
+    data = s.task.train_iterator(t.batch_size, jax.process_index(), jax.process_count())
+
+    latest = ckpt.latest_step()
+    if latest is not None:
+        state, data_state, _ = ckpt.restore(latest, s.abstract_state)
+        data.restore(data_state)
+        log.info("resumed from %s at step %d", ckpt.manager.directory, latest)
+    else:
+        state = s.init_state()
+
+    shardings = jax.tree.map(lambda a: a.sharding, s.abstract_state)
+    dropout = any(getattr(c.model, f, 0) for f in ("resid_pdrop", "embd_pdrop", "attn_pdrop",
+                                                      "hidden_dropout_prob", "attention_probs_dropout_prob"))
+    train_step = jax.jit(
+        make_train_step(s.model, s.task, s.tx, s.schedule, t.grad_accum_steps, t.label_smoothing, dropout),
+        in_shardings=(shardings, s.batch_sharding), out_shardings=(shardings, None), donate_argnums=0)
+    eval_fn = jax.jit(make_eval_step(s.model, s.task), in_shardings=(shardings.params, s.batch_sharding))
+
+    logger = MetricsLogger(s.run_dir, enabled=is_main)
+    step = int(state.step)
+    bar = tqdm(total=t.max_steps, initial=step, disable=not (is_main and t.progress_bar), unit="step",
+               dynamic_ncols=True)
+    last: dict[str, float] = {}
+    tokens_per_step = t.batch_size * int(np.prod(s.task.model_inputs(s.task.example_batch(1))["input_ids"].shape))
+    tick, ticked_at = time.perf_counter(), step
+    try:
+        while step < t.max_steps:
+            with s.mesh:
+                state, metrics = train_step(state, s.put_batch(next(data)))
+            step += 1
+            bar.update(1)
+            if step % t.log_every == 0 or step == t.max_steps:
+                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                now = time.perf_counter()
+                metrics["tokens_per_second"] = tokens_per_step * (step - ticked_at) / (now - tick)
+                tick, ticked_at = now, step
+                if not math.isfinite(metrics["loss"]):
+                    raise JaxlmError(f"the loss became {metrics['loss']} at step {step}; lower "
+                                     "optimizer.learning_rate or set optimizer.clip_norm")
+                logger.log(step, metrics)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['learning_rate']:.2e}")
+                last.update(metrics)
+            if step % t.eval_every == 0 or step == t.max_steps:
+                ev = evaluate(s, state.params, eval_fn)
+                logger.log(step, ev)
+                last.update(ev)
+                bar.write(f"step {step}: " + "  ".join(f"{k}={v:.4f}" for k, v in ev.items()))
+            ckpt.save(step, state, data.state(), {"config": c.model_dump(mode="json"), "metrics": last},
+                      force=step == t.max_steps)
+    finally:
+        bar.close()
+        ckpt.wait()
+        ckpt.close()
+        logger.close()
+    return last

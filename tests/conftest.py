@@ -1,0 +1,39 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+TINY_MODEL = {"type": "gpt2", "vocab_size": 300, "n_positions": 32, "n_embd": 32, "n_layer": 2, "n_head": 4,
+              "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
+
+
+def tiny_overrides(out_dir, **extra) -> list[str]:
+    """Dotted overrides for a seconds-long gpt2 run on a small text file."""
+    base = {
+        "run.out_dir": str(out_dir),
+        "data.seq_len": 16,
+        "data.tokenizer.vocab_size": 300,
+        "trainer.batch_size": 4,
+        "trainer.max_steps": 6,
+        "trainer.log_every": 2,
+        "trainer.eval_every": 3,
+        "trainer.eval_batches": 2,
+        "trainer.progress_bar": False,
+        "checkpoint.every": 3,
+        "schedule.warmup_steps": 2,
+        **{f"model.{k}": v for k, v in TINY_MODEL.items()},
+    }
+    base.update(extra)
+    return [f"{k}={'null' if v is None else v}" for k, v in base.items()]
+
+
+@pytest.fixture
+def corpus_file(tmp_path):
+    from jaxlm.data.corpus import embedded_corpus
+
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(embedded_corpus()[:6]))
+    return path
