@@ -283,6 +283,8 @@ class BertForQuestionAnswering(_BertWithHead):
 
     def head(self, out, trunk, deterministic):
         c = self.config
+        if c.num_labels != 2:
+            raise ValueError(f"BertForQuestionAnswering needs num_labels=2 (start and end), not {c.num_labels}")
         logits = dense(c.num_labels, ("embed", None), std=c.initializer_range, name="qa_outputs",
                        dtype=self.dtype)(out.last_hidden_state)
         return out.replace(logits=logits, extra={**out.extra, "start_logits": logits[..., 0],
