@@ -81,8 +81,9 @@ def config_from_hf(hf: dict, family: ModelFamily) -> ModelConfig:
     fields = set(family.config.model_fields) - JAXLM_ONLY_FIELDS
     kwargs = {k: v for k, v in hf.items() if k in fields}
     if "id2label" in fields and hf.get("id2label"):
-        kwargs["id2label"] = {int(i): label for i, label in hf["id2label"].items()}
-        kwargs["num_labels"] = len(kwargs["id2label"])
+        labels = {int(i): label for i, label in hf["id2label"].items()}
+        kwargs["num_labels"] = len(labels)
+        kwargs["id2label"] = None if labels == default_labels(len(labels)) else labels
     try:
         return family.config(**kwargs)
     except ValidationError as e:
@@ -98,10 +99,15 @@ def config_to_hf(config: ModelConfig, architecture: str, dtype: str) -> dict:
     if "num_labels" in hf:
         n, labels = hf.pop("num_labels"), hf.pop("id2label")
         if not labels or len(labels) != n:
-            labels = {i: f"LABEL_{i}" for i in range(n)}
+            labels = default_labels(n)
         hf["id2label"] = {str(i): label for i, label in labels.items()}
         hf["label2id"] = {label: i for i, label in labels.items()}
     return {"architectures": [architecture], "model_type": config.type, **hf, "dtype": dtype}
+
+
+def default_labels(n: int) -> dict[int, str]:
+    """transformers' names for labels nobody named."""
+    return {i: f"LABEL_{i}" for i in range(n)}
 
 
 def _architecture(hf: dict) -> tuple[str, type[nn.Module]]:
