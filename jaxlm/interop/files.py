@@ -67,7 +67,7 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
                            f"or save the model as {SAFETENSORS}") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise InteropError(f"{path} is truncated or corrupt ({reason}): download or export it again") from e
     # numpy has no bfloat16: widen it (exactly) and let the caller cast to the dtype it wants.

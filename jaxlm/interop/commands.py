@@ -1,0 +1,51 @@
+"""What the ``fill-mask`` and ``convert --to-torch`` CLI commands do, as plain functions."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlm.data.tokenizer import load_tokenizer
+from jaxlm.interop.errors import InteropError
+from jaxlm.interop.hf import from_pretrained, save_pretrained
+from jaxlm.models.bert import BertForMaskedLM, BertForPreTraining
+from jaxlm.models.distilbert import DistilBertForMaskedLM
+
+MASK = "[MASK]"
+MASKED_LM = (BertForMaskedLM, BertForPreTraining, DistilBertForMaskedLM)
+
+
+def fill_mask(model_dir: str, text: str, top_k: int = 5) -> list[tuple[str, float]]:
+    """The ``top_k`` most likely tokens for the one ``[MASK]`` in ``text``, with probabilities.
+
+    ``model_dir`` is a Hugging Face directory of a masked-LM checkpoint with its tokenizer
+    files (``tokenizer.json`` or ``vocab.txt``).
+    """
+    model, params = from_pretrained(model_dir)
+    if not isinstance(model, MASKED_LM):
+        raise InteropError(f"{model_dir} holds a {type(model).__name__}; fill-mask needs a masked-LM checkpoint "
+                           f"({', '.join(c.__name__ for c in MASKED_LM)})")
+    tok = load_tokenizer(model_dir).tok
+    mask_id = tok.token_to_id(MASK)
+    if mask_id is None:
+        raise InteropError(f"the tokenizer in {model_dir} has no {MASK} token: use the model's own tokenizer files")
+    tok.add_special_tokens([MASK])  # a bare vocab.txt does not say which tokens are special
+    ids = tok.encode(text).ids
+    where = [i for i, t in enumerate(ids) if t == mask_id]
+    if len(where) != 1:
+        raise InteropError(f"fill-mask needs exactly one {MASK} in the text, found {len(where)}")
+    logits = model.apply({"params": params}, jnp.asarray([ids], jnp.int32)).logits[0, where[0]]
+    probs = np.asarray(jax.nn.softmax(logits.astype(jnp.float32)))
+    best = np.argsort(-probs)[:top_k]
+    return [(tok.decode([int(i)], skip_special_tokens=False), float(probs[i])) for i in best]
+
+
+def export_torch(model, params, out_dir: str | os.PathLike) -> str:
+    """Write ``model`` + ``params`` as a transformers directory; returns a line saying what was written."""
+    out = save_pretrained(model, params, out_dir)
+    n = sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(params))
+    return (f"wrote {type(model).__name__} ({n / 1e6:.1f}M params) to {out}: config.json + model.safetensors; "
+            f"load it with transformers.{type(model).__name__}.from_pretrained({str(out)!r})")
