@@ -1,4 +1,5 @@
 # The two quickstart commands: `make demo` (train gpt2-tiny, print a sample) and `make test`.
+# Each creates .venv and installs what it needs, pinned by constraints.txt.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -6,21 +7,27 @@ PIP    := $(PY) -m pip install -q -c constraints.txt
 export HF_HUB_OFFLINE=1
 export HF_DATASETS_OFFLINE=1
 
-$(VENV)/.installed-%: pyproject.toml constraints.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) -e ".[$*]"
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed-core: pyproject.toml constraints.txt | $(PY)
+	$(PIP) -e .
 	touch $@
 
+$(VENV)/.installed-dev: pyproject.toml constraints.txt | $(PY)
+	$(PIP) -e ".[torch,dev]"
+	touch $@ $(VENV)/.installed-core
+
 .PHONY: demo test test-fast bench
-demo: $(VENV)/.installed-torch
-	$(VENV)/bin/jaxlm train configs/gpt2-tiny.yaml
+demo: $(VENV)/.installed-core
+	$(VENV)/bin/jaxlm train configs/gpt2-tiny.yaml $(ARGS)
 	$(VENV)/bin/jaxlm generate --run runs/gpt2-tiny --prompt "The import statement" --max-new-tokens 64
 
-test: $(VENV)/.installed-torch,dev
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+test: $(VENV)/.installed-dev
+	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: $(VENV)/.installed-torch,dev
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+test-fast: $(VENV)/.installed-dev
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-bench: $(VENV)/.installed-torch,dev
+bench: $(VENV)/.installed-dev
 	$(PY) benchmarks/train_throughput.py

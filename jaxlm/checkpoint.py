@@ -1,23 +1,34 @@
-"""The one orbax wrapper: save, list and restore training checkpoints.
+"""The one orbax wrapper: save, list, validate and restore training checkpoints.
 
-A run directory holds ``checkpoints/<step>/`` with four items: ``params``, ``train``
-(optimizer state, step, RNG key), ``data`` (the iterator position) and ``meta`` (format
-version, the resolved config, eval metrics). A checkpoint labelled N holds N completed
-optimizer updates. Params are a separate item so evaluation, generation and
-``model.init_from`` read them without the optimizer state.
+A run directory holds ``checkpoints/<N>/`` with four items: ``params``, ``train``
+(optimizer state with any accumulation / loss-scale state, step, RNG key), ``data`` (the
+iterator position) and ``meta`` (format version, the resolved config, eval metrics).
+**A checkpoint labelled N holds N completed optimizer updates.** Params are an item of
+their own so evaluation, generation and ``model.init_from`` read them alone.
+
+Orbax writes each checkpoint into a temporary directory and renames it when complete, so
+a process killed at any instant (mid-save included) leaves only complete checkpoints
+visible; a complete-looking but damaged newest checkpoint is detected on restore, moved to
+``corrupt/`` and the previous one is used.
 """
 
 from __future__ import annotations
 
+import logging
+import shutil
+import time
 from pathlib import Path
 from typing import Any
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
 
 from jaxlm.errors import JaxlmError
 
 FORMAT_VERSION = 1
-ITEMS = ("params", "train", "data", "meta")
+log = logging.getLogger("jaxlm")
 
 
 class CheckpointError(JaxlmError):
@@ -28,50 +39,121 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir).absolute() / "checkpoints"
 
 
-class Checkpoints:
-    def __init__(self, run_dir: str | Path, every: int | None = None, keep: int | None = None,
-                 read_only: bool = False):
-        options = ocp.CheckpointManagerOptions(
-            save_interval_steps=every or 1, max_to_keep=keep, create=not read_only, read_only=read_only,
-            enable_async_checkpointing=not read_only)
-        self.manager = ocp.CheckpointManager(checkpoint_dir(run_dir), options=options, item_names=ITEMS)
+def resolve(path: str | Path) -> tuple[Path, int | None]:
+    """``runs/x`` -> (runs/x, None); ``runs/x/checkpoints/400`` -> (runs/x, 400)."""
+    path = Path(path)
+    if path.name.isdigit() and path.parent.name == "checkpoints":
+        return path.parent.parent, int(path.name)
+    return path, None
 
-    def latest_step(self) -> int | None:
-        return self.manager.latest_step()
+
+class Checkpoints:
+    def __init__(self, run_dir: str | Path, config=None, read_only: bool = False):
+        """``config``: a CheckpointConfig for a training run; ``None`` opens read-only."""
+        self.run_dir = Path(run_dir)
+        if config is None or read_only:
+            options = ocp.CheckpointManagerOptions(read_only=True, create=False, enable_async_checkpointing=False)
+            self.best_metric = None
+        else:
+            keep = [policies.LatestN(config.keep)]
+            if config.keep_best:
+                keep.append(policies.BestN(get_metric_fn=lambda m: m[config.best_metric], n=config.keep_best,
+                                           reverse=config.best_mode == "min",
+                                           keep_checkpoints_without_metrics=False))
+            options = ocp.CheckpointManagerOptions(
+                preservation_policy=policies.AnyPreservationPolicy(keep), cleanup_tmp_directories=True)
+            self.best_metric, self.every = config.best_metric, config.every
+        handlers = {"params": ocp.StandardCheckpointHandler(), "train": ocp.StandardCheckpointHandler(),
+                    "data": ocp.JsonCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+        self.manager = ocp.CheckpointManager(checkpoint_dir(run_dir), options=options, item_handlers=handlers)
 
     def all_steps(self) -> list[int]:
-        return list(self.manager.all_steps())
+        return sorted(self.manager.all_steps())
 
-    def save(self, step: int, state, data_state: dict, meta: dict, force: bool = False) -> bool:
+    def latest_step(self) -> int | None:
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
+    def save(self, step: int, state, data_state: dict, config: dict, metrics: dict, force: bool = False) -> bool:
+        """Start an asynchronous save every ``checkpoint.every`` steps, or now if ``force``."""
+        if not force and step % self.every:
+            return False
         train = {"opt_state": state.opt_state, "step": state.step, "rng": state.rng}
         args = ocp.args.Composite(
             params=ocp.args.StandardSave(state.params),
             train=ocp.args.StandardSave(train),
             data=ocp.args.JsonSave(data_state),
-            meta=ocp.args.JsonSave({"format_version": FORMAT_VERSION, **meta}),
+            meta=ocp.args.JsonSave({"format_version": FORMAT_VERSION, "step": step, "config": config,
+                                    "metrics": metrics}),
         )
-        return self.manager.save(step, args=args, force=force)
+        best = {self.best_metric: metrics[self.best_metric]} if self.best_metric in metrics else None
+        return self.manager.save(step, args=args, metrics=best, force=True)
 
-    def restore(self, step: int, abstract_state) -> tuple[Any, dict, dict]:
-        """Restore onto the shardings of ``abstract_state`` (a TrainState of ShapeDtypeStructs)."""
+    def read_meta(self, step: int) -> dict:
+        meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        if meta.get("format_version", 0) > FORMAT_VERSION:
+            raise CheckpointError(f"checkpoint {step} has format {meta['format_version']}; this jaxlm reads up to "
+                                  f"{FORMAT_VERSION}: upgrade jaxlm")
+        return meta
+
+    def read_params(self, step: int, abstract_params=None):
+        restore = ocp.args.StandardRestore(abstract_params)
+        return self.manager.restore(step, args=ocp.args.Composite(params=restore)).params
+
+    def restore(self, step: int, abstract_state) -> tuple[Any, dict]:
+        """The full TrainState at ``step`` on ``abstract_state``'s shardings, and the data position."""
         abstract_train = {"opt_state": abstract_state.opt_state, "step": abstract_state.step,
                           "rng": abstract_state.rng}
         out = self.manager.restore(step, args=ocp.args.Composite(
             params=ocp.args.StandardRestore(abstract_state.params),
             train=ocp.args.StandardRestore(abstract_train),
             data=ocp.args.JsonRestore(),
-            meta=ocp.args.JsonRestore(),
         ))
         t = out.train
-        state = abstract_state.replace(params=out.params, opt_state=t["opt_state"], step=t["step"], rng=t["rng"])
-        return state, out.data, out.meta
+        return abstract_state.replace(params=out.params, opt_state=t["opt_state"], step=t["step"], rng=t["rng"]), out.data
 
-    def read_meta(self, step: int) -> dict:
-        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    def restore_latest(self, abstract_state, check_config) -> tuple[Any, dict, int] | None:
+        """Newest readable checkpoint; damaged ones are moved to ``corrupt/`` with a warning.
 
-    def read_params(self, step: int, abstract_params=None):
-        restore = ocp.args.StandardRestore(abstract_params)
-        return self.manager.restore(step, args=ocp.args.Composite(params=restore)).params
+        ``check_config(saved_config)`` raises if the checkpoint cannot continue this run.
+        """
+        for step in reversed(self.all_steps()):
+            try:
+                meta = self.read_meta(step)
+            except CheckpointError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped, not fatal
+                self._quarantine(step, e)
+                continue
+            check_config(meta["config"])
+            try:
+                state, data = self.restore(step, abstract_state)
+            except Exception as e:  # noqa: BLE001
+                self._quarantine(step, e)
+                continue
+            return state, data, step
+        return None
+
+    def _quarantine(self, step: int, error: Exception) -> None:
+        src = checkpoint_dir(self.run_dir) / str(step)
+        dst = self.run_dir / "corrupt" / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        log.warning("checkpoint %s is damaged (%s); moved to %s, falling back to the previous one", src, reason, dst)
+        if jax.process_index() == 0:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(src), str(dst))
+        self.manager.reload()
+
+    def best_step(self) -> int | None:
+        """The step with the best ``checkpoint.best_metric`` of the run's latest config."""
+        from jaxlm.config import validate_config
+
+        steps = self.all_steps()
+        cfg = validate_config(self.read_meta(steps[-1])["config"]).checkpoint if steps else None
+        scored = [(m[cfg.best_metric], s) for s in steps if cfg.best_metric in (m := self.read_meta(s)["metrics"])]
+        if not scored:
+            return None
+        return (min if cfg.best_mode == "min" else max)(scored)[1]
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -80,21 +162,61 @@ class Checkpoints:
         self.manager.close()
 
 
-def load_run(path: str | Path, step: int | None = None) -> tuple[dict, Any, int]:
-    """``(config dict, params, step)`` from a run directory's latest (or given) checkpoint."""
-    path = Path(path)
-    if not checkpoint_dir(path).is_dir():
-        raise CheckpointError(f"{path} has no checkpoints/ directory; pass a jaxlm run directory "
-                              "(run.out_dir of a training run)")
-    ckpt = Checkpoints(path, read_only=True)
+def open_run(path: str | Path, step: int | None = None, best: bool = False) -> tuple[Checkpoints, int]:
+    """A read-only view of a run's checkpoints and the step to read (latest, ``step`` or best)."""
+    run_dir, path_step = resolve(path)
+    step = path_step if step is None else step
+    if not checkpoint_dir(run_dir).is_dir():
+        raise CheckpointError(f"{path} is not a jaxlm run or checkpoint directory (no checkpoints/ inside); "
+                              "pass a training run's run.out_dir")
+    ckpt = Checkpoints(run_dir, read_only=True)
     steps = ckpt.all_steps()
     if not steps:
-        raise CheckpointError(f"{path} holds no complete checkpoint yet")
-    if step is None:
-        step = max(steps)
+        raise CheckpointError(f"{run_dir} holds no complete checkpoint yet")
+    if best:
+        step = ckpt.best_step()
+        if step is None:
+            raise CheckpointError(f"no checkpoint in {run_dir} has its checkpoint.best_metric recorded")
+    elif step is None:
+        step = steps[-1]
     elif step not in steps:
-        raise CheckpointError(f"{path} has no checkpoint at step {step}; it has {sorted(steps)}")
-    meta = ckpt.read_meta(step)
-    params = ckpt.read_params(step)
-    ckpt.close()
-    return meta["config"], params, step
+        raise CheckpointError(f"{run_dir} has no checkpoint at step {step}; it has {steps}")
+    return ckpt, step
+
+
+def load_run(path: str | Path, step: int | None = None, best: bool = False) -> tuple[dict, Any, int]:
+    """``(config dict, params, step)`` from a run directory or a ``checkpoints/N`` directory."""
+    ckpt, step = open_run(path, step, best)
+    try:
+        return ckpt.read_meta(step)["config"], ckpt.read_params(step), step
+    finally:
+        ckpt.close()
+
+
+def load_params_into(path: str | Path, abstract_params) -> Any:
+    """Params from a run / checkpoint, checked against the model's: every mismatch is named."""
+    ckpt, step = open_run(path)
+    try:
+        meta_tree = ckpt.manager.item_metadata(step).params
+        saved = _shapes(meta_tree)
+        wanted = _shapes(abstract_params)
+        problems = [f"{k}: missing from {path}" for k in sorted(wanted.keys() - saved.keys())]
+        problems += [f"{k}: not in this model" for k in sorted(saved.keys() - wanted.keys())]
+        problems += [f"{k}: shape {saved[k]} in {path} vs {wanted[k]} in this model"
+                     for k in sorted(wanted.keys() & saved.keys()) if saved[k] != wanted[k]]
+        if problems:
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise CheckpointError(f"model.init_from={path} does not fit this model: {'; '.join(problems[:3])}{more}")
+        return ckpt.read_params(step, abstract_params)
+    finally:
+        ckpt.close()
+
+
+def _shapes(tree) -> dict[str, tuple]:
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(np.shape(leaf) if not hasattr(leaf, "shape")
+                                                                     else leaf.shape) for path, leaf in flat}
+
+
+def dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())

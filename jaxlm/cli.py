@@ -1,4 +1,4 @@
-"""``jaxlm`` command line: train, eval, generate."""
+"""``jaxlm`` command line: train, eval, generate, checkpoints."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def cmd_eval(args) -> int:
     from jaxlm.train.trainer import evaluate, setup
 
     config = _config(args)
-    _, params, step = load_run(config.run.out_dir, args.step)
+    _, params, step = load_run(config.run.out_dir, args.step, args.best)
     metrics = evaluate(setup(config), params)
     print(json.dumps({"step": step, **{k: round(v, 6) for k, v in metrics.items()}}))
     return 0
@@ -40,20 +40,38 @@ def cmd_eval(args) -> int:
 def cmd_generate(args) -> int:
     import numpy as np
 
-    from jaxlm.checkpoint import load_run
+    from jaxlm.checkpoint import load_run, resolve
     from jaxlm.config import validate_config
     from jaxlm.data.tokenizer import load_tokenizer
     from jaxlm.generate import generate
     from jaxlm.models import build_model
 
-    config_dict, params, _ = load_run(args.run, args.step)
+    config_dict, params, _ = load_run(args.run, args.step, args.best)
     config = validate_config(config_dict)
-    tokenizer = load_tokenizer(config.data.tokenizer.path or Path(args.run) / "tokenizer")
+    tokenizer = load_tokenizer(config.data.tokenizer.path or resolve(args.run)[0] / "tokenizer")
     model = build_model(config.model, "causal_lm")
     prompt = tokenizer.encode(args.prompt) or [tokenizer.eos_id]
     out = generate(model, params, np.asarray([prompt]), max_new_tokens=args.max_new_tokens,
                    eos_token_id=tokenizer.eos_id)
     print(tokenizer.decode(np.asarray(out[0]).tolist()))
+    return 0
+
+
+def cmd_checkpoints(args) -> int:
+    from jaxlm.checkpoint import checkpoint_dir, dir_size, open_run
+
+    ckpt, latest = open_run(args.run)
+    try:
+        best = ckpt.best_step()
+        print(f"{'step':>8}  {'size':>9}  metrics")
+        for step in ckpt.all_steps():
+            metrics = ckpt.read_meta(step)["metrics"]
+            shown = "  ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if k.startswith("eval_")) or "-"
+            size = dir_size(checkpoint_dir(ckpt.run_dir) / str(step)) / 2**20
+            tags = [t for t, s in (("latest", latest), ("best", best)) if s == step]
+            print(f"{step:>8}  {size:>7.1f}MB  {shown}{'  (' + ', '.join(tags) + ')' if tags else ''}")
+    finally:
+        ckpt.close()
     return 0
 
 
@@ -69,25 +87,35 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate the latest checkpoint of a config's run.out_dir")
+    def which_checkpoint(p):
+        group = p.add_mutually_exclusive_group()
+        group.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+        group.add_argument("--best", action="store_true", help="the best checkpoint by checkpoint.best_metric")
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint of a config's run.out_dir")
     with_config(p)
-    p.add_argument("--step", type=int, help="checkpoint step (default: latest)")
+    which_checkpoint(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("generate", help="continue a prompt with a trained language model (greedy)")
-    p.add_argument("--run", required=True, help="a jaxlm run directory")
+    p.add_argument("--run", required=True, help="a jaxlm run directory (or one of its checkpoints/N)")
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--step", type=int, help="checkpoint step (default: latest)")
+    which_checkpoint(p)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("checkpoints", help="list a run's checkpoints: steps, eval metrics, sizes")
+    p.add_argument("run", help="a jaxlm run directory")
+    p.set_defaults(func=cmd_checkpoints)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("absl", "jax", "orbax"):
+    for noisy in ("jax", "orbax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax reports routine events as warnings
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

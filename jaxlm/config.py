@@ -122,7 +122,17 @@ class ScheduleConfig(Section):
 
 class CheckpointConfig(Section):
     every: int = Field(500, gt=0)
+    """Save every N steps (and always at the end and on preemption)."""
     keep: int = Field(3, gt=0)
+    """Keep the newest N checkpoints."""
+    keep_best: int = Field(0, ge=0)
+    """Also keep the best N by ``best_metric`` (0: off)."""
+    best_metric: str = "eval_loss"
+    best_mode: Literal["min", "max"] = "min"
+    resume: str = "auto"
+    """``auto``: continue from this run's latest complete checkpoint; ``never``: refuse to
+    start over an existing run; a path (run or ``checkpoints/N`` dir): start from that
+    checkpoint's full state when this run has none of its own."""
 
 
 class MeshConfig(Section):
@@ -282,3 +292,38 @@ def _type_name(annotation) -> str:
 
 def save_config(config: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+
+# Settings that shape the training state or the data order: a run can only resume a
+# checkpoint that agrees on them. Everything else (max_steps, log/eval cadence, learning
+# rate, dropout, ...) may change between restarts.
+STATE_KEYS = ("task", "model", "optimizer.name", "run.seed", "trainer.batch_size", "data.seq_len", "data.paths",
+              "data.tokenizer")
+HARMLESS_MODEL_KEYS = {"init_from", "attention_implementation", "resid_pdrop", "embd_pdrop", "attn_pdrop",
+                       "hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"}
+
+
+def resume_conflicts(saved: dict, config: Config) -> list[str]:
+    """Human-readable differences that make a checkpoint saved under ``saved`` unusable now."""
+    now = config.model_dump(mode="json")
+
+    def get(tree, dotted):
+        for part in dotted.split("."):
+            tree = tree.get(part) if isinstance(tree, dict) else None
+        return tree
+
+    def structure(tree):  # optional transforms change the optimizer state's shape
+        return {"optimizer.clip_norm": get(tree, "optimizer.clip_norm") is not None,
+                "schedule.plateau": get(tree, "schedule.plateau") is not None}
+
+    out = []
+    for key in STATE_KEYS:
+        a, b = get(saved, key), get(now, key)
+        if key == "model" and isinstance(a, dict) and isinstance(b, dict):
+            out += [f"model.{k}: {a.get(k)!r} in the checkpoint, {b.get(k)!r} now"
+                    for k in sorted(a.keys() | b.keys()) if k not in HARMLESS_MODEL_KEYS and a.get(k) != b.get(k)]
+        elif a != b:
+            out.append(f"{key}: {a!r} in the checkpoint, {b!r} now")
+    sa, sb = structure(saved), structure(now)
+    out += [f"{k} set: {sa[k]} in the checkpoint, {sb[k]} now" for k in sa if sa[k] != sb[k]]
+    return out

@@ -39,24 +39,42 @@ def load_documents(paths: list[str] | None) -> list[str]:
     return docs
 
 
-def split_documents(docs: list[str], validation_fraction: float) -> tuple[list[str], list[str]]:
-    """Hold out the last ``validation_fraction`` of every document, cut at a line break.
+def split_documents(docs: list[str], validation_fraction: float, chunk_chars: int = 2000
+                    ) -> tuple[list[str], list[str]]:
+    """Hold out an evenly spread ``validation_fraction`` of ~``chunk_chars`` chunks.
 
-    Every document contributes to both splits, so the validation text is spread evenly
-    over the corpus rather than being one unlucky topic; train and validation never overlap.
+    Documents are cut at line breaks into chunks; chunk i (counted over the whole corpus)
+    is held out when ``floor((i + 1) * f) > floor(i * f)``, which spreads the validation text
+    through every part of the corpus (a document's tail, often footnotes, is no more likely
+    than its middle). Neighbouring training chunks of a document stay joined; each held-out
+    chunk is its own document. Train and validation never overlap.
     """
-    train, valid = [], []
+    train, valid, index = [], [], 0
     for doc in docs:
-        cut = int(len(doc) * (1 - validation_fraction))
-        newline = doc.rfind("\n", 0, cut)
-        if newline > 0:
-            cut = newline + 1
-        head, tail = doc[:cut], doc[cut:]
-        if head.strip():
-            train.append(head)
-        if tail.strip():
-            valid.append(tail)
+        current = []
+        for chunk in _chunks(doc, chunk_chars):
+            held_out = int((index + 1) * validation_fraction) > int(index * validation_fraction)
+            index += 1
+            if held_out:
+                valid.append(chunk)
+                if current:
+                    train.append("".join(current))
+                current = []
+            else:
+                current.append(chunk)
+        if current:
+            train.append("".join(current))
+    train, valid = [t for t in train if t.strip()], [v for v in valid if v.strip()]
     if not train or not valid:
         raise DataError("the corpus is too small to split into train and validation text; add text or "
                         "change data.validation_fraction")
     return train, valid
+
+
+def _chunks(doc: str, size: int):
+    start = 0
+    while start < len(doc):
+        end = doc.find("\n", start + size)
+        end = len(doc) if end < 0 else end + 1
+        yield doc[start:end]
+        start = end

@@ -4,8 +4,8 @@ Outputs (every output, hidden state and attention map, at non-padded positions),
 gradients of a loss touching every output, and the params after one AdamW step. Used by
 the parity tests and ``benchmarks/parity_table.py``; to validate a real checkpoint::
 
-    inputs = example_inputs(model.config)            # or your own token ids
-    compare_outputs("path/to/bert-base-uncased", inputs)
+    d = "path/to/bert-base-uncased"
+    compare_outputs(d, example_inputs(transformers.AutoConfig.from_pretrained(d)))  # or your own ids
 
 Needs torch and transformers (the ``[torch]`` extra). Everything runs in float32 with
 ``jax.default_matmul_precision("highest")`` so GPUs do not drop to TF32.
@@ -21,17 +21,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import torch
+import transformers
 from flax import traverse_util
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is local; never reach for the hub
-import torch  # noqa: E402
-import transformers  # noqa: E402
+from jaxlm.interop import walker
+from jaxlm.interop.hf import from_pretrained
+from jaxlm.models import MODEL_FAMILIES
 
-from jaxlm.interop import walker  # noqa: E402
-from jaxlm.interop.hf import from_pretrained  # noqa: E402
-from jaxlm.models import MODEL_FAMILIES  # noqa: E402
-
-# Tiny transformers configs, one per family: a few layers, odd sizes, no dropout to switch off.
+# Tiny transformers configs, one per family: two layers, sizes that cannot be confused.
 TINY = {
     "bert": dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
                  max_position_embeddings=64, type_vocab_size=2, num_labels=3),

@@ -83,8 +83,7 @@ def slots(tree: Mapping, key_map: TorchKeyMap) -> list[Slot]:
 
 def param_shapes(model: nn.Module) -> dict:
     """The model's param tree as ``ShapeDtypeStruct``s: nothing is allocated."""
-    ids = jnp.zeros((1, 1), jnp.int32)
-    return nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0), ids))["params"]
+    return jax.eval_shape(lambda: _init(model, seed=0))
 
 
 def params_from_torch(model: nn.Module, state: Mapping[str, Any], key_map: TorchKeyMap, *, dtype,
@@ -99,11 +98,11 @@ def params_from_torch(model: nn.Module, state: Mapping[str, Any], key_map: Torch
         if not any(re.search(p, key) for p in key_map.dropped):
             checkpoint[key] = value
 
-    loaded, missing, mismatched = {}, [], []
+    loaded, missing, mismatched = {}, {}, []
     for slot in slots(param_shapes(model), key_map):
         key = _strip(slot.key, key_map.prefix)
         if key not in checkpoint:
-            missing.append(slot)
+            missing[key] = slot
             continue
         w = checkpoint.pop(key)
         if tuple(w.shape) != slot.torch_shape:
@@ -114,8 +113,7 @@ def params_from_torch(model: nn.Module, state: Mapping[str, Any], key_map: Torch
     name = type(model).__name__
     problems = [
         _listing("shape mismatch", mismatched),
-        _listing("missing", [f"{_strip(s.key, key_map.prefix)} {s.torch_shape}" for s in missing
-                             if not optional.search(_strip(s.key, key_map.prefix))]),
+        _listing("missing", [f"{k} {s.torch_shape}" for k, s in missing.items() if not optional.search(k)]),
         _listing("unexpected", [f"{k} {tuple(v.shape)}" for k, v in checkpoint.items() if not optional.search(k)]),
     ]
     problems = [p for p in problems if p]
@@ -123,12 +121,11 @@ def params_from_torch(model: nn.Module, state: Mapping[str, Any], key_map: Torch
         raise InteropError(f"the weights in {source} do not fit the {name} of its config.json: "
                            f"{'; '.join(problems)}; use the config.json the weights were saved with")
     if missing:
-        fresh = traverse_util.flatten_dict(nn.meta.unbox(
-            model.init(jax.random.key(seed), jnp.zeros((1, 1), jnp.int32))["params"]))
-        for slot in missing:
+        fresh = traverse_util.flatten_dict(_init(model, seed))
+        for slot in missing.values():
             loaded[slot.path] = fresh[slot.path].astype(dtype)
         logger.warning("%s: %d weights are not in %s and were newly initialised (train them before use): %s",
-                       name, len(missing), source, ", ".join(_strip(s.key, key_map.prefix) for s in missing))
+                       name, len(missing), source, ", ".join(missing))
     if checkpoint:
         logger.warning("%s: %d weights in %s are not used by this model and were skipped: %s",
                        name, len(checkpoint), source, ", ".join(checkpoint))
@@ -147,6 +144,10 @@ def params_to_torch(model: nn.Module, params: Mapping, key_map: TorchKeyMap) -> 
                            f"{_listing('wrong', wrong)}; pass the params that model was trained with")
     flat = traverse_util.flatten_dict(params)
     return {s.key: np.ascontiguousarray(s.to_torch(np.asarray(flat[s.path]))) for s in slots(params, key_map)}
+
+
+def _init(model: nn.Module, seed: int) -> dict:
+    return nn.meta.unbox(model.init(jax.random.key(seed), jnp.zeros((1, 1), jnp.int32))["params"])
 
 
 def _strip(key: str, prefix: str) -> str:

@@ -42,7 +42,7 @@ class TorchKeyMap:
     """``re.sub`` pattern / replacement pairs, applied in order to the dotted jaxlm name."""
     conv1d: bool = False
     dropped: tuple[str, ...] = ()
-    """Patterns of PyTorch keys that are buffers or tied copies: read past, never written."""
+    """Patterns of PyTorch keys (prefix removed) that are buffers or tied copies: skipped on import."""
     optional: str = r"(?!)"
     """Pattern of keys (prefix removed) a checkpoint may lack or carry beyond the model:
     heads and poolers, so a base checkpoint loads into a head model and vice versa."""

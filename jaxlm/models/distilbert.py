@@ -16,7 +16,7 @@ PyTorch names (``TORCH_KEY_MAP``) -> jaxlm params, ``distilbert.`` inside head m
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Literal
 
 import flax.linen as nn
 import jax.numpy as jnp

@@ -37,5 +37,25 @@ def _plain(v):
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
+    """The records of ``metrics.jsonl`` (a line cut short by a crash is skipped)."""
+    return [r for r in map(_parse, (Path(run_dir) / "metrics.jsonl").read_text().splitlines()) if r]
+
+
+def _parse(line: str) -> dict | None:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
+
+
+def rewind_metrics(run_dir: Path, step: int) -> None:
+    """Drop records after ``step`` (written before a crash, about to be recomputed)."""
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if (r := _parse(line)) and r["step"] <= step]
+    if len(kept) != len(lines):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(path)

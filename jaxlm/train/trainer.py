@@ -16,13 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from jaxlm.checkpoint import Checkpoints
-from jaxlm.config import Config, save_config
+from jaxlm.checkpoint import CheckpointError, Checkpoints, checkpoint_dir, load_params_into, resolve
+from jaxlm.config import Config, resume_conflicts, save_config
 from jaxlm.errors import ConfigError, JaxlmError
+from jaxlm.train.preemption import PreemptionGuard
 from jaxlm.models import build_model
 from jaxlm.parallel.mesh import batch_sharding, data_parallel_size, logical_to_sharding, make_mesh
 from jaxlm.tasks import Task, build_task
-from jaxlm.train.logging import MetricsLogger
+from jaxlm.train.logging import MetricsLogger, rewind_metrics
 from jaxlm.train.optim import build_optimizer
 from jaxlm.train.step import TrainState, make_eval_step, make_train_step
 
@@ -114,18 +115,12 @@ def train(config: Config) -> dict[str, float]:
     s = setup(config)
     c, t = config, config.trainer
     is_main = jax.process_index() == 0
+    ckpt = Checkpoints(s.run_dir, c.checkpoint)
+    data = s.task.train_iterator(t.batch_size, jax.process_index(), jax.process_count())
+    state = start_state(s, ckpt, data)
     if is_main:
         save_config(c, s.run_dir / "config.yaml")
-    ckpt = Checkpoints(s.run_dir, every=c.checkpoint.every, keep=c.checkpoint.keep)
-    data = s.task.train_iterator(t.batch_size, jax.process_index(), jax.process_count())
-
-    latest = ckpt.latest_step()
-    if latest is not None:
-        state, data_state, _ = ckpt.restore(latest, s.abstract_state)
-        data.restore(data_state)
-        log.info("resumed from %s at step %d", ckpt.manager.directory, latest)
-    else:
-        state = s.init_state()
+        rewind_metrics(s.run_dir, int(state.step))
 
     shardings = jax.tree.map(lambda a: a.sharding, s.abstract_state)
     dropout = any(getattr(c.model, f, 0) for f in ("resid_pdrop", "embd_pdrop", "attn_pdrop",
@@ -142,6 +137,8 @@ def train(config: Config) -> dict[str, float]:
     last: dict[str, float] = {}
     tokens_per_step = t.batch_size * int(np.prod(s.task.model_inputs(s.task.example_batch(1))["input_ids"].shape))
     tick, ticked_at = time.perf_counter(), step
+    config_json = c.model_dump(mode="json")
+    guard = PreemptionGuard(ckpt.manager)
     try:
         while step < t.max_steps:
             with s.mesh:
@@ -159,16 +156,68 @@ def train(config: Config) -> dict[str, float]:
                 logger.log(step, metrics)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['learning_rate']:.2e}")
                 last.update(metrics)
+            evaluated = {}
             if step % t.eval_every == 0 or step == t.max_steps:
-                ev = evaluate(s, state.params, eval_fn)
-                logger.log(step, ev)
-                last.update(ev)
-                bar.write(f"step {step}: " + "  ".join(f"{k}={v:.4f}" for k, v in ev.items()))
-            ckpt.save(step, state, data.state(), {"config": c.model_dump(mode="json"), "metrics": last},
-                      force=step == t.max_steps)
+                evaluated = evaluate(s, state.params, eval_fn)
+                logger.log(step, evaluated)
+                last.update(evaluated)
+                bar.write(f"step {step}: " + "  ".join(f"{k}={v:.4f}" for k, v in evaluated.items()))
+            preempted = guard.reached(step)
+            ckpt.save(step, state, data.state(), config_json, evaluated,
+                      force=preempted or step == t.max_steps)
+            if preempted:
+                ckpt.wait()
+                log.warning("stopped by %s at step %d; checkpoint saved; rerun the same command to resume",
+                            guard.signal_name, step)
+                break
     finally:
+        guard.close()
         bar.close()
         ckpt.wait()
         ckpt.close()
         logger.close()
     return last
+
+
+def start_state(s: Setup, ckpt: Checkpoints, data) -> TrainState:
+    """Resume (``checkpoint.resume``) or initialise, with ``model.init_from`` params if given."""
+    c = s.config
+    resume = c.checkpoint.resume
+
+    def check(saved_config: dict) -> None:
+        conflicts = resume_conflicts(saved_config, c)
+        if conflicts:
+            raise CheckpointError(f"cannot resume {s.run_dir}: {'; '.join(conflicts)}. Use a new run.out_dir "
+                                  "(or undo the change)")
+
+    if ckpt.all_steps():
+        if resume == "never":
+            raise CheckpointError(f"{checkpoint_dir(s.run_dir)} already holds checkpoints and checkpoint.resume="
+                                  "never; choose a new run.out_dir or set checkpoint.resume=auto")
+        found = ckpt.restore_latest(s.abstract_state, check)
+        if found is not None:
+            state, data_state, step = found
+            data.restore(data_state)
+            log.info("resumed from %s at step %d", checkpoint_dir(s.run_dir), step)
+            return state
+    elif resume not in ("auto", "never"):
+        source_dir, step = resolve(resume)
+        source = Checkpoints(source_dir, read_only=True) if checkpoint_dir(source_dir).is_dir() else None
+        if source is None or not source.all_steps():
+            raise CheckpointError(f"checkpoint.resume={resume} holds no jaxlm checkpoint")
+        step = source.latest_step() if step is None else step
+        check(source.read_meta(step)["config"])
+        state, data_state = source.restore(step, s.abstract_state)
+        source.close()
+        data.restore(data_state)
+        log.info("started from %s at step %d", resume, step)
+        return state
+
+    state = s.init_state()
+    if c.model.init_from:
+        abstract_params = jax.tree.map(lambda a: a, s.abstract_state.params)
+        params = load_params_into(c.model.init_from, abstract_params)
+        state = state.replace(params=params, opt_state=jax.jit(s.tx.init, out_shardings=jax.tree.map(
+            lambda a: a.sharding, s.abstract_state.opt_state))(params))
+        log.info("initialised params from %s", c.model.init_from)
+    return state
