@@ -89,6 +89,15 @@ class Checkpoints:
         best = {self.best_metric: metrics[self.best_metric]} if self.best_metric in metrics else None
         return self.manager.save(step, args=args, metrics=best, force=True)
 
+    def save_weights(self, params, config: dict, architecture: str) -> None:
+        """A weights-only checkpoint at step 0 (what ``jaxlm convert`` writes): usable by
+        ``model.init_from``, ``eval`` and ``generate``, not resumable."""
+        meta = {"format_version": FORMAT_VERSION, "step": 0, "config": config, "metrics": {},
+                "weights_only": True, "architecture": architecture}
+        self.manager.save(0, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                                     meta=ocp.args.JsonSave(meta)), force=True)
+        self.wait()
+
     def read_meta(self, step: int) -> dict:
         meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
         if meta.get("format_version", 0) > FORMAT_VERSION:
@@ -125,6 +134,9 @@ class Checkpoints:
             except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped, not fatal
                 self._quarantine(step, e)
                 continue
+            if meta.get("weights_only"):
+                raise CheckpointError(f"{checkpoint_dir(self.run_dir) / str(step)} holds weights only (written by "
+                                      "jaxlm convert); start a new run.out_dir with model.init_from pointing at it")
             check_config(meta["config"])
             try:
                 state, data = self.restore(step, abstract_state)
@@ -184,11 +196,12 @@ def open_run(path: str | Path, step: int | None = None, best: bool = False) -> t
     return ckpt, step
 
 
-def load_run(path: str | Path, step: int | None = None, best: bool = False) -> tuple[dict, Any, int]:
-    """``(config dict, params, step)`` from a run directory or a ``checkpoints/N`` directory."""
+def load_run(path: str | Path, step: int | None = None, best: bool = False) -> tuple[dict, Any, dict]:
+    """``(config dict, params, meta)`` from a run directory or a ``checkpoints/N`` directory."""
     ckpt, step = open_run(path, step, best)
     try:
-        return ckpt.read_meta(step)["config"], ckpt.read_params(step), step
+        meta = ckpt.read_meta(step)
+        return meta["config"], ckpt.read_params(step), meta
     finally:
         ckpt.close()
 

@@ -1,4 +1,4 @@
-"""``jaxlm`` command line: train, eval, generate, checkpoints."""
+"""``jaxlm`` command line: train, eval, generate, checkpoints, convert, fill-mask."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -18,11 +19,14 @@ def _config(args):
     return load_config(args.config, args.overrides)
 
 
+def _print_metrics(metrics: dict) -> None:
+    print(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()}))
+
+
 def cmd_train(args) -> int:
     from jaxlm.train.trainer import train
 
-    metrics = train(_config(args))
-    print(json.dumps({k: round(v, 6) for k, v in metrics.items()}))
+    _print_metrics(train(_config(args)))
     return 0
 
 
@@ -31,25 +35,37 @@ def cmd_eval(args) -> int:
     from jaxlm.train.trainer import evaluate, setup
 
     config = _config(args)
-    _, params, step = load_run(config.run.out_dir, args.step, args.best)
-    metrics = evaluate(setup(config), params)
-    print(json.dumps({"step": step, **{k: round(v, 6) for k, v in metrics.items()}}))
+    _, params, meta = load_run(config.run.out_dir, args.step, args.best)
+    _print_metrics({"step": meta["step"], **evaluate(setup(config), params)})
     return 0
+
+
+def load_for_inference(run: str | None, model_dir: str | None, step=None, best=False):
+    """``(model, params, tokenizer)`` from a jaxlm run / checkpoint or a Hugging Face directory."""
+    from jaxlm.checkpoint import load_run, resolve
+    from jaxlm.config import validate_config
+    from jaxlm.data.tokenizer import load_tokenizer
+    from jaxlm.models import MODEL_FAMILIES, build_model
+
+    if model_dir is not None:
+        from jaxlm.interop import from_pretrained
+
+        model, params = from_pretrained(model_dir)
+        return model, params, load_tokenizer(model_dir)
+    config_dict, params, meta = load_run(run, step, best)
+    config = validate_config(config_dict)
+    heads = MODEL_FAMILIES[config.model.type].heads
+    head = next((h for h, cls in heads.items() if cls.__name__ == meta.get("architecture")), None)
+    model = build_model(config.model, head or "causal_lm")
+    return model, params, load_tokenizer(config.data.tokenizer.path or resolve(run)[0] / "tokenizer")
 
 
 def cmd_generate(args) -> int:
     import numpy as np
 
-    from jaxlm.checkpoint import load_run, resolve
-    from jaxlm.config import validate_config
-    from jaxlm.data.tokenizer import load_tokenizer
     from jaxlm.generate import generate
-    from jaxlm.models import build_model
 
-    config_dict, params, _ = load_run(args.run, args.step, args.best)
-    config = validate_config(config_dict)
-    tokenizer = load_tokenizer(config.data.tokenizer.path or resolve(args.run)[0] / "tokenizer")
-    model = build_model(config.model, "causal_lm")
+    model, params, tokenizer = load_for_inference(args.run, args.model, args.step, args.best)
     prompt = tokenizer.encode(args.prompt) or [tokenizer.eos_id]
     out = generate(model, params, np.asarray([prompt]), max_new_tokens=args.max_new_tokens,
                    eos_token_id=tokenizer.eos_id)
@@ -75,6 +91,48 @@ def cmd_checkpoints(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    from jaxlm.checkpoint import Checkpoints, checkpoint_dir
+    from jaxlm.config import save_config, validate_config
+    from jaxlm.interop.commands import export_torch
+
+    out = Path(args.out)
+    if args.from_torch:
+        from jaxlm.interop import from_pretrained
+
+        if checkpoint_dir(out).exists():
+            raise JaxlmError(f"{out} already holds checkpoints; choose an empty --out directory")
+        model, params = from_pretrained(args.from_torch)
+        tokenizer_files = [f for f in ("tokenizer.json", "vocab.json", "merges.txt", "vocab.txt", "tokenizer_config.json")
+                           if (Path(args.from_torch) / f).is_file()]
+        data = {"seq_len": min(128, model.config.max_positions)}
+        if tokenizer_files:
+            data["tokenizer"] = {"path": str(out / "tokenizer")}
+        config = validate_config({"run": {"out_dir": str(out)}, "model": model.config.model_dump(), "data": data})
+        out.mkdir(parents=True, exist_ok=True)
+        for f in tokenizer_files:
+            (out / "tokenizer").mkdir(exist_ok=True)
+            shutil.copy(Path(args.from_torch) / f, out / "tokenizer" / f)
+        ckpt = Checkpoints(out, config.checkpoint)
+        ckpt.save_weights(params, config.model_dump(mode="json"), type(model).__name__)
+        ckpt.close()
+        save_config(config, out / "config.yaml")
+        print(f"wrote {type(model).__name__} to {checkpoint_dir(out) / '0'}; use it with model.init_from={out}")
+    else:
+        model, params, tokenizer = load_for_inference(args.to_torch, None)
+        print(export_torch(model, params, out))
+        tokenizer.save(out)
+    return 0
+
+
+def cmd_fill_mask(args) -> int:
+    from jaxlm.interop.commands import fill_mask
+
+    for token, prob in fill_mask(args.model, args.text, args.top_k):
+        print(f"{prob:.4f}  {token}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxlm", description=__doc__.split("\n")[0].strip("`"))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -83,22 +141,24 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("config", help="YAML config file (see configs/)")
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. trainer.max_steps=100")
 
-    p = sub.add_parser("train", help="train a model from a config (resumes from run.out_dir)")
-    with_config(p)
-    p.set_defaults(func=cmd_train)
-
     def which_checkpoint(p):
         group = p.add_mutually_exclusive_group()
         group.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
         group.add_argument("--best", action="store_true", help="the best checkpoint by checkpoint.best_metric")
+
+    p = sub.add_parser("train", help="train a model from a config (resumes from run.out_dir)")
+    with_config(p)
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint of a config's run.out_dir")
     with_config(p)
     which_checkpoint(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("generate", help="continue a prompt with a trained language model (greedy)")
-    p.add_argument("--run", required=True, help="a jaxlm run directory (or one of its checkpoints/N)")
+    p = sub.add_parser("generate", help="continue a prompt with a language model (greedy, KV cache)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", help="a jaxlm run directory (or one of its checkpoints/N)")
+    source.add_argument("--model", help="a Hugging Face directory (config.json + weights + tokenizer files)")
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=64)
     which_checkpoint(p)
@@ -107,6 +167,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("checkpoints", help="list a run's checkpoints: steps, eval metrics, sizes")
     p.add_argument("run", help="a jaxlm run directory")
     p.set_defaults(func=cmd_checkpoints)
+
+    p = sub.add_parser("convert", help="PyTorch (Hugging Face) checkpoint <-> jaxlm run directory")
+    direction = p.add_mutually_exclusive_group(required=True)
+    direction.add_argument("--from-torch", metavar="HF_DIR", help="a transformers directory to import")
+    direction.add_argument("--to-torch", metavar="RUN_DIR", help="a jaxlm run (or checkpoints/N) to export")
+    p.add_argument("--out", required=True, help="the directory to write")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("fill-mask", help="top-k tokens for the [MASK] in a text (masked LMs)")
+    p.add_argument("--model", required=True, help="a Hugging Face masked-LM directory")
+    p.add_argument("text")
+    p.add_argument("--top-k", type=int, default=5)
+    p.set_defaults(func=cmd_fill_mask)
     return parser
 
 

@@ -164,8 +164,7 @@ class Config(Section):
         if self.trainer.batch_size % self.trainer.grad_accum_steps:
             raise ValueError(f"trainer.batch_size={self.trainer.batch_size} is not divisible by "
                              f"trainer.grad_accum_steps={self.trainer.grad_accum_steps}")
-        n_positions = getattr(self.model, "n_positions", None) or getattr(
-            self.model, "max_position_embeddings", None)
+        n_positions = self.model.max_positions
         if n_positions is not None and self.data.seq_len > n_positions:
             raise ValueError(f"data.seq_len={self.data.seq_len} exceeds the model's {n_positions} "
                              "positions; lower data.seq_len or raise the model's n_positions")

@@ -57,7 +57,7 @@ def generate(model, params, input_ids, attention_mask=None, *, max_new_tokens: i
     input_ids = jnp.asarray(input_ids, jnp.int32)
     if attention_mask is None:
         attention_mask = jnp.ones_like(input_ids)
-    limit = getattr(model.config, "n_positions", None)
+    limit = model.config.max_positions
     if limit is not None and input_ids.shape[1] + max_new_tokens > limit:
         raise JaxlmError(f"prompt ({input_ids.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) exceeds "
                          f"the model's {limit} positions; shorten the prompt or lower --max-new-tokens")

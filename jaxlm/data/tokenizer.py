@@ -81,7 +81,14 @@ def _gpt2_files(path: Path) -> Tokenizer:
     tok = tokenizers.Tokenizer(models.BPE.from_file(str(path / "vocab.json"), str(path / "merges.txt")))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
+    _mark_special(tok, [EOS])
     return Tokenizer(tok)
+
+
+def _mark_special(tok: tokenizers.Tokenizer, names: list[str]) -> None:
+    """Bare vocabulary files do not say which tokens are special; without this, ``[MASK]``
+    typed in a text would be split into pieces."""
+    tok.add_special_tokens([n for n in names if tok.token_to_id(n) is not None])
 
 
 def _wordpiece_files(path: Path) -> Tokenizer:
@@ -93,6 +100,7 @@ def _wordpiece_files(path: Path) -> Tokenizer:
     tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
+    _mark_special(tok, ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     if cls is not None and sep is not None:
         tok.post_processor = processors.BertProcessing(("[SEP]", sep), ("[CLS]", cls))

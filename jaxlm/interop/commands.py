@@ -32,7 +32,6 @@ def fill_mask(model_dir: str, text: str, top_k: int = 5) -> list[tuple[str, floa
     mask_id = tok.token_to_id(MASK)
     if mask_id is None:
         raise InteropError(f"the tokenizer in {model_dir} has no {MASK} token: use the model's own tokenizer files")
-    tok.add_special_tokens([MASK])  # a bare vocab.txt does not say which tokens are special
     ids = tok.encode(text).ids
     where = [i for i, t in enumerate(ids) if t == mask_id]
     if len(where) != 1:

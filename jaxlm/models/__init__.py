@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import flax.linen as nn
 
+from jaxlm.errors import JaxlmError
 from jaxlm.models import bert, distilbert, gpt2
 from jaxlm.models.base import ModelConfig, TorchKeyMap
 
@@ -42,7 +43,7 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
 }
 
 
-class ModelError(ValueError):
+class ModelError(JaxlmError):
     pass
 
 
@@ -52,3 +53,9 @@ def build_model(config: ModelConfig, head: str, **module_kwargs) -> nn.Module:
         raise ModelError(f"model type {config.type!r} has no {head!r} head; it has: "
                          f"{', '.join(sorted(family.heads))}")
     return family.heads[head](config, **module_kwargs)
+
+
+def head_of(model: nn.Module) -> str:
+    """The registry name of a built model's head (``causal_lm``, ``masked_lm``, ...)."""
+    heads = MODEL_FAMILIES[model.config.type].heads
+    return next(h for h, cls in heads.items() if cls is type(model))

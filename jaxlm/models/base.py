@@ -20,6 +20,11 @@ class ModelConfig(BaseModel):
     attention_implementation: Literal["xla", "cudnn"] | None = None
     """Force an attention kernel; ``None`` lets JAX pick (cuDNN flash on GPU when it can)."""
 
+    @property
+    def max_positions(self) -> int | None:
+        """The longest sequence the model's position embeddings cover (None: unbounded)."""
+        return getattr(self, "n_positions", None) or getattr(self, "max_position_embeddings", None)
+
     def hf_dict(self) -> dict:
         """The fields that transformers' config class knows."""
         return self.model_dump(exclude=JAXLM_ONLY_FIELDS)
