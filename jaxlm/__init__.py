@@ -6,10 +6,14 @@ _INTEROP = ("from_pretrained", "save_pretrained")
 
 
 def __getattr__(name: str):
-    """``jaxlm.from_pretrained`` / ``jaxlm.save_pretrained``, imported on first use so that
-    ``import jaxlm`` stays light."""
+    """``jaxlm.from_pretrained`` / ``jaxlm.save_pretrained`` / ``jaxlm.generate``, imported on first
+    use so that ``import jaxlm`` stays light."""
     if name in _INTEROP:
         from jaxlm import interop
 
         return getattr(interop, name)
+    if name == "generate":  # the module, callable as its generate(): see jaxlm/generate.py
+        import importlib
+
+        return importlib.import_module("jaxlm.generate")
     raise AttributeError(f"module 'jaxlm' has no attribute {name!r}")

@@ -61,15 +61,30 @@ def load_for_inference(run: str | None, model_dir: str | None, step=None, best=F
 
 
 def cmd_generate(args) -> int:
+    """Print the prompt's continuation; greedy and sampled text streams as it is decoded, beam search at the end."""
     import numpy as np
 
-    from jaxlm.generate import generate
+    from jaxlm.generate import generate, generate_stream
 
     model, params, tokenizer = load_for_inference(args.run, args.model, args.step, args.best)
     prompt = tokenizer.encode(args.prompt) or [tokenizer.eos_id]
-    out = generate(model, params, np.asarray([prompt]), max_new_tokens=args.max_new_tokens,
-                   eos_token_id=tokenizer.eos_id)
-    print(tokenizer.decode(np.asarray(out[0]).tolist()))
+    options = dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
+                   top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+                   num_beams=args.num_beams, length_penalty=args.length_penalty,
+                   early_stopping={"true": True, "false": False}.get(args.early_stopping, args.early_stopping),
+                   eos_token_id=tokenizer.eos_id, seed=args.seed)
+    if args.num_beams > 1:
+        print(tokenizer.decode(np.asarray(generate(model, params, np.asarray([prompt]), **options)[0]).tolist()))
+        return 0
+    ids, shown = list(prompt), ""
+    for chunk in generate_stream(model, params, np.asarray([prompt]), **options):
+        ids += chunk[0].tolist()
+        text = tokenizer.decode(ids)
+        # Hold back the last word: the next tokens may still change it (a split UTF-8 character, "##").
+        upto = max(text.rfind(" "), text.rfind("\n"), len(shown))
+        print(text[len(shown):upto], end="", flush=True)
+        shown = text[:upto]
+    print(tokenizer.decode(ids)[len(shown):])
     return 0
 
 
@@ -155,12 +170,23 @@ def build_parser() -> argparse.ArgumentParser:
     which_checkpoint(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("generate", help="continue a prompt with a language model (greedy, KV cache)")
+    p = sub.add_parser("generate", help="continue a prompt with a language model (greedy, sampling, beam search)",
+                       description="Options and defaults as in transformers' generate; see jaxlm.generate.")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", help="a jaxlm run directory (or one of its checkpoints/N)")
     source.add_argument("--model", help="a Hugging Face directory (config.json + weights + tokenizer files)")
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--do-sample", action="store_true", help="sample instead of greedy / beam search argmax")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling: divides the logits")
+    p.add_argument("--top-k", type=int, default=50, help="sampling: keep the k most likely tokens (0: all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="sampling: keep the most likely tokens up to this mass")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages tokens already present")
+    p.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (printed at the end)")
+    p.add_argument("--length-penalty", type=float, default=1.0, help="beam search: score / new_tokens ** this")
+    p.add_argument("--early-stopping", choices=("false", "true", "never"), default="false",
+                   help="beam search: when to stop a prompt (see jaxlm.generate.GenerationOptions)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
     which_checkpoint(p)
     p.set_defaults(func=cmd_generate)
 

@@ -1,17 +1,170 @@
-"""Decoding with a preallocated KV cache: one jit-compiled prefill + token loop.
+"""Decoding with a preallocated KV cache: greedy, sampling and beam search in one jit-compiled loop.
 
-Prompts are left-padded (``attention_mask`` 0 on the left); positions count real tokens
-only, so a padded prompt decodes exactly like the same prompt unpadded.
+``jaxlm.generate(model, params, input_ids, attention_mask=None, **options)`` returns
+``[batch, prompt + max_new_tokens]`` token ids; ``generate_stream`` yields the same tokens
+chunk by chunk (greedy and sampling). The options are transformers' ``generate`` options with
+its defaults (:class:`GenerationOptions`), and their semantics are transformers' too, so that
+the same weights give the same tokens: its logits processors in its order (repetition penalty;
+then, when sampling, temperature, top-k, top-p) and its beam search (``2 * num_beams``
+candidates per step, finished hypotheses scored ``sum log p / length ** length_penalty``,
+``early_stopping`` True / False / "never"). Rows that finish early are filled with
+``pad_token_id`` up to the full length, where transformers would crop to the longest row.
+
+Prompts are left-padded (``attention_mask`` 0 on the left); positions count real tokens only,
+so a padded prompt decodes like the same prompt unpadded. Everything that shapes the compiled
+program (shapes, ``max_new_tokens``, ``do_sample``, ``num_beams``, ``top_k``, whether top-p and
+the repetition penalty are on, ``early_stopping``, the number of eos ids) is static; the other
+values (temperature, top_p, penalties, seed, eos / pad ids) are traced, so calls that differ only
+in those reuse the compiled loop. The loop stops early once every row has finished.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import sys
+import types
 from functools import partial
+from typing import Any, Iterator, Literal, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxlm.errors import JaxlmError
+
+NEG = -1.0e9  # transformers' "never pick this" score in beam search
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationOptions:
+    """The options of :func:`generate`, named and defaulted as in transformers' ``GenerationConfig``."""
+
+    max_new_tokens: int = 32
+    do_sample: bool = False
+    """Sample from the processed distribution instead of taking its argmax (or beam search's top scores)."""
+    temperature: float = 1.0
+    """Sampling only: divides the logits."""
+    top_k: int = 50
+    """Sampling only: keep the ``top_k`` most likely tokens (ties with the last included); 0 turns it off."""
+    top_p: float = 1.0
+    """Sampling only: keep the smallest set of most likely tokens whose probability reaches ``top_p``."""
+    repetition_penalty: float = 1.0
+    """Scores of tokens already in the row (prompt or generated): negative ones multiplied, positive divided."""
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    """Beam search: a finished hypothesis scores ``sum log p / new_tokens ** length_penalty``."""
+    early_stopping: bool | Literal["never"] = False
+    """Beam search: True stops a row once ``num_beams`` hypotheses finished; False stops when the
+    best running beam (scored at its current length) cannot beat them; "never" when it could not
+    at any length."""
+    eos_token_id: int | Sequence[int] | None = None
+    """A row stops after emitting one of these."""
+    pad_token_id: int | None = None
+    """Fills a row after it stopped; defaults to the (first) eos id, else 0."""
+    seed: int = 0
+    """Seeds sampling; the same seed, inputs and options give the same tokens."""
+
+    def __post_init__(self):
+        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
+            raise JaxlmError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
+        if not _is_int(self.num_beams) or self.num_beams < 1:
+            raise JaxlmError(f"num_beams must be an integer >= 1, got {self.num_beams!r}")
+        if not _is_int(self.top_k) or self.top_k < 0:
+            raise JaxlmError(f"top_k must be an integer >= 0 (0 turns it off), got {self.top_k!r}")
+        if not 0 < self.top_p <= 1:
+            raise JaxlmError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.do_sample and not self.temperature > 0:
+            raise JaxlmError(f"temperature must be > 0 when sampling, got {self.temperature!r}; for greedy decoding "
+                             "set do_sample=False")
+        if not self.repetition_penalty > 0:
+            raise JaxlmError(f"repetition_penalty must be > 0 (1.0 turns it off), got {self.repetition_penalty!r}")
+        if not (isinstance(self.early_stopping, bool) or self.early_stopping == "never"):
+            raise JaxlmError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
+        if not _is_int(self.seed):
+            raise JaxlmError(f"seed must be an integer, got {self.seed!r}")
+        if not all(_is_int(i) for i in self.eos_ids) or not _is_int(self.pad):
+            raise JaxlmError(f"eos_token_id and pad_token_id must be integers, got {self.eos_token_id!r} and "
+                             f"{self.pad_token_id!r}")
+
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        e = self.eos_token_id
+        return () if e is None else tuple(e) if isinstance(e, (list, tuple)) else (e,)
+
+    @property
+    def pad(self) -> int:
+        return self.pad_token_id if self.pad_token_id is not None else (self.eos_ids or (0,))[0]
+
+    def plan(self, vocab_size: int) -> _Plan:
+        beam = self.num_beams > 1
+        # transformers keeps at least n_eos + 1 tokens per beam when beam sampling (2 without eos)
+        min_keep = max(2, len(self.eos_ids) + 1) if beam else 1
+        return _Plan(
+            max_new_tokens=self.max_new_tokens, num_beams=self.num_beams, do_sample=bool(self.do_sample),
+            top_k=min(max(self.top_k, min_keep), vocab_size) if self.do_sample and self.top_k else 0,
+            top_p=bool(self.do_sample and self.top_p < 1), min_keep=min_keep,
+            repetition_penalty=self.repetition_penalty != 1, early_stopping=self.early_stopping if beam else False)
+
+    def knobs(self) -> _Knobs:
+        # transformers divides float32 scores by Python floats (float64 math, rounded to float32): so do we.
+        divisor = np.float32([float(n) ** self.length_penalty for n in range(1, self.max_new_tokens + 1)])
+        best = divisor
+        if self.early_stopping == "never" and self.length_penalty > 0:  # the best running score, at max length
+            best = np.full_like(divisor, divisor[-1])
+        return _Knobs(key=jax.random.PRNGKey(self.seed), temperature=np.float32(self.temperature),
+                      top_p_floor=np.float32(1 - self.top_p), repetition_penalty=np.float32(self.repetition_penalty),
+                      length_divisor=divisor, best_divisor=best, eos=np.int32(self.eos_ids).reshape(-1),
+                      pad=np.int32(self.pad))
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """Everything that shapes the compiled loop: a change here compiles a new one."""
+
+    max_new_tokens: int
+    num_beams: int
+    do_sample: bool
+    top_k: int  # 0: off; else already clamped to [min_keep, vocab]
+    top_p: bool
+    min_keep: int
+    repetition_penalty: bool
+    early_stopping: bool | str
+
+
+class _Knobs(NamedTuple):
+    """Traced option values: changing them reuses the compiled loop."""
+
+    key: jax.Array
+    temperature: np.ndarray
+    top_p_floor: np.ndarray  # 1 - top_p: sorted tokens whose cumulative probability stays <= this are dropped
+    repetition_penalty: np.ndarray
+    length_divisor: np.ndarray  # [max_new_tokens]: (n + 1) ** length_penalty for n + 1 new tokens
+    best_divisor: np.ndarray  # the same for the early-stopping estimate of the best running beam
+    eos: np.ndarray  # [n_eos]
+    pad: np.ndarray
+
+
+class _Beams(NamedTuple):
+    scores: jax.Array  # [batch, beams] running beams' summed log-probs, best first
+    tokens: jax.Array  # [batch, beams, total] finished hypotheses, best first
+    finished_scores: jax.Array  # [batch, beams] their length-penalised scores (NEG: empty slot)
+    finished: jax.Array  # [batch, beams] which slots hold a finished hypothesis
+    improvable: jax.Array  # [batch, 1] may a running beam still beat the finished ones?
+
+
+class _State(NamedTuple):
+    step: jax.Array  # new tokens written so far
+    halt: jax.Array  # nothing can change any more (every row finished)
+    tokens: jax.Array  # [rows, total]: prompt, new tokens, pad; rows = batch * num_beams (the running beams)
+    cache: Any
+    first: jax.Array  # [rows] index of the first real prompt token (left padding before it)
+    done: jax.Array | None  # [batch] greedy / sampling: rows that emitted eos
+    beams: _Beams | None
 
 
 def init_cache(model, batch: int, length: int):
@@ -21,46 +174,222 @@ def init_cache(model, batch: int, length: int):
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
 
 
-@partial(jax.jit, static_argnames=("model", "max_new_tokens"))
-def _greedy(model, params, input_ids, attention_mask, max_new_tokens: int, eos_token_id, pad_token_id):
-    batch, prompt_len = input_ids.shape
-    total = prompt_len + max_new_tokens
-    mask = jnp.concatenate([attention_mask, jnp.ones((batch, max_new_tokens), attention_mask.dtype)], axis=1)
-    positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
-    out, vars_ = model.apply({"params": params, "cache": init_cache(model, batch, total)}, input_ids,
-                             attention_mask=mask, position_ids=positions, decode=True, mutable=["cache"])
-    next_token = jnp.argmax(out.logits[:, -1], axis=-1).astype(input_ids.dtype)
-    tokens = jnp.concatenate([input_ids, jnp.full((batch, max_new_tokens), pad_token_id, input_ids.dtype)], 1)
-    done = jnp.zeros((batch,), bool)
-
-    def body(i, carry):
-        tokens, token, cache, done, pos = carry
-        token = jnp.where(done, pad_token_id, token)
-        tokens = tokens.at[:, prompt_len + i].set(token)
-        done = done | (token == eos_token_id)
-        out, v = model.apply({"params": params, "cache": cache}, token[:, None], attention_mask=mask,
-                             position_ids=pos[:, None], decode=True, mutable=["cache"])
-        token = jnp.argmax(out.logits[:, -1], axis=-1).astype(tokens.dtype)
-        return tokens, token, v["cache"], done, pos + 1
-
-    last_pos = positions[:, -1] + 1
-    tokens, *_ = jax.lax.fori_loop(0, max_new_tokens, body, (tokens, next_token, vars_["cache"], done, last_pos))
-    return tokens
+def _mask(first, total: int) -> jax.Array:
+    return (jnp.arange(total)[None, :] >= first[:, None]).astype(jnp.int32)
 
 
-def generate(model, params, input_ids, attention_mask=None, *, max_new_tokens: int = 32,
-             eos_token_id: int | None = None, pad_token_id: int = 0) -> jax.Array:
-    """Greedy decoding: ``[batch, prompt]`` -> ``[batch, prompt + max_new_tokens]``.
+def _process(scores, tokens, first, length, plan: _Plan, knobs: _Knobs) -> jax.Array:
+    """transformers' logits processors, in its order, on ``[rows, vocab]`` float32 scores.
 
-    After a sequence emits ``eos_token_id`` the rest of its row is ``pad_token_id``.
+    ``tokens[:, first:length]`` are the row's tokens so far (the repetition penalty's memory).
     """
-    input_ids = jnp.asarray(input_ids, jnp.int32)
-    if attention_mask is None:
-        attention_mask = jnp.ones_like(input_ids)
+    if plan.repetition_penalty:
+        rows, vocab = scores.shape
+        position = jnp.arange(tokens.shape[1])[None, :]
+        seen = jnp.where((position >= first[:, None]) & (position < length), tokens, vocab)  # vocab: ignored
+        seen = jnp.zeros((rows, vocab + 1), bool).at[jnp.arange(rows)[:, None], seen].set(True)[:, :vocab]
+        p = knobs.repetition_penalty
+        scores = jnp.where(seen, jnp.where(scores < 0, scores * p, scores / p), scores)
+    if plan.do_sample:
+        scores = scores / knobs.temperature
+        if plan.top_k:
+            kth = jax.lax.top_k(scores, plan.top_k)[0][:, -1:]
+            scores = jnp.where(scores < kth, -jnp.inf, scores)
+        if plan.top_p:
+            ascending = jnp.sort(scores, axis=-1)
+            dropped = jnp.cumsum(jax.nn.softmax(ascending, axis=-1), axis=-1) <= knobs.top_p_floor
+            dropped = dropped.at[:, -plan.min_keep:].set(False)
+            # The dropped tokens are a prefix of the ascending order: keep everything from its end up
+            # (tokens tied with the smallest kept one stay, where transformers' unstable sort may drop some).
+            smallest_kept = jnp.take_along_axis(ascending, dropped.sum(-1, keepdims=True), axis=-1)
+            scores = jnp.where(scores < smallest_kept, -jnp.inf, scores)
+    return scores
+
+
+def _forward(model, params, s: _State, index):
+    """Feed ``tokens[:, index]`` (its K/V land in the cache): next-token logits ``[rows, vocab]`` and the cache."""
+    token = jax.lax.dynamic_slice_in_dim(s.tokens, index, 1, axis=1)
+    out, variables = model.apply({"params": params, "cache": s.cache}, token,
+                                 attention_mask=_mask(s.first, s.tokens.shape[1]),
+                                 position_ids=(index - s.first)[:, None], decode=True, mutable=["cache"])
+    return out.logits[:, -1].astype(jnp.float32), variables["cache"]
+
+
+def _is_eos(token, knobs: _Knobs) -> jax.Array:
+    return jnp.any(token[..., None] == knobs.eos, axis=-1)
+
+
+def _token_step(model, params, plan: _Plan, knobs: _Knobs, s: _State) -> _State:
+    """Greedy / sampling: one token per row (transformers' ``_sample``)."""
+    prompt, i = s.tokens.shape[1] - plan.max_new_tokens, s.step
+    logits, cache = _forward(model, params, s, prompt - 1 + i)
+    scores = _process(logits, s.tokens, s.first, prompt + i, plan, knobs)
+    if plan.do_sample:
+        token = jax.random.categorical(jax.random.fold_in(knobs.key, i), scores)
+    else:
+        token = jnp.argmax(scores, axis=-1)
+    token = jnp.where(s.done, knobs.pad, token).astype(s.tokens.dtype)
+    done = s.done | _is_eos(token, knobs)
+    tokens = jax.lax.dynamic_update_slice(s.tokens, token[:, None], (0, prompt + i))
+    return s._replace(step=i + 1, halt=jnp.all(done), tokens=tokens, cache=cache, done=done)
+
+
+def _beam_step(model, params, plan: _Plan, knobs: _Knobs, s: _State) -> _State:
+    """One step of transformers' vectorised ``_beam_search`` (its steps b-g, same float32 arithmetic)."""
+    b = s.beams
+    batch, beams = b.scores.shape
+    total = s.tokens.shape[1]
+    prompt, i = total - plan.max_new_tokens, s.step
+    logits, cache = _forward(model, params, s, prompt - 1 + i)
+    log_probs = _process(jax.nn.log_softmax(logits), s.tokens, s.first, prompt + i, plan, knobs)
+    vocab = log_probs.shape[-1]
+    scores = (log_probs.reshape(batch, beams, vocab) + b.scores[..., None]).reshape(batch, beams * vocab)
+
+    # c. the top (1 + n_eos, at least 2) * num_beams continuations, or as many sampled without replacement
+    n = max(2, 1 + knobs.eos.shape[0]) * beams
+    if plan.do_sample:  # Gumbel top-k: ordered sampling without replacement, like torch.multinomial
+        _, index = jax.lax.top_k(scores + jax.random.gumbel(jax.random.fold_in(knobs.key, i), scores.shape), n)
+        candidate_scores = jnp.take_along_axis(scores, index, axis=-1)
+    else:
+        candidate_scores, index = jax.lax.top_k(scores, n)
+    source, token = index // vocab, (index % vocab).astype(s.tokens.dtype)
+    candidates = jnp.take_along_axis(s.tokens.reshape(batch, beams, total), source[..., None], axis=1)
+    candidates = jax.lax.dynamic_update_slice(candidates, token[..., None], (0, 0, prompt + i))
+    hits = _is_eos(token, knobs) | (i == plan.max_new_tokens - 1)  # d. finished (eos or max length)
+
+    # e. the best num_beams unfinished candidates run on, with their ancestors' cache
+    running_scores, keep = jax.lax.top_k(candidate_scores + hits.astype(jnp.float32) * NEG, beams)
+    tokens = jnp.take_along_axis(candidates, keep[..., None], axis=1).reshape(batch * beams, total)
+    origin = (jnp.take_along_axis(source, keep, axis=1) + jnp.arange(batch)[:, None] * beams).reshape(-1)
+    cache = jax.tree.map(lambda x: x[origin] if x.ndim else x, cache)
+
+    # f. finished candidates among the top num_beams join the finished hypotheses if they rank
+    just_finished = hits & (jnp.arange(n) < beams)
+    full = jnp.all(b.finished, axis=-1, keepdims=True) & (plan.early_stopping is True)
+    finished_scores = candidate_scores / knobs.length_divisor[i]
+    finished_scores += full.astype(jnp.float32) * NEG
+    finished_scores += (~b.improvable).astype(jnp.float32) * NEG
+    finished_scores += (~just_finished).astype(jnp.float32) * NEG
+    finished_scores, pick = jax.lax.top_k(jnp.concatenate([b.finished_scores, finished_scores], axis=1), beams)
+    finished_tokens = jnp.take_along_axis(jnp.concatenate([b.tokens, candidates], axis=1), pick[..., None], axis=1)
+    finished = jnp.take_along_axis(jnp.concatenate([b.finished, just_finished], axis=1), pick, axis=1)
+
+    # g. can the best running beam still beat the worst finished hypothesis?
+    best = running_scores[:, :1] / knobs.best_divisor[i]
+    worst = jnp.where(finished, jnp.min(finished_scores, axis=1, keepdims=True), NEG)
+    improvable = b.improvable & jnp.any(best > worst, axis=-1, keepdims=True)
+    go_on = jnp.any(improvable) & ~(jnp.all(finished) & (plan.early_stopping is True)) & ~jnp.all(hits)
+    return s._replace(step=i + 1, halt=~go_on, tokens=tokens, cache=cache,
+                      beams=_Beams(running_scores, finished_tokens, finished_scores, finished, improvable))
+
+
+@partial(jax.jit, static_argnames=("model", "plan"))
+def _prefill(model, params, input_ids, first, plan: _Plan, knobs: _Knobs) -> _State:
+    """Cache the prompt's K/V but for its last token, which the first step feeds."""
+    batch, prompt = input_ids.shape
+    total = prompt + plan.max_new_tokens
+    tokens = jnp.concatenate([input_ids, jnp.full((batch, plan.max_new_tokens), knobs.pad, input_ids.dtype)], 1)
+    cache = init_cache(model, batch, total)
+    if prompt > 1:
+        positions = jnp.maximum(jnp.arange(prompt - 1)[None, :] - first[:, None], 0)
+        _, variables = model.apply({"params": params, "cache": cache}, input_ids[:, :-1],
+                                   attention_mask=_mask(first, total), position_ids=positions, decode=True,
+                                   mutable=["cache"])
+        cache = variables["cache"]
+    state = _State(step=jnp.zeros((), jnp.int32), halt=jnp.zeros((), bool), tokens=tokens, cache=cache,
+                   first=first, done=jnp.zeros((batch,), bool), beams=None)
+    if plan.num_beams == 1:
+        return state
+    k = plan.num_beams
+    tokens, first = jnp.repeat(tokens, k, axis=0), jnp.repeat(first, k, axis=0)
+    cache = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0) if x.ndim else x, cache)
+    beams = _Beams(scores=jnp.zeros((batch, k), jnp.float32).at[:, 1:].set(NEG),  # only beam 0 may start
+                   tokens=tokens.reshape(batch, k, total), finished_scores=jnp.full((batch, k), NEG, jnp.float32),
+                   finished=jnp.zeros((batch, k), bool), improvable=jnp.ones((batch, 1), bool))
+    return state._replace(tokens=tokens, cache=cache, first=first, done=None, beams=beams)
+
+
+@partial(jax.jit, static_argnames=("model", "plan"), donate_argnames=("state",))
+def _advance(model, params, state: _State, stop, plan: _Plan, knobs: _Knobs) -> _State:
+    """Decode until ``stop`` new tokens are written or nothing can change (the cache is updated in place)."""
+    step = _beam_step if plan.num_beams > 1 else _token_step
+    return jax.lax.while_loop(lambda s: (s.step < stop) & ~s.halt,
+                              lambda s: step(model, params, plan, knobs, s), state)
+
+
+def _prepare(model, input_ids, attention_mask, options: dict):
+    """Check inputs and options (one-line :class:`JaxlmError` s): ``(ids, first, plan, knobs)``."""
+    names = [f.name for f in dataclasses.fields(GenerationOptions)]
+    for name in options:
+        if name not in names:
+            close = difflib.get_close_matches(name, names, 1)
+            raise JaxlmError(f"unknown option {name!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+    opts = GenerationOptions(**options)
+    ids = np.asarray(input_ids)
+    if ids.ndim != 2 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
+        raise JaxlmError(f"input_ids must be a non-empty [batch, length] integer array, got shape "
+                         f"{ids.shape} of {ids.dtype}")
+    mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
+    if mask.shape != ids.shape or not np.isin(mask, (0, 1)).all():
+        raise JaxlmError(f"attention_mask must be 0/1 of input_ids' shape {ids.shape}, got {mask.shape}")
+    if (np.diff(mask, axis=1) < 0).any() or not mask[:, -1].all():
+        raise JaxlmError("prompts must be left-padded (attention_mask 0s, then at least one 1, per row)")
+    vocab = model.config.vocab_size
+    if ids.min() < 0 or ids.max() >= vocab:
+        bad = ids.min() if ids.min() < 0 else ids.max()
+        raise JaxlmError(f"input_ids must be in [0, {vocab}) (the model's vocab_size), found {bad}")
     limit = model.config.max_positions
-    if limit is not None and input_ids.shape[1] + max_new_tokens > limit:
-        raise JaxlmError(f"prompt ({input_ids.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) exceeds "
-                         f"the model's {limit} positions; shorten the prompt or lower --max-new-tokens")
-    eos = -1 if eos_token_id is None else eos_token_id
-    return _greedy(model, params, input_ids, jnp.asarray(attention_mask, jnp.int32), max_new_tokens, eos,
-                   pad_token_id)
+    if limit is not None and ids.shape[1] + opts.max_new_tokens > limit:
+        raise JaxlmError(f"prompt ({ids.shape[1]} tokens) + max_new_tokens ({opts.max_new_tokens}) exceeds "
+                         f"the model's {limit} positions; shorten the prompt or lower max_new_tokens")
+    first = jnp.asarray(ids.shape[1] - mask.sum(1), jnp.int32)
+    return jnp.asarray(ids, jnp.int32), first, opts.plan(vocab), opts.knobs()
+
+
+def generate(model, params, input_ids, attention_mask=None, **options) -> jax.Array:
+    """Continue left-padded prompts: ``[batch, prompt]`` -> ``[batch, prompt + max_new_tokens]`` token ids.
+
+    ``options`` are :class:`GenerationOptions` (transformers' names and defaults): greedy by default,
+    ``do_sample`` with ``temperature`` / ``top_k`` / ``top_p``, ``repetition_penalty``, beam search with
+    ``num_beams`` / ``length_penalty`` / ``early_stopping``, ``eos_token_id`` / ``pad_token_id``, ``seed``.
+    Beam search returns each row's best hypothesis. After a row's eos the rest of it is ``pad_token_id``.
+    """
+    ids, first, plan, knobs = _prepare(model, input_ids, attention_mask, options)
+    state = _advance(model, params, _prefill(model, params, ids, first, plan, knobs), plan.max_new_tokens, plan, knobs)
+    return state.tokens if state.beams is None else state.beams.tokens[:, 0]
+
+
+def generate_stream(model, params, input_ids, attention_mask=None, *, chunk_size: int = 8,
+                    **options) -> Iterator[np.ndarray]:
+    """An iterator over the new tokens of greedy / sampled decoding as ``[batch, n <= chunk_size]`` arrays, as soon
+    as each chunk is decoded; together they are exactly :func:`generate` 's new tokens (the same
+    compiled loop runs, stopping every ``chunk_size`` tokens). Beam search cannot stream: its best
+    hypothesis is known only at the end.
+    """
+    if not _is_int(chunk_size) or chunk_size < 1:
+        raise JaxlmError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    ids, first, plan, knobs = _prepare(model, input_ids, attention_mask, options)
+    if plan.num_beams > 1:
+        raise JaxlmError("beam search cannot stream (the best beam is known only at the end); "
+                         "call generate() instead")
+    return _chunks(model, params, _prefill(model, params, ids, first, plan, knobs), chunk_size, plan, knobs)
+
+
+def _chunks(model, params, state: _State, chunk_size: int, plan: _Plan, knobs: _Knobs) -> Iterator[np.ndarray]:
+    prompt, written = state.tokens.shape[1] - plan.max_new_tokens, 0
+    while written < plan.max_new_tokens:
+        state = _advance(model, params, state, min(written + chunk_size, plan.max_new_tokens), plan, knobs)
+        step = int(state.step)
+        yield np.asarray(state.tokens)[:, prompt + written:prompt + step]  # sliced on the host: no compile
+        written = plan.max_new_tokens if bool(state.halt) else step
+
+
+class _CallableModule(types.ModuleType):
+    """``jaxlm.generate(...)`` calls :func:`generate` even once ``import jaxlm.generate`` has made the
+    package attribute this module (Python binds submodules over same-named package attributes)."""
+
+    def __call__(self, *args, **kwargs):
+        return generate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

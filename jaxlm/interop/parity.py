@@ -40,8 +40,10 @@ TINY = {
 NOT_COMPARED = {"loss", "past_key_values", "cross_attentions"}  # the last: empty, BERT as encoder
 
 
-def random_checkpoint(architecture: str, out_dir: str | os.PathLike, *, tiny: bool = True, seed: int = 0) -> Path:
-    """Save a random-weight transformers ``architecture`` (tiny, or the library's default size) to ``out_dir``.
+def random_checkpoint(architecture: str, out_dir: str | os.PathLike, *, tiny: bool = True, seed: int = 0,
+                      **config) -> Path:
+    """Save a random-weight transformers ``architecture`` (tiny, or the library's default size, with
+    ``config`` fields overridden, e.g. ``n_positions=128``) to ``out_dir``.
 
     Every weight, bias and LayerNorm parameter gets noise on top of transformers' own
     initialisation, so a bias or LayerNorm mapped wrongly cannot hide behind zeros and ones.
@@ -50,6 +52,7 @@ def random_checkpoint(architecture: str, out_dir: str | os.PathLike, *, tiny: bo
     kwargs = TINY[cls.config_class.model_type] if tiny else {}
     if architecture.endswith("QuestionAnswering"):
         kwargs = {**kwargs, "num_labels": 2}
+    kwargs = {**kwargs, **config}
     torch.manual_seed(seed)
     model = cls(cls.config_class(**kwargs))
     with torch.no_grad():
