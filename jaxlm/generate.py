@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlm.errors import JaxlmError
+from jaxlm.models import head_of
 
 NEG = -1.0e9  # transformers' "never pick this" score in beam search
 
@@ -325,6 +326,9 @@ def _prepare(model, input_ids, attention_mask, options: dict):
             close = difflib.get_close_matches(name, names, 1)
             raise JaxlmError(f"unknown option {name!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
     opts = GenerationOptions(**options)
+    if head_of(model) != "causal_lm":
+        raise JaxlmError(f"{type(model).__name__} is not a causal language model; generate needs one "
+                         f"(e.g. GPT2LMHeadModel)")
     ids = np.asarray(input_ids)
     if ids.ndim != 2 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
         raise JaxlmError(f"input_ids must be a non-empty [batch, length] integer array, got shape "

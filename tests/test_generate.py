@@ -149,6 +149,14 @@ def test_bad_inputs_and_options_raise_one_line_errors(lm, options, message):
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
+def test_models_without_a_causal_lm_head_are_refused(lm):
+    from jaxlm.models.bert import BertConfig, BertForMaskedLM
+
+    _, params = lm
+    with pytest.raises(JaxlmError, match="BertForMaskedLM is not a causal language model"):
+        generate(BertForMaskedLM(BertConfig()), params, np.array([[1, 2]]))
+
+
 # ---- transformers parity -------------------------------------------------------------------------------------------
 
 
