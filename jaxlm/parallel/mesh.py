@@ -65,3 +65,19 @@ def data_parallel_size(mesh: Mesh) -> int:
 def logical_to_sharding(logical_specs, mesh: Mesh, rules=DEFAULT_RULES):
     """A tree of logical ``PartitionSpec``s -> a tree of ``NamedSharding``s on ``mesh``."""
     return nn.logical_to_mesh_sharding(logical_specs, mesh, list(rules))
+
+
+def check_divisible(logical_specs, shapes, mesh: Mesh, rules=DEFAULT_RULES) -> None:
+    """Every sharded dimension must split evenly over its mesh axes; name the first that does not."""
+    mesh_axes = dict(rules)
+    specs = jax.tree_util.tree_flatten_with_path(logical_specs, is_leaf=lambda x: isinstance(x, P))[0]
+    for (path, spec), shape in zip(specs, jax.tree.leaves(shapes), strict=True):
+        for size, logical in zip(shape.shape, spec):
+            axes = mesh_axes.get(logical) if logical else None
+            axes = (axes,) if isinstance(axes, str) else axes or ()
+            ways = math.prod(mesh.shape[a] for a in axes)
+            if size % ways:
+                name = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+                sizes = " x ".join(f"mesh.{a}={mesh.shape[a]}" for a in axes)
+                raise ConfigError(f"{name}: its {logical!r} axis of size {size} cannot be split {ways} ways "
+                                  f"({sizes}); choose mesh sizes that divide it")

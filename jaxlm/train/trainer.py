@@ -3,6 +3,7 @@ runs through :func:`train`; a task supplies data and a loss, nothing else change
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -21,8 +22,10 @@ from jaxlm.config import Config, resume_conflicts, save_config
 from jaxlm.errors import ConfigError, JaxlmError
 from jaxlm.train.preemption import PreemptionGuard
 from jaxlm.models import build_model
-from jaxlm.parallel.mesh import batch_sharding, data_parallel_size, logical_to_sharding, make_mesh
+from jaxlm.parallel.mesh import (DEFAULT_RULES, batch_sharding, check_divisible, data_parallel_size,
+                                 logical_to_sharding, make_mesh)
 from jaxlm.tasks import Task, build_task
+from jaxlm.train.early_stopping import EarlyStopping, LoopPosition
 from jaxlm.train.logging import MetricsLogger, rewind_metrics
 from jaxlm.train.optim import build_optimizer
 from jaxlm.train.step import TrainState, make_eval_step, make_train_step
@@ -43,6 +46,7 @@ class Setup:
     schedule: Any
     abstract_state: TrainState  # ShapeDtypeStructs carrying the target shardings
     batch_sharding: jax.sharding.NamedSharding
+    rules: tuple
 
     def init_state(self) -> TrainState:
         c = self.config
@@ -55,9 +59,16 @@ class Setup:
             params = nn.meta.unbox(self.model.init(params_key, **example)["params"])
             return TrainState(jnp.zeros((), jnp.int32), params, self.tx.init(params), key)
 
-        with self.mesh:
+        with self.sharding_context():
             state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(c.run.seed))
         return state
+
+    def sharding_context(self):
+        """The mesh and the logical-axis rules, active while steps are traced and run."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.mesh)
+        stack.enter_context(nn.logical_axis_rules(list(self.rules)))
+        return stack
 
     def put_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         return {k: jax.make_array_from_process_local_data(self.batch_sharding, v) for k, v in local_batch.items()}
@@ -89,17 +100,19 @@ def setup(config: Config) -> Setup:
         return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), key)
 
     boxed = jax.eval_shape(boxed_state, jax.random.PRNGKey(0))
-    shardings = logical_to_sharding(nn.get_partition_spec(boxed), mesh)
+    logical = nn.get_partition_spec(boxed)
+    check_divisible(logical.params, nn.meta.unbox(boxed).params, mesh)
+    shardings = logical_to_sharding(logical, mesh, DEFAULT_RULES)
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             nn.meta.unbox(boxed), shardings)
-    return Setup(config, run_dir, mesh, task, model, tx, schedule, abstract, batch_sharding(mesh))
+    return Setup(config, run_dir, mesh, task, model, tx, schedule, abstract, batch_sharding(mesh), DEFAULT_RULES)
 
 
 def evaluate(s: Setup, params, eval_fn=None) -> dict[str, float]:
     t = s.config.trainer
     eval_fn = eval_fn or jax.jit(make_eval_step(s.model, s.task))
     totals, n_batches = None, 0
-    with s.mesh:
+    with s.sharding_context():
         for batch in s.task.eval_batches(t.eval_batch_size or t.batch_size, t.eval_batches):
             sums = eval_fn(params, s.put_batch(batch))
             totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
@@ -107,7 +120,8 @@ def evaluate(s: Setup, params, eval_fn=None) -> dict[str, float]:
     if totals is None:
         raise JaxlmError("the validation split is empty; raise data.validation_fraction or add text")
     complete = t.eval_batches is None or n_batches < t.eval_batches
-    return s.task.summarize({k: float(v) for k, v in jax.device_get(totals).items()}, complete)
+    sums = {k: float(v) if np.ndim(v) == 0 else np.asarray(v) for k, v in jax.device_get(totals).items()}
+    return s.task.summarize(sums, complete)
 
 
 def train(config: Config) -> dict[str, float]:
@@ -117,7 +131,9 @@ def train(config: Config) -> dict[str, float]:
     is_main = jax.process_index() == 0
     ckpt = Checkpoints(s.run_dir, c.checkpoint)
     data = s.task.train_iterator(t.batch_size, jax.process_index(), jax.process_count())
-    state = start_state(s, ckpt, data)
+    stopping = EarlyStopping(t.early_stopping)
+    position = LoopPosition(data, stopping)
+    state = start_state(s, ckpt, position)
     if is_main:
         save_config(c, s.run_dir / "config.yaml")
         rewind_metrics(s.run_dir, int(state.step))
@@ -140,8 +156,10 @@ def train(config: Config) -> dict[str, float]:
     config_json = c.model_dump(mode="json")
     guard = PreemptionGuard(ckpt.manager)
     try:
-        while step < t.max_steps:
-            with s.mesh:
+        if stopping.stop:
+            log.warning("this run already stopped early; raise trainer.early_stopping.patience to continue it")
+        while step < t.max_steps and not stopping.stop:
+            with s.sharding_context():
                 state, metrics = train_step(state, s.put_batch(next(data)))
             step += 1
             bar.update(1)
@@ -156,15 +174,19 @@ def train(config: Config) -> dict[str, float]:
                 logger.log(step, metrics)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['learning_rate']:.2e}")
                 last.update(metrics)
-            evaluated = {}
+            evaluated, improved = {}, False
             if step % t.eval_every == 0 or step == t.max_steps:
                 evaluated = evaluate(s, state.params, eval_fn)
                 logger.log(step, evaluated)
                 last.update(evaluated)
                 bar.write(f"step {step}: " + "  ".join(f"{k}={v:.4f}" for k, v in evaluated.items()))
+                improved = stopping.update(step, evaluated)
             preempted = guard.reached(step)
-            ckpt.save(step, state, data.state(), config_json, evaluated,
-                      force=preempted or step == t.max_steps)
+            # An early-stopping run checkpoints every new best, so the best is always kept.
+            ckpt.save(step, state, position.state(), config_json, evaluated,
+                      force=preempted or step == t.max_steps or improved or stopping.stop)
+            if stopping.stop:
+                log.info("%s", stopping.describe(step))
             if preempted:
                 ckpt.wait()
                 log.warning("stopped by %s at step %d; checkpoint saved; rerun the same command to resume",
@@ -216,7 +238,7 @@ def start_state(s: Setup, ckpt: Checkpoints, data) -> TrainState:
     state = s.init_state()
     if c.model.init_from:
         abstract_params = jax.tree.map(lambda a: a, s.abstract_state.params)
-        params = load_params_into(c.model.init_from, abstract_params)
+        params = load_params_into(c.model.init_from, abstract_params, initial=state.params)
         state = state.replace(params=params, opt_state=jax.jit(s.tx.init, out_shardings=jax.tree.map(
             lambda a: a.sharding, s.abstract_state.opt_state))(params))
         log.info("initialised params from %s", c.model.init_from)

@@ -1,0 +1,84 @@
+"""Sharded training computes what single-device training computes (8 fake CPU devices)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Trains gpt2 for 5 steps under each mesh given on the command line; prints losses and the
+# per-device parameter bytes as JSON.
+SCRIPT = """
+import json, sys, tempfile
+import jax, numpy as np
+from conftest import tiny_overrides
+from jaxlm.config import load_config
+from jaxlm.train.logging import read_metrics
+from jaxlm.train.trainer import setup, train
+
+corpus, out = sys.argv[1], {}
+for mesh in sys.argv[2:]:
+    data, fsdp, tensor = map(int, mesh.split(","))
+    run = tempfile.mkdtemp()
+    config = load_config("configs/gpt2-tiny.yaml", tiny_overrides(run, **{
+        "data.paths": corpus, "trainer.batch_size": 8, "trainer.max_steps": 5, "trainer.log_every": 1,
+        "trainer.eval_every": 5, "mesh.data": data, "mesh.fsdp": fsdp, "mesh.tensor": tensor,
+        "model.n_embd": 64, "model.n_head": 4, "model.vocab_size": 320, "data.tokenizer.vocab_size": 320}))
+    train(config)
+    s = setup(config)
+    per_device = sum(np.prod(a.sharding.shard_shape(a.shape)) * a.dtype.itemsize
+                     for a in jax.tree.leaves(s.abstract_state.params))
+    out[mesh] = {"losses": [r["loss"] for r in read_metrics(run) if "loss" in r],
+                 "eval_loss": [r["eval_loss"] for r in read_metrics(run) if "eval_loss" in r],
+                 "param_bytes_per_device": int(per_device)}
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def sharded_runs(tmp_path_factory):
+    from jaxlm.data.corpus import embedded_corpus
+
+    corpus = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    corpus.write_text("\n".join(embedded_corpus()[:6]))
+    return {**run_meshes(1, corpus, ["1,1,1"]), **run_meshes(8, corpus, ["8,1,1", "2,4,1", "2,2,2", "1,4,2"])}
+
+
+def run_meshes(devices, corpus, meshes):
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": os.path.join(ROOT, "tests")}
+    result = subprocess.run([sys.executable, "-c", SCRIPT, str(corpus), *meshes], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("mesh", ["8,1,1", "2,4,1", "2,2,2", "1,4,2"])
+def test_sharded_losses_equal_single_device(sharded_runs, mesh):
+    single, sharded = sharded_runs["1,1,1"], sharded_runs[mesh]
+    for a, b in zip(single["losses"] + single["eval_loss"], sharded["losses"] + sharded["eval_loss"], strict=True):
+        assert abs(a - b) <= 2e-5 * abs(a), (mesh, single, sharded)
+
+
+def test_fsdp_and_tensor_parallelism_shrink_per_device_params(sharded_runs):
+    full = sharded_runs["1,1,1"]["param_bytes_per_device"]
+    assert sharded_runs["8,1,1"]["param_bytes_per_device"] == full  # data parallel: a full copy each
+    assert sharded_runs["2,4,1"]["param_bytes_per_device"] < full / 3  # fsdp=4 shards every embed axis
+    # tensor=2 on top of fsdp=4 also halves heads, mlp and vocab
+    assert sharded_runs["1,4,2"]["param_bytes_per_device"] < sharded_runs["2,4,1"]["param_bytes_per_device"] * 0.6
+
+
+def test_tensor_not_dividing_heads_is_one_line(tmp_path):
+    from test_cli import jaxlm, one_line_error
+
+    from conftest import tiny_overrides
+
+    result = jaxlm("train", "configs/gpt2-tiny.yaml", *tiny_overrides(tmp_path, **{"mesh.data": 1, "mesh.tensor": 8,
+                                                                                "trainer.batch_size": 8}), devices=8)
+    one_line_error(result, "transformer/h_0/attn/c_attn/bias: its 'heads' axis of size 4 cannot be split 8 ways",
+                   "mesh.tensor=8")
+    result = jaxlm("train", "configs/gpt2-tiny.yaml", *tiny_overrides(tmp_path, **{"mesh.data": 3}), devices=8)
+    one_line_error(result, "mesh data=3 x fsdp=1 x tensor=1 = 3 but there are 8 devices")
