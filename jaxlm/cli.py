@@ -1,4 +1,4 @@
-"""``jaxlm`` command line: train, eval, generate, checkpoints, convert, fill-mask."""
+"""``jaxlm`` command line: train, eval, generate, predict, fill-mask, checkpoints, convert, tokenizer."""
 
 from __future__ import annotations
 
@@ -20,13 +20,19 @@ def _config(args):
 
 
 def _print_metrics(metrics: dict) -> None:
-    print(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()}))
+    import jax
+
+    if jax.process_index() == 0:
+        print(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()}))
 
 
 def cmd_train(args) -> int:
+    from jaxlm.parallel import distributed
     from jaxlm.train.trainer import train
 
-    _print_metrics(train(_config(args)))
+    config = _config(args)
+    distributed.initialize()
+    _print_metrics(train(config))
     return 0
 
 
@@ -34,7 +40,10 @@ def cmd_eval(args) -> int:
     from jaxlm.checkpoint import load_run
     from jaxlm.train.trainer import evaluate, setup
 
+    from jaxlm.parallel import distributed
+
     config = _config(args)
+    distributed.initialize()
     _, params, meta = load_run(config.run.out_dir, args.step, args.best)
     _print_metrics({"step": meta["step"], **evaluate(setup(config), params)})
     return 0
@@ -56,7 +65,7 @@ def load_for_inference(run: str | None, model_dir: str | None, step=None, best=F
     config = validate_config(config_dict)
     heads = MODEL_FAMILIES[config.model.type].heads
     head = next((h for h, cls in heads.items() if cls.__name__ == meta.get("architecture")), None)
-    model = build_model(config.model, head or "causal_lm")
+    model = build_model(config.model, head or config.task.head)
     return model, params, load_tokenizer(config.data.tokenizer.path or resolve(run)[0] / "tokenizer")
 
 
@@ -143,8 +152,36 @@ def cmd_convert(args) -> int:
 def cmd_fill_mask(args) -> int:
     from jaxlm.interop.commands import fill_mask
 
-    for token, prob in fill_mask(args.model, args.text, args.top_k):
+    model, params, tokenizer = load_for_inference(args.run, args.model, args.step, args.best)
+    for token, prob in fill_mask(model, params, tokenizer, args.text, args.top_k):
         print(f"{prob:.4f}  {token}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from jaxlm.tasks.classification import classify
+
+    model, params, tokenizer = load_for_inference(args.run, args.model, args.step, args.best)
+    scores = classify(model, params, tokenizer, args.text, args.text_pair)
+    print(scores[0][0])
+    for label, prob in scores:
+        print(f"{prob:.4f}  {label}")
+    return 0
+
+
+def cmd_tokenizer_train(args) -> int:
+    from jaxlm.data.corpus import load_documents
+    from jaxlm.data.tokenizer import train_tokenizer
+
+    if args.kind == "bpe" and args.vocab_size <= 256:
+        raise JaxlmError(f"--vocab-size {args.vocab_size} is too small for a byte-level BPE: it needs more than "
+                         "its 256 byte tokens")
+    out = Path(args.out)
+    tok = train_tokenizer(args.kind, load_documents(args.files or None), args.vocab_size)
+    tok.save(out, vocab_files=True)
+    files = ", ".join(sorted(f.name for f in out.iterdir()))
+    print(f"wrote a {args.kind} tokenizer with {tok.vocab_size} tokens to {out} ({files}); use it with "
+          f"data.tokenizer.path={out} model.vocab_size={tok.vocab_size}")
     return 0
 
 
@@ -201,11 +238,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the directory to write")
     p.set_defaults(func=cmd_convert)
 
+    def model_source(p, kind):
+        source = p.add_mutually_exclusive_group(required=True)
+        source.add_argument("--run", help=f"a jaxlm run directory (or one of its checkpoints/N) of a {kind}")
+        source.add_argument("--model", help=f"a Hugging Face {kind} directory (config.json + weights + tokenizer)")
+        which_checkpoint(p)
+
     p = sub.add_parser("fill-mask", help="top-k tokens for the [MASK] in a text (masked LMs)")
-    p.add_argument("--model", required=True, help="a Hugging Face masked-LM directory")
+    model_source(p, "masked LM")
     p.add_argument("text")
     p.add_argument("--top-k", type=int, default=5)
     p.set_defaults(func=cmd_fill_mask)
+
+    p = sub.add_parser("predict", help="the label of a text or text pair, with every label's probability")
+    model_source(p, "sequence classifier")
+    p.add_argument("text")
+    p.add_argument("text_pair", nargs="?", help="the second text of a pair")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("tokenizer", help="tokenizer tools")
+    tokenizer_sub = p.add_subparsers(dest="tokenizer_command", required=True, metavar="COMMAND")
+    p = tokenizer_sub.add_parser("train", help="train a WordPiece (BERT) or byte-level BPE (GPT-2) tokenizer")
+    p.add_argument("--kind", choices=["wordpiece", "bpe"], required=True)
+    p.add_argument("--vocab-size", type=int, required=True)
+    p.add_argument("--out", required=True, help="the directory to write (tokenizer.json + vocabulary files)")
+    p.add_argument("files", nargs="*", metavar="FILES", help="UTF-8 text files or globs (none: the embedded corpus)")
+    p.set_defaults(func=cmd_tokenizer_train)
     return parser
 
 

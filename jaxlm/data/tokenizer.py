@@ -1,4 +1,5 @@
-"""Tokenizers through HF ``tokenizers``: train a byte-level BPE, or load existing files.
+"""Tokenizers through HF ``tokenizers``: train a byte-level BPE or a BERT WordPiece, or load
+existing files.
 
 Loadable: a ``tokenizer.json`` (any kind), GPT-2's ``vocab.json`` + ``merges.txt``, or
 BERT's WordPiece ``vocab.txt`` (lower-cased when ``tokenizer_config.json`` says so).
@@ -17,6 +18,8 @@ from jaxlm.errors import DataError
 
 EOS = "<|endoftext|>"
 FILE = "tokenizer.json"
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+KINDS = ("bpe", "wordpiece")
 
 
 class Tokenizer:
@@ -44,11 +47,34 @@ class Tokenizer:
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    def save(self, directory: Path) -> None:
+    def token_id(self, token: str) -> int | None:
+        return self.tok.token_to_id(token)
+
+    @property
+    def special_ids(self) -> list[int]:
+        """Ids of the special tokens (``[CLS]``, ``[PAD]``, ``<|endoftext|>``, ...)."""
+        return sorted(i for i, t in self.tok.get_added_tokens_decoder().items() if t.special)
+
+    @property
+    def continuation_prefix(self) -> str | None:
+        """WordPiece's prefix of word-continuing pieces (``##``); ``None`` for other kinds."""
+        model = self.tok.model
+        return model.continuing_subword_prefix if isinstance(model, models.WordPiece) else None
+
+    def save(self, directory: Path, vocab_files: bool = False) -> None:
+        """Write ``tokenizer.json``; with ``vocab_files`` also the model's own files (WordPiece
+        ``vocab.txt`` + ``tokenizer_config.json``, BPE ``vocab.json`` + ``merges.txt``) for
+        tools that read those."""
         directory.mkdir(parents=True, exist_ok=True)
         tmp = directory / (FILE + ".tmp")
         self.tok.save(str(tmp))
         tmp.replace(directory / FILE)
+        if vocab_files:
+            self.tok.model.save(str(directory))
+            if self.continuation_prefix is not None:
+                lowercase = getattr(self.tok.normalizer, "lowercase", False)
+                (directory / "tokenizer_config.json").write_text(json.dumps(
+                    {"tokenizer_class": "BertTokenizer", "do_lower_case": lowercase}) + "\n")
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
@@ -60,6 +86,21 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer=trainer)
     return Tokenizer(tok)
+
+
+def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool = True) -> Tokenizer:
+    """BERT's WordPiece: BERT normalisation and pre-tokenization (CJK characters are words of
+    their own), ``[PAD] [UNK] [CLS] [SEP] [MASK]`` as ids 0-4, ``[CLS] A [SEP] B [SEP]`` framing."""
+    tok = tokenizers.Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=BERT_SPECIALS, show_progress=False)
+    _bert_pipeline(tok, lowercase)
+    tok.train_from_iterator(texts, trainer=trainer)
+    _bert_framing(tok)
+    return Tokenizer(tok)
+
+
+def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    return {"bpe": train_bpe, "wordpiece": train_wordpiece}[kind](texts, vocab_size)
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
@@ -97,26 +138,49 @@ def _wordpiece_files(path: Path) -> Tokenizer:
     if config.is_file():
         lowercase = json.loads(config.read_text()).get("do_lower_case", True)
     tok = tokenizers.Tokenizer(models.WordPiece.from_file(str(path / "vocab.txt"), unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    _mark_special(tok, ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    if cls is not None and sep is not None:
-        tok.post_processor = processors.BertProcessing(("[SEP]", sep), ("[CLS]", cls))
+    _bert_pipeline(tok, lowercase)
+    _mark_special(tok, BERT_SPECIALS)
+    _bert_framing(tok)
     return Tokenizer(tok)
 
 
-def get_tokenizer(path: str | None, vocab_size: int, train_texts: list[str], cache_dir: Path) -> Tokenizer:
-    """The configured tokenizer, or the BPE trained on ``train_texts`` (cached in ``cache_dir``)."""
+def _bert_pipeline(tok: tokenizers.Tokenizer, lowercase: bool) -> None:
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+
+
+def _bert_framing(tok: tokenizers.Tokenizer) -> None:
+    """``[CLS] A [SEP]`` / ``[CLS] A [SEP] B [SEP]`` with token types 0 / 1, when both tokens exist."""
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    if cls is not None and sep is not None:
+        tok.post_processor = processors.BertProcessing(("[SEP]", sep), ("[CLS]", cls))
+
+
+def get_tokenizer(path: str | None, vocab_size: int, train_texts: list[str], cache_dir: Path,
+                  kind: str = "bpe") -> Tokenizer:
+    """The configured tokenizer, or one of ``kind`` trained on ``train_texts`` (cached in ``cache_dir``).
+
+    In a multi-process job, process 0 trains and saves it; the others then load the file.
+    """
     if path is not None:
         return load_tokenizer(path)
+    from jaxlm.parallel.distributed import main_process_first
+
+    return main_process_first(lambda: _cached_or_trained(kind, vocab_size, train_texts, cache_dir))
+
+
+def _cached_or_trained(kind: str, vocab_size: int, train_texts: list[str], cache_dir: Path) -> Tokenizer:
     if (cache_dir / FILE).is_file():
         tok = load_tokenizer(cache_dir)
         if tok.vocab_size != vocab_size:
             raise DataError(f"{cache_dir / FILE} has {tok.vocab_size} tokens but data.tokenizer.vocab_size="
                             f"{vocab_size}; use a new run.out_dir or delete the cached tokenizer")
         return tok
-    tok = train_bpe(train_texts, vocab_size)
+    tok = train_tokenizer(kind, train_texts, vocab_size)
+    if tok.vocab_size != vocab_size:  # a small text has fewer pieces (or a bigger alphabet) than asked for
+        raise DataError(f"the training text yields a {kind} vocabulary of {tok.vocab_size} tokens, not "
+                        f"data.tokenizer.vocab_size={vocab_size}; set data.tokenizer.vocab_size={tok.vocab_size} "
+                        f"(and model.vocab_size to match)")
     tok.save(cache_dir)
     return tok

@@ -70,8 +70,12 @@ class Setup:
         stack.enter_context(nn.logical_axis_rules(list(self.rules)))
         return stack
 
-    def put_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        return {k: jax.make_array_from_process_local_data(self.batch_sharding, v) for k, v in local_batch.items()}
+    def put_batch(self, batch: dict[str, np.ndarray], *, is_global: bool = False) -> dict[str, jax.Array]:
+        """Device arrays from this process's rows (``is_global``: take them from the full batch)."""
+        if is_global and jax.process_count() > 1:
+            n, p, c = len(next(iter(batch.values()))), jax.process_index(), jax.process_count()
+            batch = {k: v[p * n // c:(p + 1) * n // c] for k, v in batch.items()}
+        return {k: jax.make_array_from_process_local_data(self.batch_sharding, v) for k, v in batch.items()}
 
 
 def check_batch(name: str, size: int, mesh) -> None:
@@ -114,7 +118,7 @@ def evaluate(s: Setup, params, eval_fn=None) -> dict[str, float]:
     totals, n_batches = None, 0
     with s.sharding_context():
         for batch in s.task.eval_batches(t.eval_batch_size or t.batch_size, t.eval_batches):
-            sums = eval_fn(params, s.put_batch(batch))
+            sums = eval_fn(params, s.put_batch(batch, is_global=True))
             totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
             n_batches += 1
     if totals is None:
@@ -179,7 +183,8 @@ def train(config: Config) -> dict[str, float]:
                 evaluated = evaluate(s, state.params, eval_fn)
                 logger.log(step, evaluated)
                 last.update(evaluated)
-                bar.write(f"step {step}: " + "  ".join(f"{k}={v:.4f}" for k, v in evaluated.items()))
+                if is_main:
+                    bar.write(f"step {step}: " + "  ".join(f"{k}={v:.4f}" for k, v in evaluated.items()))
                 improved = stopping.update(step, evaluated)
             preempted = guard.reached(step)
             # An early-stopping run checkpoints every new best, so the best is always kept.

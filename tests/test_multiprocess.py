@@ -1,0 +1,76 @@
+"""A real two-process job (2 processes x 4 CPU devices, gloo) that is killed and resumes as
+one process with 8 devices: the checkpoint reshards on restore and the losses carry on."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import tiny_overrides
+from jaxlm.train.logging import read_metrics
+
+pytestmark = pytest.mark.multiprocess
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def train_args(run_dir, corpus):
+    return ["train", "configs/gpt2-tiny.yaml", *tiny_overrides(run_dir, **{
+        "data.paths": corpus, "trainer.batch_size": 8, "trainer.max_steps": 12, "trainer.log_every": 1,
+        "trainer.eval_every": 12, "checkpoint.every": 4})]
+
+
+def single_process(args, devices=8):
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, "-m", "jaxlm.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def losses(run_dir):
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir) if "loss" in r}
+
+
+def test_two_processes_killed_then_resumed_as_one(tmp_path, corpus_file):
+    reference = single_process(train_args(tmp_path / "reference", corpus_file))
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    expected = losses(tmp_path / "reference")
+
+    run = tmp_path / "run"
+    launcher = subprocess.Popen(
+        [sys.executable, "launch/local.py", "--processes", "2", "--devices", "4", "--", sys.executable, "-m",
+         "jaxlm.cli", *map(str, train_args(run, corpus_file))],
+        cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 400
+    while not ((run / "checkpoints" / "4").is_dir() and max(losses(run), default=0) >= 6):
+        assert launcher.poll() is None and time.time() < deadline, launcher.stderr.read()[-2000:]
+        time.sleep(0.05)
+    os.killpg(launcher.pid, signal.SIGKILL)
+    launcher.wait()
+    assert max(losses(run)) < 12
+
+    resumed = single_process(train_args(run, corpus_file))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stderr
+    got = losses(run)
+    assert sorted(got) == sorted(expected)
+    for step, loss in expected.items():
+        assert abs(got[step] - loss) <= 2e-5 * abs(loss), (step, got[step], loss)
+
+
+def test_unreachable_coordinator_fails_in_time(tmp_path):
+    from test_cli import one_line_error
+
+    env = {**os.environ, "JAXLM_COORDINATOR": "127.0.0.1:9", "JAXLM_NUM_PROCESSES": "2", "JAXLM_PROCESS_ID": "1",
+           "JAXLM_INIT_TIMEOUT": "3", "JAX_PLATFORMS": "cpu"}
+    start = time.time()
+    result = subprocess.run([sys.executable, "-m", "jaxlm.cli", "train", "configs/gpt2-tiny.yaml",
+                             f"run.out_dir={tmp_path}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    one_line_error(result, "the coordinator 127.0.0.1:9 did not answer within 3s")
+    assert time.time() - start < 60
+    env["JAXLM_PROCESS_ID"] = "x"
+    del env["JAXLM_NUM_PROCESSES"]
+    result = subprocess.run([sys.executable, "-m", "jaxlm.cli", "train", "configs/gpt2-tiny.yaml"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    one_line_error(result, "set all of JAXLM_COORDINATOR, JAXLM_NUM_PROCESSES, JAXLM_PROCESS_ID")
