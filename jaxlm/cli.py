@@ -185,6 +185,28 @@ def cmd_tokenizer_train(args) -> int:
     return 0
 
 
+def cmd_memory(args) -> int:
+    from jaxlm.parallel.memory import gib, state_memory, table
+
+    if args.gpt2_table:
+        print(table(args.devices or 8))
+        return 0
+    if args.config is None:
+        raise JaxlmError("give a CONFIG (or --gpt2-table)")
+    import jax
+
+    config = _config(args)
+    n = args.devices or jax.device_count()
+    head = {"causal_lm": "causal_lm", "mlm": "masked_lm", "classification": "classification"}[config.task.type]
+    m = state_memory(config, head, n)
+    mesh = f"data={config.mesh.data} fsdp={config.mesh.fsdp} tensor={config.mesh.tensor}"
+    print(f"{m['parameters'] / 1e6:.1f}M parameters on {n} devices ({mesh}), per device:")
+    for k in ("params", "grads", "optimizer"):
+        print(f"  {k:<10} {gib(m[k])}")
+    print(f"  {'total':<10} {gib(m['params'] + m['grads'] + m['optimizer'])}  (activations not included)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxlm", description=__doc__.split("\n")[0].strip("`"))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -226,6 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     which_checkpoint(p)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("memory", help="per-device memory of params, gradients and optimizer state under the mesh")
+    p.add_argument("config", nargs="?", help="YAML config file")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.add_argument("--devices", type=int, help="number of devices (default: those visible here)")
+    p.add_argument("--gpt2-table", action="store_true", help="print the GPT-2 sizes x layouts table of docs/scaling.md")
+    p.set_defaults(func=cmd_memory)
 
     p = sub.add_parser("checkpoints", help="list a run's checkpoints: steps, eval metrics, sizes")
     p.add_argument("run", help="a jaxlm run directory")

@@ -82,3 +82,17 @@ def test_tensor_not_dividing_heads_is_one_line(tmp_path):
                    "mesh.tensor=8")
     result = jaxlm("train", "configs/gpt2-tiny.yaml", *tiny_overrides(tmp_path, **{"mesh.data": 3}), devices=8)
     one_line_error(result, "mesh data=3 x fsdp=1 x tensor=1 = 3 but there are 8 devices")
+
+
+def test_memory_report_counts_shards():
+    from jaxlm.config import Config
+    from jaxlm.parallel.memory import state_memory
+
+    model = {"type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4, "vocab_size": 512, "n_positions": 128}
+    dp = state_memory(Config.model_validate({"model": model, "mesh": {"data": 8}}), "causal_lm", 8)
+    assert dp["params"] == dp["grads"] == 4 * dp["parameters"]  # float32, a full copy per device
+    assert 2 * dp["params"] <= dp["optimizer"] <= 2 * dp["params"] + 64  # AdamW's mu and nu (+ step counts)
+    fsdp = state_memory(Config.model_validate({"model": model, "mesh": {"data": 1, "fsdp": 8}}), "causal_lm", 8)
+    tp = state_memory(Config.model_validate({"model": model, "mesh": {"data": 2, "tensor": 4}}), "causal_lm", 8)
+    assert fsdp["params"] < dp["params"] / 6 and tp["params"] < dp["params"] / 3
+    assert fsdp["parameters"] == dp["parameters"]

@@ -2,7 +2,8 @@
 
 - explicit: ``JAXLM_COORDINATOR=host:port``, ``JAXLM_NUM_PROCESSES``, ``JAXLM_PROCESS_ID``
   (what ``launch/local.py`` and custom launchers set);
-- SLURM (``SLURM_NTASKS`` > 1) and TPU pods: JAX's own cluster detection.
+- ``JAXLM_DISTRIBUTED=auto`` (set by ``launch/tpu_pod.sh`` and ``launch/slurm.sbatch``), or
+  SLURM with ``SLURM_NTASKS`` > 1: JAX's own cluster detection (TPU pods, SLURM, ...).
 On CPU, collectives between processes use gloo. A single process needs nothing.
 """
 
@@ -20,9 +21,7 @@ ENV = ("JAXLM_COORDINATOR", "JAXLM_NUM_PROCESSES", "JAXLM_PROCESS_ID")
 
 
 def _is_multiprocess_cluster() -> bool:
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        return True
-    return len([h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
+    return os.environ.get("JAXLM_DISTRIBUTED") == "auto" or int(os.environ.get("SLURM_NTASKS", "1")) > 1
 
 
 def initialize(timeout_s: int | None = None) -> None:

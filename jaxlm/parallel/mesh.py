@@ -7,15 +7,17 @@ batch is split over ``data`` x ``fsdp``, weights over ``fsdp`` (their ``embed`` 
 
 from __future__ import annotations
 
+import logging
 import math
 
-import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxlm.config import MeshConfig
 from jaxlm.errors import ConfigError
+
+log = logging.getLogger("jaxlm")
 
 AXES = ("data", "fsdp", "tensor")
 BATCH = ("data", "fsdp")
@@ -62,22 +64,36 @@ def data_parallel_size(mesh: Mesh) -> int:
     return mesh.shape["data"] * mesh.shape["fsdp"]
 
 
-def logical_to_sharding(logical_specs, mesh: Mesh, rules=DEFAULT_RULES):
-    """A tree of logical ``PartitionSpec``s -> a tree of ``NamedSharding``s on ``mesh``."""
-    return nn.logical_to_mesh_sharding(logical_specs, mesh, list(rules))
+# Axes that must split evenly (attention computes per head); any other axis that does not
+# divide its mesh axes is replicated instead (e.g. GPT-2's odd 50257-token vocabulary).
+MUST_DIVIDE = {"heads", "kv_heads"}
 
 
-def check_divisible(logical_specs, shapes, mesh: Mesh, rules=DEFAULT_RULES) -> None:
-    """Every sharded dimension must split evenly over its mesh axes; name the first that does not."""
-    mesh_axes = dict(rules)
-    specs = jax.tree_util.tree_flatten_with_path(logical_specs, is_leaf=lambda x: isinstance(x, P))[0]
-    for (path, spec), shape in zip(specs, jax.tree.leaves(shapes), strict=True):
+def param_shardings(logical_specs, shapes, mesh, rules=DEFAULT_RULES):
+    """Logical ``PartitionSpec``s -> ``NamedSharding``s on ``mesh`` (a Mesh or AbstractMesh)."""
+    table = dict(rules)
+    replicated: set[str] = set()
+
+    def resolve(path, spec, shape):
+        out = []
         for size, logical in zip(shape.shape, spec):
-            axes = mesh_axes.get(logical) if logical else None
-            axes = (axes,) if isinstance(axes, str) else axes or ()
+            axes = table.get(logical) if logical else None
+            axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+            axes = tuple(a for a in axes if mesh.shape[a] > 1)
             ways = math.prod(mesh.shape[a] for a in axes)
             if size % ways:
-                name = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
-                sizes = " x ".join(f"mesh.{a}={mesh.shape[a]}" for a in axes)
-                raise ConfigError(f"{name}: its {logical!r} axis of size {size} cannot be split {ways} ways "
-                                  f"({sizes}); choose mesh sizes that divide it")
+                if logical in MUST_DIVIDE:
+                    name = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+                    sizes = " x ".join(f"mesh.{a}={mesh.shape[a]}" for a in axes)
+                    raise ConfigError(f"{name}: its {logical!r} axis of size {size} cannot be split {ways} ways "
+                                      f"({sizes}); choose mesh sizes that divide it")
+                replicated.add(f"{logical}={size}")
+                axes = ()
+            out.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+        return NamedSharding(mesh, P(*out))
+
+    shardings = jax.tree_util.tree_map_with_path(resolve, logical_specs, shapes,
+                                                 is_leaf=lambda x: isinstance(x, P))
+    if replicated:
+        log.info("not sharded (size does not divide the mesh): %s", ", ".join(sorted(replicated)))
+    return shardings

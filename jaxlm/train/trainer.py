@@ -22,8 +22,7 @@ from jaxlm.config import Config, resume_conflicts, save_config
 from jaxlm.errors import ConfigError, JaxlmError
 from jaxlm.train.preemption import PreemptionGuard
 from jaxlm.models import build_model
-from jaxlm.parallel.mesh import (DEFAULT_RULES, batch_sharding, check_divisible, data_parallel_size,
-                                 logical_to_sharding, make_mesh)
+from jaxlm.parallel.mesh import DEFAULT_RULES, batch_sharding, data_parallel_size, make_mesh, param_shardings
 from jaxlm.tasks import Task, build_task
 from jaxlm.train.early_stopping import EarlyStopping, LoopPosition
 from jaxlm.train.logging import MetricsLogger, rewind_metrics
@@ -104,9 +103,7 @@ def setup(config: Config) -> Setup:
         return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), key)
 
     boxed = jax.eval_shape(boxed_state, jax.random.PRNGKey(0))
-    logical = nn.get_partition_spec(boxed)
-    check_divisible(logical.params, nn.meta.unbox(boxed).params, mesh)
-    shardings = logical_to_sharding(logical, mesh, DEFAULT_RULES)
+    shardings = param_shardings(nn.get_partition_spec(boxed), nn.meta.unbox(boxed), mesh, DEFAULT_RULES)
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             nn.meta.unbox(boxed), shardings)
     return Setup(config, run_dir, mesh, task, model, tx, schedule, abstract, batch_sharding(mesh), DEFAULT_RULES)
@@ -185,7 +182,7 @@ def train(config: Config) -> dict[str, float]:
                 last.update(evaluated)
                 if is_main:
                     bar.write(f"step {step}: " + "  ".join(f"{k}={v:.4f}" for k, v in evaluated.items()))
-                improved = stopping.update(step, evaluated)
+                improved = stopping.update(evaluated)
             preempted = guard.reached(step)
             # An early-stopping run checkpoints every new best, so the best is always kept.
             ckpt.save(step, state, position.state(), config_json, evaluated,
