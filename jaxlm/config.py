@@ -50,6 +50,18 @@ class DataConfig(Section):
         return [v] if isinstance(v, str) else v
 
 
+class EarlyStoppingConfig(Section):
+    """Stop when ``metric`` has not improved by ``min_delta`` for ``patience`` evaluations in a row.
+
+    The best checkpoint is kept by the checkpoint section's best-N retention, so
+    ``checkpoint.keep_best`` must be at least 1 with the same metric and mode."""
+
+    metric: str = "eval_loss"
+    mode: Literal["min", "max"] = "min"
+    patience: int = Field(3, gt=0)
+    min_delta: float = Field(0.0, ge=0)
+
+
 class TrainerConfig(Section):
     max_steps: int = Field(1000, gt=0)
     batch_size: int = Field(32, gt=0)
@@ -63,6 +75,7 @@ class TrainerConfig(Section):
     eval_batch_size: int | None = Field(None, gt=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     progress_bar: bool = True
+    early_stopping: EarlyStoppingConfig | None = None
 
 
 class OptimizerConfig(Section):
@@ -135,6 +148,91 @@ class CheckpointConfig(Section):
     checkpoint's full state when this run has none of its own."""
 
 
+class CausalLMTaskConfig(Section):
+    """Next-token prediction on packed blocks of ``data.paths`` (or the embedded corpus)."""
+
+    type: Literal["causal_lm"] = "causal_lm"
+
+    @property
+    def head(self) -> str:
+        return "causal_lm"
+
+
+class MaskedLMTaskConfig(Section):
+    """BERT pretraining on ``data.paths`` (or the embedded corpus): masked tokens, optionally
+    with next-sentence (``nsp``) or sentence-order (``sop``) prediction on sentence pairs."""
+
+    type: Literal["mlm"] = "mlm"
+    mask_probability: float = Field(0.15, gt=0, lt=1)
+    """Share of the non-special tokens selected for prediction."""
+    mask_token_fraction: float = Field(0.8, ge=0, le=1)
+    """Of the selected tokens: replaced by ``[MASK]``."""
+    random_token_fraction: float = Field(0.1, ge=0, le=1)
+    """Of the selected tokens: replaced by a random token (the rest stay unchanged)."""
+    masking: Literal["token", "whole_word", "span"] = "token"
+    """Selection unit: single tokens, whole words (``##`` pieces with their word), or
+    SpanBERT spans of whole words."""
+    span_p: float = Field(0.2, gt=0, le=1)
+    """span: span lengths in words follow Geometric(span_p) ..."""
+    max_span: int = Field(10, gt=0)
+    """... clipped at this many words."""
+    sentence_pairs: Literal["nsp", "sop"] | None = None
+
+    @model_validator(mode="after")
+    def _fractions(self):
+        if self.mask_token_fraction + self.random_token_fraction > 1:
+            raise ValueError(f"task.mask_token_fraction + task.random_token_fraction = "
+                             f"{self.mask_token_fraction + self.random_token_fraction:g} exceeds 1")
+        return self
+
+    @property
+    def head(self) -> str:
+        return "pretraining" if self.sentence_pairs else "masked_lm"
+
+
+class ClassificationTaskConfig(Section):
+    """Sequence classification of single texts or text pairs from the pooled first token.
+
+    Data: CSV / JSONL files in ``data.paths``, or ``dataset``: a set shipped with jaxlm
+    (``sentiment_en``, ``sentiment_zh``), a Hugging Face ``datasets`` name (``imdb``) or
+    ``tfds:NAME``. Labels are names from ``model.id2label`` or ids below ``model.num_labels``.
+    """
+
+    type: Literal["classification"] = "classification"
+    dataset: str | None = None
+    dataset_config: str | None = None
+    """The configuration of a Hugging Face dataset (``load_dataset("glue", "sst2")``)."""
+    dataset_split: str = "train"
+    """The split of a Hugging Face / tfds dataset to read (it is split again below)."""
+    text_column: str = "text"
+    text_pair_column: str | None = "text_pair"
+    """Second texts, used when the data has this column."""
+    label_column: str = "label"
+    split: list[float] = [0.7, 0.15, 0.15]
+    """Train / validation / test shares of each class (a stratified split)."""
+    split_seed: int = 0
+    eval_split: Literal["validation", "test"] = "validation"
+    truncation: Literal["truncate", "error"] = "truncate"
+    """Texts longer than ``data.seq_len`` tokens: cut them (the count is logged) or fail."""
+
+    @field_validator("split")
+    @classmethod
+    def _shares(cls, v):
+        if len(v) != 3 or min(v) < 0 or abs(sum(v) - 1) > 1e-6 or not v[0] or not v[1]:
+            raise ValueError(f"task.split={v} must be three shares (train, validation, test) summing to 1, "
+                             "with train and validation above 0")
+        return v
+
+    @property
+    def head(self) -> str:
+        return "classification"
+
+
+TaskConfig = Annotated[Union[CausalLMTaskConfig, MaskedLMTaskConfig, ClassificationTaskConfig],  # noqa: UP007
+                       Field(discriminator="type")]
+TASKS = {"causal_lm": CausalLMTaskConfig, "mlm": MaskedLMTaskConfig, "classification": ClassificationTaskConfig}
+
+
 class MeshConfig(Section):
     data: int = -1
     """Data-parallel size; -1 fills the devices not used by the other axes."""
@@ -150,7 +248,8 @@ def _model_union():
 
 class Config(Section):
     run: RunConfig = RunConfig()
-    task: Literal["causal_lm"] = "causal_lm"
+    task: TaskConfig = CausalLMTaskConfig()
+    """A task name (``task: mlm``) or a section with ``type`` and the task's settings."""
     model: _model_union()  # type: ignore[valid-type]
     data: DataConfig = DataConfig()
     trainer: TrainerConfig = TrainerConfig()
@@ -159,8 +258,22 @@ class Config(Section):
     checkpoint: CheckpointConfig = CheckpointConfig()
     mesh: MeshConfig = MeshConfig()
 
+    @field_validator("task", mode="before")
+    @classmethod
+    def _task_name(cls, v):
+        return {"type": v} if isinstance(v, str) else v
+
     @model_validator(mode="after")
     def _consistent(self):
+        stop, ckpt = self.trainer.early_stopping, self.checkpoint
+        if stop and (ckpt.keep_best < 1 or (ckpt.best_metric, ckpt.best_mode) != (stop.metric, stop.mode)):
+            raise ValueError(f"trainer.early_stopping needs the best checkpoint by its metric kept: set "
+                             f"checkpoint.keep_best=1 checkpoint.best_metric={stop.metric} "
+                             f"checkpoint.best_mode={stop.mode}")
+        labels = getattr(self.model, "id2label", None)
+        if labels and len(labels) != self.model.num_labels:
+            raise ValueError(f"model.id2label names {len(labels)} labels but model.num_labels="
+                             f"{self.model.num_labels}; set model.num_labels={len(labels)}")
         if self.trainer.batch_size % self.trainer.grad_accum_steps:
             raise ValueError(f"trainer.batch_size={self.trainer.batch_size} is not divisible by "
                              f"trainer.grad_accum_steps={self.trainer.grad_accum_steps}")
@@ -232,16 +345,21 @@ def validate_config(tree: dict) -> Config:
         raise ConfigError(_describe(e.errors()[0])) from None
 
 
+def _unions() -> dict[str, dict[str, type[BaseModel]]]:
+    """Config sections that are discriminated unions: their ``type`` tags and classes."""
+    return {"model": {k: f.config for k, f in MODEL_FAMILIES.items()}, "task": TASKS}
+
+
 def _fields_at(loc: tuple) -> dict:
     """The schema fields of the section that ``loc`` points into."""
     model: Any = Config
+    union = None
     for part in loc:
-        if model is Config and part == "model":
-            model = None  # the next part is the discriminator tag
+        if model is Config and part in _unions():
+            model, union = None, _unions()[part]  # the next part is the discriminator tag
             continue
         if model is None:
-            family = MODEL_FAMILIES.get(part)
-            model = family.config if family else Config
+            model = union.get(part, Config)
             continue
         ann = model.model_fields.get(part)
         sub = ann and _section_type(ann.annotation)
@@ -260,8 +378,9 @@ def _section_type(annotation):
 
 def _describe(err: dict) -> str:
     loc = tuple(err["loc"])
-    # Drop the discriminator tag pydantic inserts into model.* locations.
-    shown = tuple(p for i, p in enumerate(loc) if not (i == 1 and loc[0] == "model" and p in MODEL_FAMILIES))
+    unions = _unions()
+    # Drop the discriminator tag pydantic inserts into model.* / task.* locations.
+    shown = tuple(p for i, p in enumerate(loc) if not (i == 1 and loc[0] in unions and p in unions[loc[0]]))
     key = ".".join(str(p) for p in shown)
     kind = err["type"]
     if kind == "extra_forbidden":
@@ -271,7 +390,7 @@ def _describe(err: dict) -> str:
             f"valid keys here: {', '.join(valid)}"
         return f"unknown config key {key!r}; {hint}"
     if kind == "union_tag_invalid":
-        return f"model.type={err['ctx']['tag']!r} is unknown; choose one of: {', '.join(MODEL_FAMILIES)}"
+        return f"{loc[0]}.type={err['ctx']['tag']!r} is unknown; choose one of: {', '.join(unions[loc[0]])}"
     if kind == "value_error":
         return str(err.get("ctx", {}).get("error", err["msg"]))
     if kind == "missing":
@@ -298,8 +417,9 @@ def save_config(config: Config, path: Path) -> None:
 # rate, dropout, ...) may change between restarts.
 STATE_KEYS = ("task", "model", "optimizer.name", "run.seed", "trainer.batch_size", "data.seq_len", "data.paths",
               "data.tokenizer")
-HARMLESS_MODEL_KEYS = {"init_from", "attention_implementation", "resid_pdrop", "embd_pdrop", "attn_pdrop",
+HARMLESS_MODEL_KEYS = {"init_from", "attention_implementation", "remat", "resid_pdrop", "embd_pdrop", "attn_pdrop",
                        "hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"}
+HARMLESS_TASK_KEYS = {"eval_split", "truncation"}
 
 
 def resume_conflicts(saved: dict, config: Config) -> list[str]:
@@ -318,9 +438,12 @@ def resume_conflicts(saved: dict, config: Config) -> list[str]:
     out = []
     for key in STATE_KEYS:
         a, b = get(saved, key), get(now, key)
-        if key == "model" and isinstance(a, dict) and isinstance(b, dict):
-            out += [f"model.{k}: {a.get(k)!r} in the checkpoint, {b.get(k)!r} now"
-                    for k in sorted(a.keys() | b.keys()) if k not in HARMLESS_MODEL_KEYS and a.get(k) != b.get(k)]
+        if key == "task" and isinstance(a, str):  # written before tasks had settings
+            a = {"type": a}
+        harmless = {"model": HARMLESS_MODEL_KEYS, "task": HARMLESS_TASK_KEYS}.get(key)
+        if harmless is not None and isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{key}.{k}: {a.get(k)!r} in the checkpoint, {b.get(k)!r} now"
+                    for k in sorted(a.keys() | b.keys()) if k not in harmless and a.get(k) != b.get(k)]
         elif a != b:
             out.append(f"{key}: {a!r} in the checkpoint, {b!r} now")
     sa, sb = structure(saved), structure(now)

@@ -86,3 +86,22 @@ def test_bits_per_byte_on_the_full_validation_split(tmp_path, corpus_file):
     expected = ev["eval_loss"] * n_targets / np.log(2) / task.valid_bytes
     assert ev["eval_bits_per_byte"] == pytest.approx(expected, rel=1e-6)
     assert ev["eval_perplexity"] == pytest.approx(np.exp(ev["eval_loss"]), rel=1e-6)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "bert"])
+def test_remat_gives_the_same_gradients(family):
+    from jaxlm.models import MODEL_FAMILIES, build_model
+
+    sizes = {"gpt2": dict(vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2),
+             "bert": dict(vocab_size=50, max_position_embeddings=16, hidden_size=16, num_hidden_layers=2,
+                          num_attention_heads=2, intermediate_size=32)}[family]
+    head = "causal_lm" if family == "gpt2" else "masked_lm"
+    ids = jnp.asarray(np.random.RandomState(0).randint(1, 50, (2, 9)))
+    grads = {}
+    for remat in ("none", "full", "dots"):
+        model = build_model(MODEL_FAMILIES[family].config(**sizes, remat=remat), head)
+        params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), ids))["params"]
+        loss = lambda p: (model.apply({"params": p}, ids, rngs={"dropout": jax.random.PRNGKey(1)}).logits ** 2).mean()  # noqa: E731
+        grads[remat] = jax.grad(loss)(params)
+    for remat in ("full", "dots"):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grads["none"], grads[remat])

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import flax.linen as nn
+import jax
 from pydantic import BaseModel, ConfigDict
 
 # Fields that are jaxlm's own and never go into an exported config.json.
-JAXLM_ONLY_FIELDS = {"type", "init_from", "attention_implementation"}
+JAXLM_ONLY_FIELDS = {"type", "init_from", "attention_implementation", "remat"}
 
 
 class ModelConfig(BaseModel):
@@ -19,6 +21,16 @@ class ModelConfig(BaseModel):
     """Load params (only) from a jaxlm run or checkpoint directory before training."""
     attention_implementation: Literal["xla", "cudnn"] | None = None
     """Force an attention kernel; ``None`` lets JAX pick (cuDNN flash on GPU when it can)."""
+    remat: Literal["none", "full", "dots"] = "none"
+    """Recompute each layer's activations in the backward pass: ``full`` keeps only layer
+    inputs, ``dots`` also keeps matmul outputs (less memory than none, less compute than full)."""
+
+    def remat_layer(self, layer_cls, static_argnums: tuple[int, ...]):
+        """``layer_cls`` wrapped per ``remat`` (``static_argnums`` count ``self`` as 0)."""
+        if self.remat == "none":
+            return layer_cls
+        policy = None if self.remat == "full" else jax.checkpoint_policies.checkpoint_dots
+        return nn.remat(layer_cls, policy=policy, static_argnums=static_argnums)
 
     @property
     def max_positions(self) -> int | None:

@@ -149,8 +149,9 @@ class BertModel(nn.Module):
                                                                    deterministic)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         hidden_states, attentions = [x], []
+        layer = c.remat_layer(BertLayer, static_argnums=(3, 4))
         for i in range(c.num_hidden_layers):
-            x, w = BertLayer(c, dtype=self.dtype, name=f"layer_{i}")(x, attention_mask, deterministic,
+            x, w = layer(c, dtype=self.dtype, name=f"layer_{i}")(x, attention_mask, deterministic,
                                                                      output_attentions)
             hidden_states.append(x)
             attentions.append(w)

@@ -123,8 +123,9 @@ class DistilBertModel(nn.Module):
         x = DistilBertEmbeddings(c, dtype=self.dtype, name="embeddings")(input_ids, position_ids, deterministic)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         hidden_states, attentions = [x], []
+        layer = c.remat_layer(DistilBertLayer, static_argnums=(3, 4))
         for i in range(c.n_layers):
-            x, w = DistilBertLayer(c, dtype=self.dtype, name=f"layer_{i}")(x, attention_mask, deterministic,
+            x, w = layer(c, dtype=self.dtype, name=f"layer_{i}")(x, attention_mask, deterministic,
                                                                            output_attentions)
             hidden_states.append(x)
             attentions.append(w)

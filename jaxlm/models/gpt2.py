@@ -121,9 +121,10 @@ class GPT2Model(nn.Module):
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
         hidden_states, attentions = [], []
+        block = c.remat_layer(GPT2Block, static_argnums=(3, 4, 5))
         for i in range(c.n_layer):
             hidden_states.append(x)
-            x, w = GPT2Block(c, dtype=self.dtype, name=f"h_{i}")(
+            x, w = block(c, dtype=self.dtype, name=f"h_{i}")(
                 x, attention_mask, deterministic, decode, output_attentions)
             attentions.append(w)
         x = layer_norm(c.layer_norm_epsilon, name="ln_f", dtype=self.dtype)(x)
