@@ -15,6 +15,7 @@ visible; a complete-looking but damaged newest checkpoint is detected on restore
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import traverse_util
 from orbax.checkpoint import checkpoint_managers as policies
 
 from jaxlm.errors import JaxlmError
@@ -206,29 +208,73 @@ def load_run(path: str | Path, step: int | None = None, best: bool = False) -> t
         ckpt.close()
 
 
-def load_params_into(path: str | Path, abstract_params) -> Any:
-    """Params from a run / checkpoint, checked against the model's: every mismatch is named."""
+def load_params_into(path: str | Path, abstract_params, initial=None) -> Any:
+    """Params from a run / checkpoint for a model with ``abstract_params``; every mismatch is named.
+
+    The checkpoint may hold another head of the same model family (a jaxlm MLM run, a
+    converted ``BertForMaskedLM`` or base ``BertModel``): its trunk loads, its head params
+    (and optional trunk parts such as BERT's pooler) that this model lacks are skipped, and
+    those it lacks are taken from ``initial`` (the freshly initialised params); both are
+    named in the log. Missing or extra trunk params and shape differences are errors.
+    """
+    from jaxlm.models import MODEL_FAMILIES
+
     ckpt, step = open_run(path)
     try:
-        meta_tree = ckpt.manager.item_metadata(step).params
-        saved = _shapes(meta_tree)
-        wanted = _shapes(abstract_params)
-        problems = [f"{k}: missing from {path}" for k in sorted(wanted.keys() - saved.keys())]
-        problems += [f"{k}: not in this model" for k in sorted(saved.keys() - wanted.keys())]
-        problems += [f"{k}: shape {saved[k]} in {path} vs {wanted[k]} in this model"
-                     for k in sorted(wanted.keys() & saved.keys()) if saved[k] != wanted[k]]
+        family = MODEL_FAMILIES.get(ckpt.read_meta(step)["config"]["model"]["type"])
+        keys = family.torch_keys if family else None
+        saved = _by_trunk_name(ckpt.manager.item_metadata(step).params, keys and keys.prefix)
+        wanted = _by_trunk_name(abstract_params, keys and keys.prefix)
+
+        def optional(name):
+            return keys is not None and (name[0] == "head" or re.search(keys.optional, name[1].replace("/", ".")))
+
+        fresh = sorted(n for n in wanted.keys() - saved.keys() if initial is not None and optional(n))
+        skipped = sorted(n for n in saved.keys() - wanted.keys() if optional(n))
+        shown = {n: "/".join(p) for n, (p, _) in {**saved, **wanted}.items()}
+        problems = [f"{shown[n]}: missing from {path}" for n in sorted(wanted.keys() - saved.keys() - set(fresh))]
+        problems += [f"{shown[n]}: not in this model" for n in sorted(saved.keys() - wanted.keys() - set(skipped))]
+        problems += [f"{shown[n]}: shape {saved[n][1]} in {path} vs {wanted[n][1]} in this model"
+                     for n in sorted(wanted.keys() & saved.keys()) if saved[n][1] != wanted[n][1]]
         if problems:
             more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
             raise CheckpointError(f"model.init_from={path} does not fit this model: {'; '.join(problems[:3])}{more}")
-        return ckpt.read_params(step, abstract_params)
+        if not fresh and not skipped and all(saved[n][0] == wanted[n][0] for n in saved):
+            return ckpt.read_params(step, abstract_params)
+        abstract = traverse_util.flatten_dict(abstract_params)
+        item = {p: abstract[wanted[n][0]] if n in wanted else ocp.PLACEHOLDER for n, (p, _) in saved.items()}
+        restored = traverse_util.flatten_dict(ckpt.read_params(step, traverse_util.unflatten_dict(item)))
+        start = traverse_util.flatten_dict(initial) if fresh else {}
+        out = {p: restored[saved[n][0]] if n in saved else start[p] for n, (p, _) in wanted.items()}
+        if fresh:
+            log.info("model.init_from=%s lacks %d params of this model, initialised afresh: %s", path, len(fresh),
+                     ", ".join(shown[n] for n in fresh))
+        if skipped:
+            log.info("model.init_from=%s: %d of its params are not in this model and were skipped: %s", path,
+                     len(skipped), ", ".join(shown[n] for n in skipped))
+        return traverse_util.unflatten_dict(out)
     finally:
         ckpt.close()
 
 
-def _shapes(tree) -> dict[str, tuple]:
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(np.shape(leaf) if not hasattr(leaf, "shape")
-                                                                     else leaf.shape) for path, leaf in flat}
+def _by_trunk_name(tree, prefix: str | None) -> dict[tuple[str, str], tuple[tuple[str, ...], tuple]]:
+    """``(part, name) -> (path, shape)`` for every leaf: trunk params named without the head
+    model's ``prefix`` (``bert/``), so base and head models line up; other params of a head
+    model are ``("head", path)``."""
+    flat = {tuple(str(getattr(k, "key", k)) for k in path): tuple(np.shape(leaf) if not hasattr(leaf, "shape")
+                                                                   else leaf.shape)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    head_model = prefix is not None and any(p[0] == prefix for p in flat)
+    out = {}
+    for path, shape in flat.items():
+        if not head_model:
+            name = ("trunk", "/".join(path))
+        elif path[0] == prefix:
+            name = ("trunk", "/".join(path[1:]))
+        else:
+            name = ("head", "/".join(path))
+        out[name] = (path, shape)
+    return out
 
 
 def dir_size(path: Path) -> int:

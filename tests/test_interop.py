@@ -128,7 +128,8 @@ def test_fill_mask_matches_transformers(checkpoint, tmp_path, tokenizer_file):
         (directory / "vocab.txt").unlink()
         tokenizer.save_pretrained(directory)
     text = "the cat [MASK] on the mat."
-    got = fill_mask(str(directory), text, top_k=3)
+    model, params = from_pretrained(directory)
+    got = fill_mask(model, params, load_tokenizer(directory), text, top_k=3)
     ids = tokenizer(text, return_tensors="pt")["input_ids"]
     with torch.no_grad():
         logits = torch_model(directory)(ids).logits[0, (ids[0] == tokenizer.mask_token_id).nonzero()[0, 0]]
@@ -136,12 +137,13 @@ def test_fill_mask_matches_transformers(checkpoint, tmp_path, tokenizer_file):
     assert [t for t, _ in got] == [tokenizer.decode([int(i)]) for i in best]
     np.testing.assert_allclose([p for _, p in got], probs.numpy(), atol=1e-6)
     with pytest.raises(InteropError, match="exactly one"):
-        fill_mask(str(directory), "no mask here")
+        fill_mask(model, params, load_tokenizer(directory), "no mask here")
 
 
-def test_fill_mask_needs_a_masked_lm(checkpoint):
+def test_fill_mask_needs_a_masked_lm(checkpoint, tmp_path):
+    (tmp_path / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
     with pytest.raises(InteropError, match="fill-mask needs a masked-LM checkpoint"):
-        fill_mask(str(checkpoint("BertModel")), "the [MASK]")
+        fill_mask(*from_pretrained(checkpoint("BertModel")), load_tokenizer(tmp_path), "the [MASK]")
 
 
 @pytest.mark.slow

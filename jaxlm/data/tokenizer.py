@@ -19,7 +19,6 @@ from jaxlm.errors import DataError
 EOS = "<|endoftext|>"
 FILE = "tokenizer.json"
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-KINDS = ("bpe", "wordpiece")
 
 
 class Tokenizer:

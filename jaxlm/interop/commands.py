@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlm.data.tokenizer import load_tokenizer
+from jaxlm.data.tokenizer import Tokenizer
 from jaxlm.interop.errors import InteropError
-from jaxlm.interop.hf import from_pretrained, save_pretrained
+from jaxlm.interop.hf import save_pretrained
 from jaxlm.models.bert import BertForMaskedLM, BertForPreTraining
 from jaxlm.models.distilbert import DistilBertForMaskedLM
 
@@ -18,20 +18,19 @@ MASK = "[MASK]"
 MASKED_LM = (BertForMaskedLM, BertForPreTraining, DistilBertForMaskedLM)
 
 
-def fill_mask(model_dir: str, text: str, top_k: int = 5) -> list[tuple[str, float]]:
+def fill_mask(model, params, tokenizer: Tokenizer, text: str, top_k: int = 5) -> list[tuple[str, float]]:
     """The ``top_k`` most likely tokens for the one ``[MASK]`` in ``text``, with probabilities.
 
-    ``model_dir`` is a Hugging Face directory of a masked-LM checkpoint with its tokenizer
-    files (``tokenizer.json`` or ``vocab.txt``).
+    ``model`` is any masked LM (imported from Hugging Face or trained by jaxlm) and
+    ``tokenizer`` its own.
     """
-    model, params = from_pretrained(model_dir)
     if not isinstance(model, MASKED_LM):
-        raise InteropError(f"{model_dir} holds a {type(model).__name__}; fill-mask needs a masked-LM checkpoint "
+        raise InteropError(f"this is a {type(model).__name__}; fill-mask needs a masked-LM checkpoint "
                            f"({', '.join(c.__name__ for c in MASKED_LM)})")
-    tok = load_tokenizer(model_dir).tok
+    tok = tokenizer.tok
     mask_id = tok.token_to_id(MASK)
     if mask_id is None:
-        raise InteropError(f"the tokenizer in {model_dir} has no {MASK} token: use the model's own tokenizer files")
+        raise InteropError(f"the tokenizer has no {MASK} token: use the model's own tokenizer files")
     ids = tok.encode(text).ids
     where = [i for i, t in enumerate(ids) if t == mask_id]
     if len(where) != 1:

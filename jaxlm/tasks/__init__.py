@@ -23,7 +23,8 @@ class Task(Protocol):
     head: str
     """The model head to build (``causal_lm``, ``masked_lm``, ``classification``, ...)."""
 
-    def train_iterator(self, batch_size: int, process_index: int, process_count: int) -> BatchIterator: ...
+    def train_iterator(self, batch_size: int, process_index: int, process_count: int) -> BatchIterator:
+        """Batches forever, with ``state()`` / ``restore()`` of the position (a BatchIterator or a wrapper)."""
 
     def eval_batches(self, batch_size: int, limit: int | None) -> Iterator[dict[str, np.ndarray]]: ...
 
@@ -36,14 +37,17 @@ class Task(Protocol):
              ) -> tuple[jax.Array, jax.Array]:
         """``(sum of per-example losses, sum of weights)`` for one (micro-)batch."""
 
-    def eval_sums(self, model, params, batch: Batch) -> dict[str, jax.Array]: ...
+    def eval_sums(self, model, params, batch: Batch) -> dict[str, jax.Array]:
+        """Statistics summed over the batch: scalars, or arrays such as a confusion matrix."""
 
-    def summarize(self, sums: dict[str, float], complete: bool) -> dict[str, float]:
+    def summarize(self, sums: dict[str, np.ndarray], complete: bool) -> dict[str, float]:
         """``complete``: the sums cover the whole validation split."""
 
 
 def build_task(config: Config, run_dir: Path) -> Task:
     from jaxlm.tasks.causal_lm import CausalLMTask
+    from jaxlm.tasks.classification import ClassificationTask
+    from jaxlm.tasks.mlm import MaskedLMTask
 
-    tasks = {"causal_lm": CausalLMTask}
-    return tasks[config.task](config, run_dir)
+    tasks = {"causal_lm": CausalLMTask, "mlm": MaskedLMTask, "classification": ClassificationTask}
+    return tasks[config.task.type](config, run_dir)

@@ -1,0 +1,113 @@
+"""Sequence classification of single texts or text pairs (BERT's pooled ``[CLS]``, any
+number of labels), evaluated with accuracy, precision, recall, F1 and a confusion matrix.
+
+The labelled rows are split per class into train / validation / test (``task.split``,
+seeded by ``task.split_seed``, so runs with different ``run.seed`` share one split);
+evaluation scores ``task.eval_split``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlm.config import Config
+from jaxlm.data.bert_inputs import frame_texts
+from jaxlm.data.labeled import Table, label_ids, read_dataset, read_files, stratified_split
+from jaxlm.data.tokenizer import Tokenizer
+from jaxlm.errors import ConfigError, DataError, JaxlmError
+from jaxlm.models import head_of
+from jaxlm.tasks.encoder import EncoderTask, encoder_tokenizer, framer
+from jaxlm.train.losses import cross_entropy_sum
+from jaxlm.train.metrics import classification_metrics
+
+log = logging.getLogger("jaxlm")
+
+
+def label_names(model_config) -> list[str] | None:
+    """Class names in id order (``model.id2label``), or ``None`` when the classes are bare ids."""
+    labels = model_config.id2label
+    return [labels[i] for i in range(model_config.num_labels)] if labels else None
+
+
+def texts_of(table: Table, column: str, key: str) -> list[str]:
+    values = table.column(column, key)
+    for row, v in enumerate(values):
+        if not isinstance(v, str) or not v.strip():
+            raise DataError(f"{table.where} row {row + 1}: {column!r} holds {v!r}, not a text; fix or drop the row")
+    return values
+
+
+class ClassificationTask(EncoderTask):
+    def __init__(self, config: Config, run_dir: Path):
+        super().__init__(config)
+        t, model = config.task, config.model
+        self.head, self.num_labels = t.head, model.num_labels
+        if bool(t.dataset) == bool(config.data.paths):
+            raise ConfigError("task: classification reads either data.paths (CSV / JSONL files) or task.dataset "
+                              "(sentiment_en, sentiment_zh, a Hugging Face datasets name or tfds:NAME): set one")
+        table = read_dataset(t.dataset, t.dataset_config, t.dataset_split) if t.dataset else \
+            read_files(config.data.paths)
+        texts = texts_of(table, t.text_column, "task.text_column")
+        pair_column = t.text_pair_column
+        with_pairs = pair_column is not None and (pair_column in table.columns or "text_pair_column" in t.model_fields_set)
+        pairs = texts_of(table, pair_column, "task.text_pair_column") if with_pairs else None
+        labels = label_ids(table.column(t.label_column, "task.label_column"), label_names(model), model.num_labels,
+                           table.where)
+        parts = stratified_split(labels, t.split, t.split_seed)
+        train_texts = [texts[i] for i in parts[0]] + ([pairs[i] for i in parts[0]] if pairs else [])
+        tok = encoder_tokenizer(config, train_texts, run_dir, needs=("[PAD]", "[CLS]", "[SEP]"))
+        rows, cut = frame_texts(tok.encode_batch(texts), tok.encode_batch(pairs) if pairs else None,
+                                framer(tok, config.data.seq_len))
+        if cut.any():
+            limit = f"data.seq_len={config.data.seq_len} tokens (the model holds {model.max_positions})"
+            if t.truncation == "error":
+                raise DataError(f"{table.where} row {cut.argmax() + 1} and {cut.sum() - 1} more are longer than "
+                                f"{limit}; raise data.seq_len or set task.truncation=truncate")
+            log.info("truncated %d of %d texts of %s to %s; task.truncation=error refuses them instead",
+                     cut.sum(), len(cut), table.where, limit)
+        rows["label"] = labels
+        self.train, valid, test = ({k: v[part] for k, v in rows.items()} for part in parts)
+        self.valid = valid if t.eval_split == "validation" else test
+        if not len(self.valid["label"]):
+            raise ConfigError(f"task.eval_split={t.eval_split} but task.split={t.split} leaves it no rows")
+
+    def loss(self, model, params, batch, dropout_rng, label_smoothing=0.0):
+        logits = self.apply(model, params, self.model_inputs(batch), dropout_rng).logits
+        return cross_entropy_sum(logits, batch["label"], batch["attention_mask"][:, 0], label_smoothing)
+
+    def eval_sums(self, model, params, batch):
+        logits = self.apply(model, params, self.model_inputs(batch), None).logits
+        weights = batch["attention_mask"][:, 0]
+        nll, count = cross_entropy_sum(logits, batch["label"], weights)
+        confusion = jnp.zeros((self.num_labels, self.num_labels)).at[batch["label"], logits.argmax(-1)].add(weights)
+        return {"nll": nll, "examples": count, "confusion": confusion}
+
+    def summarize(self, sums, complete):
+        metrics = classification_metrics(sums["confusion"])
+        return {"eval_loss": float(sums["nll"] / max(sums["examples"], 1.0)),
+                **{f"eval_{k}": v for k, v in metrics.items()}}
+
+
+def classify(model, params, tokenizer: Tokenizer, text: str, text_pair: str | None = None) -> list[tuple[str, float]]:
+    """Every label of a sequence classifier with its probability for ``text`` (and
+    ``text_pair``), most likely first; text beyond the model's positions is cut (logged)."""
+    if head_of(model) != "classification":
+        raise JaxlmError(f"this is a {type(model).__name__}; predict needs a sequence classifier (a run of "
+                         "task: classification, or a converted *ForSequenceClassification)")
+    c = model.config
+    first = [tokenizer.encode(text)]
+    second = [tokenizer.encode(text_pair)] if text_pair is not None else None
+    length = min(c.max_positions, len(first[0]) + len(second[0] if second else []) + (3 if second else 2))
+    frame = framer(tokenizer, length)
+    rows, cut = frame_texts(first, second, frame)
+    if cut.any():
+        log.warning("the text is longer than the model's %d positions; its end was cut", c.max_positions)
+    inputs = {k: jnp.asarray(v) for k, v in rows.items() if k != "token_type_ids" or hasattr(c, "type_vocab_size")}
+    probs = np.asarray(jax.nn.softmax(model.apply({"params": params}, **inputs).logits[0].astype(jnp.float32)))
+    names = label_names(c) or [str(i) for i in range(c.num_labels)]
+    return [(names[i], float(probs[i])) for i in np.argsort(-probs)]

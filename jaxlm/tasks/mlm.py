@@ -1,0 +1,100 @@
+"""Masked language modelling (BERT pretraining), optionally with next-sentence or
+sentence-order prediction on sentence pairs (``task.sentence_pairs``).
+
+Training rows are masked afresh every epoch by :class:`~jaxlm.data.masking.MaskedBatches`
+(reproducible and resumable from the iterator position the checkpoint saves); validation
+rows are masked once, so every evaluation scores the same predictions.
+
+With sentence pairs the loss is ``BertForPreTraining``'s: masked-token cross-entropy plus
+the pair classification cross-entropy. To keep the step's ``sum / weight`` exact under
+gradient accumulation, each pair's loss is weighted by its number of masked tokens: the
+summed loss over the masked-token count is then the MLM mean plus the (masked-token
+weighted) pair mean.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlm.config import Config
+from jaxlm.data.bert_inputs import pack_blocks, sentence_pairs, split_sentences
+from jaxlm.data.corpus import load_documents, split_documents
+from jaxlm.data.masking import EVAL_EPOCH, Masker, MaskedBatches, row_rng
+from jaxlm.data.pipeline import BatchIterator
+from jaxlm.tasks.encoder import EncoderTask, encoder_tokenizer, framer
+from jaxlm.train.losses import cross_entropy_sum
+
+PAIRS_STREAM = 1  # generator streams for building the sentence pairs of each split
+VALID_PAIRS_STREAM = 2
+
+
+class MaskedLMTask(EncoderTask):
+    def __init__(self, config: Config, run_dir: Path):
+        super().__init__(config)
+        t, data = config.task, config.data
+        self.head, self.pairs = t.head, t.sentence_pairs
+        train_text, valid_text = split_documents(load_documents(data.paths), data.validation_fraction)
+        tok = encoder_tokenizer(config, train_text, run_dir, needs=("[PAD]", "[CLS]", "[SEP]", "[MASK]"))
+        frame = framer(tok, data.seq_len)
+        if self.pairs:
+            def rows(texts, stream):
+                sentences = [split_sentences(text) for text in texts]
+                ids = iter(tok.encode_batch([s for doc in sentences for s in doc]))
+                docs = [[next(ids) for _ in doc] for doc in sentences]
+                return sentence_pairs(docs, frame, self.pairs, np.random.default_rng([self.seed, stream]))
+
+            train, valid = rows(train_text, PAIRS_STREAM), rows(valid_text, VALID_PAIRS_STREAM)
+        else:
+            train = pack_blocks(tok.encode_batch(train_text), frame, keep_last=False)
+            valid = pack_blocks(tok.encode_batch(valid_text), frame, keep_last=True)
+        self.masker = Masker.for_vocab(
+            tok.tok.get_vocab(), tok.special_ids, continuation_prefix=tok.continuation_prefix,
+            probability=t.mask_probability, mask_fraction=t.mask_token_fraction,
+            random_fraction=t.random_token_fraction, unit=t.masking, span_p=t.span_p, max_span=t.max_span)
+        self.train = {**train, "row": np.arange(len(train["input_ids"]))}
+        rngs = [row_rng(self.seed, EVAL_EPOCH, r) for r in range(len(valid["input_ids"]))]
+        valid["input_ids"], valid["labels"] = self.masker(valid["input_ids"], rngs)
+        self.valid = valid
+
+    def train_iterator(self, batch_size, process_index=0, process_count=1):
+        batches = BatchIterator(self.train, batch_size, self.seed, process_index=process_index,
+                                process_count=process_count)
+        return MaskedBatches(batches, self.masker)
+
+    def _sums(self, model, params, batch, dropout_rng, label_smoothing=0.0):
+        out = self.apply(model, params, self.model_inputs(batch), dropout_rng)
+        weights = (batch["labels"] >= 0) * batch["attention_mask"]
+        targets = jnp.maximum(batch["labels"], 0)
+        nll, count = cross_entropy_sum(out.logits, targets, weights, label_smoothing)
+        sums = {"mlm_nll": nll, "mlm_tokens": count,
+                "mlm_correct": jnp.sum((out.logits.argmax(-1) == targets) * weights)}
+        if self.pairs:
+            logits, labels = out.seq_relationship_logits, batch["next_sentence_label"]
+            real = batch["attention_mask"][:, 0]
+            per_pair = weights.sum(1)
+            sums["pair_weighted_nll"] = cross_entropy_sum(logits, labels, per_pair, label_smoothing)[0]
+            sums["pair_nll"], sums["pairs"] = cross_entropy_sum(logits, labels, real)
+            sums["pair_correct"] = jnp.sum((logits.argmax(-1) == labels) * real)
+        return sums
+
+    def loss(self, model, params, batch, dropout_rng, label_smoothing=0.0):
+        sums = self._sums(model, params, batch, dropout_rng, label_smoothing)
+        return sums["mlm_nll"] + sums.get("pair_weighted_nll", 0.0), sums["mlm_tokens"]
+
+    def eval_sums(self, model, params, batch):
+        return self._sums(model, params, batch, None)
+
+    def summarize(self, sums, complete):
+        mlm = float(sums["mlm_nll"] / max(sums["mlm_tokens"], 1.0))
+        out = {"eval_loss": mlm, "eval_mlm_loss": mlm, "eval_perplexity": math.exp(min(mlm, 700.0)),
+               "eval_mlm_accuracy": float(sums["mlm_correct"] / max(sums["mlm_tokens"], 1.0))}
+        if self.pairs:
+            pair = float(sums["pair_nll"] / max(sums["pairs"], 1.0))
+            out["eval_loss"] = mlm + pair
+            out[f"eval_{self.pairs}_loss"] = pair
+            out[f"eval_{self.pairs}_accuracy"] = float(sums["pair_correct"] / max(sums["pairs"], 1.0))
+        return out
