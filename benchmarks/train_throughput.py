@@ -23,6 +23,7 @@ from jaxlm.config import OptimizerConfig, ScheduleConfig  # noqa: E402
 from jaxlm.models.gpt2 import GPT2Config, GPT2LMHeadModel  # noqa: E402
 from jaxlm.tasks.causal_lm import CausalLMTask  # noqa: E402
 from jaxlm.train.optim import build_optimizer  # noqa: E402
+from jaxlm.train.precision import LossScale  # noqa: E402
 from jaxlm.train.step import TrainState, make_train_step  # noqa: E402
 
 SIZES = {"small": dict(n_embd=768, n_layer=12, n_head=12), "tiny": dict(n_embd=128, n_layer=4, n_head=4)}
@@ -46,7 +47,8 @@ def bench_jaxlm(cfg: GPT2Config, tokens: np.ndarray, warmup: int, steps: int) ->
         OptimizerConfig(learning_rate=LR, weight_decay=WD, b1=BETAS[0], b2=BETAS[1], clip_norm=1.0),
         ScheduleConfig(name="constant"), 1000)
     params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), jnp.asarray(tokens[:1, :-1])))["params"]
-    state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.PRNGKey(1))
+    state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.PRNGKey(1),
+                       LossScale.create("float32", 1.0, 1))
     task = object.__new__(CausalLMTask)
     train_step = jax.jit(make_train_step(model, task, tx, schedule, 1, 0.0, dropout=True), donate_argnums=0)
     batch = {"tokens": jnp.asarray(tokens), "loss_mask": jnp.ones((tokens.shape[0], tokens.shape[1] - 1), jnp.int32)}

@@ -1,7 +1,7 @@
 """The one orbax wrapper: save, list, validate and restore training checkpoints.
 
 A run directory holds ``checkpoints/<N>/`` with four items: ``params``, ``train``
-(optimizer state with any accumulation / loss-scale state, step, RNG key), ``data`` (the
+(optimizer state, step, RNG key, float16 loss scale), ``data`` (the
 iterator position) and ``meta`` (format version, the resolved config, eval metrics).
 **A checkpoint labelled N holds N completed optimizer updates.** Params are an item of
 their own so evaluation, generation and ``model.init_from`` read them alone.
@@ -80,7 +80,7 @@ class Checkpoints:
         """Start an asynchronous save every ``checkpoint.every`` steps, or now if ``force``."""
         if not force and step % self.every:
             return False
-        train = {"opt_state": state.opt_state, "step": state.step, "rng": state.rng}
+        train = {"opt_state": state.opt_state, "step": state.step, "rng": state.rng, "loss_scale": state.loss_scale}
         args = ocp.args.Composite(
             params=ocp.args.StandardSave(state.params),
             train=ocp.args.StandardSave(train),
@@ -114,14 +114,16 @@ class Checkpoints:
     def restore(self, step: int, abstract_state) -> tuple[Any, dict]:
         """The full TrainState at ``step`` on ``abstract_state``'s shardings, and the data position."""
         abstract_train = {"opt_state": abstract_state.opt_state, "step": abstract_state.step,
-                          "rng": abstract_state.rng}
+                          "rng": abstract_state.rng, "loss_scale": abstract_state.loss_scale}
         out = self.manager.restore(step, args=ocp.args.Composite(
             params=ocp.args.StandardRestore(abstract_state.params),
             train=ocp.args.StandardRestore(abstract_train),
             data=ocp.args.JsonRestore(),
         ))
         t = out.train
-        return abstract_state.replace(params=out.params, opt_state=t["opt_state"], step=t["step"], rng=t["rng"]), out.data
+        state = abstract_state.replace(params=out.params, opt_state=t["opt_state"], step=t["step"], rng=t["rng"],
+                                       loss_scale=t["loss_scale"])
+        return state, out.data
 
     def restore_latest(self, abstract_state, check_config) -> tuple[Any, dict, int] | None:
         """Newest readable checkpoint; damaged ones are moved to ``corrupt/`` with a warning.

@@ -233,6 +233,17 @@ TaskConfig = Annotated[Union[CausalLMTaskConfig, MaskedLMTaskConfig, Classificat
 TASKS = {"causal_lm": CausalLMTaskConfig, "mlm": MaskedLMTaskConfig, "classification": ClassificationTaskConfig}
 
 
+class PrecisionConfig(Section):
+    compute: Literal["float32", "bfloat16", "float16"] = "float32"
+    """dtype of matmuls and activations (losses and softmax stay float32)."""
+    params: Literal["float32", "bfloat16"] = "float32"
+    """dtype of the stored parameters and optimizer state (float32 = master weights)."""
+    loss_scale: float = Field(2.0**15, gt=0)
+    """float16 only: the initial dynamic loss scale."""
+    loss_scale_period: int = Field(2000, gt=0)
+    """float16 only: finite steps before the scale doubles."""
+
+
 class MeshConfig(Section):
     data: int = -1
     """Data-parallel size; -1 fills the devices not used by the other axes."""
@@ -257,6 +268,7 @@ class Config(Section):
     schedule: ScheduleConfig = ScheduleConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     mesh: MeshConfig = MeshConfig()
+    precision: PrecisionConfig = PrecisionConfig()
 
     @field_validator("task", mode="before")
     @classmethod
@@ -415,8 +427,8 @@ def save_config(config: Config, path: Path) -> None:
 # Settings that shape the training state or the data order: a run can only resume a
 # checkpoint that agrees on them. Everything else (max_steps, log/eval cadence, learning
 # rate, dropout, ...) may change between restarts.
-STATE_KEYS = ("task", "model", "optimizer.name", "run.seed", "trainer.batch_size", "data.seq_len", "data.paths",
-              "data.tokenizer")
+STATE_KEYS = ("task", "model", "precision.params", "optimizer.name", "run.seed", "trainer.batch_size",
+              "data.seq_len", "data.paths", "data.tokenizer")
 HARMLESS_MODEL_KEYS = {"init_from", "attention_implementation", "remat", "resid_pdrop", "embd_pdrop", "attn_pdrop",
                        "hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"}
 HARMLESS_TASK_KEYS = {"eval_split", "truncation"}
@@ -433,7 +445,8 @@ def resume_conflicts(saved: dict, config: Config) -> list[str]:
 
     def structure(tree):  # optional transforms change the optimizer state's shape
         return {"optimizer.clip_norm": get(tree, "optimizer.clip_norm") is not None,
-                "schedule.plateau": get(tree, "schedule.plateau") is not None}
+                "schedule.plateau": get(tree, "schedule.plateau") is not None,
+                "precision.compute float16": get(tree, "precision.compute") == "float16"}
 
     out = []
     for key in STATE_KEYS:

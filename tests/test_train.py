@@ -13,6 +13,7 @@ from jaxlm.models.gpt2 import GPT2Config, GPT2LMHeadModel
 from jaxlm.tasks.causal_lm import CausalLMTask
 from jaxlm.train.logging import read_metrics
 from jaxlm.train.losses import cross_entropy_sum
+from jaxlm.train.precision import LossScale
 from jaxlm.train.step import TrainState, make_train_step
 
 
@@ -37,7 +38,8 @@ def test_accumulation_equals_one_large_batch():
     results = []
     for k in (1, 4):
         step = jax.jit(make_train_step(model, task, tx, lambda s: 1.0, k, 0.0, dropout=False))
-        state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.PRNGKey(0))
+        state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.PRNGKey(0),
+                           LossScale.create("float32", 1.0, 1))
         results.append(step(state, batch))
     (s1, m1), (s4, m4) = results
     np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-6)

@@ -87,7 +87,9 @@ class SelfAttention(nn.Module):
         q_positions = jnp.arange(x.shape[1])
         if decode:
             k, v, q_positions = self._update_cache(k, v)
-        explicit = output_attentions or (not deterministic and self.dropout_rate > 0)
+        explicit = (output_attentions or (not deterministic and self.dropout_rate > 0)
+                    # XLA:CPU cannot lower the float16 backward pass of dot_product_attention
+                    or (q.dtype == jnp.float16 and jax.default_backend() == "cpu"))
         # A plain causal call with no other mask uses is_causal (lets cuDNN flash run);
         # everything else gets one explicit boolean mask.
         is_causal = self.causal and not (decode or explicit or attention_mask is not None)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxlm.train.optim import plateau_scale
+from jaxlm.train.precision import LossScale, all_finite
 
 
 @flax.struct.dataclass
@@ -23,6 +24,7 @@ class TrainState:
     params: Any
     opt_state: Any
     rng: jax.Array
+    loss_scale: LossScale
 
 
 def make_train_step(model, task, tx: optax.GradientTransformationExtraArgs, schedule: Callable,
@@ -36,15 +38,17 @@ def make_train_step(model, task, tx: optax.GradientTransformationExtraArgs, sche
     batch exactly, padding included.
     """
 
-    def summed_loss(params, batch, rng):
-        return task.loss(model, params, batch, rng if dropout else None, label_smoothing)
+    def summed_loss(params, batch, rng, scale):
+        loss, weight = task.loss(model, params, batch, rng if dropout else None, label_smoothing)
+        return loss * scale, weight  # float16: scaled up so small gradients survive
 
     grad_fn = jax.value_and_grad(summed_loss, has_aux=True)
 
     def step(state: TrainState, batch):
         rng, step_rng = jax.random.split(state.rng)
+        scale = state.loss_scale.scale
         if grad_accum_steps == 1:
-            (loss_sum, weight), grads = grad_fn(state.params, batch, step_rng)
+            (loss_sum, weight), grads = grad_fn(state.params, batch, step_rng, scale)
         else:
             # Row j of micro-batch i is row j*k + i: each device keeps its own rows.
             micro = jax.tree.map(
@@ -52,14 +56,15 @@ def make_train_step(model, task, tx: optax.GradientTransformationExtraArgs, sche
 
             def body(carry, xs):
                 i, mb = xs
-                (s, w), g = grad_fn(state.params, mb, jax.random.fold_in(step_rng, i))
+                (s, w), g = grad_fn(state.params, mb, jax.random.fold_in(step_rng, i), scale)
                 return jax.tree.map(jnp.add, carry, (s, w, g)), None
 
             zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params))
             (loss_sum, weight, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum_steps), micro))
         weight = jnp.maximum(weight, 1.0)
-        grads = jax.tree.map(lambda g: g / weight, grads)
-        loss = loss_sum / weight
+        grads = jax.tree.map(lambda g: (g.astype(jnp.float32) / (weight * scale)).astype(g.dtype), grads)
+        loss = loss_sum / (weight * scale)
+        finite = all_finite(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss)
         params = optax.apply_updates(state.params, updates)
         metrics = {
@@ -67,7 +72,9 @@ def make_train_step(model, task, tx: optax.GradientTransformationExtraArgs, sche
             "grad_norm": optax.global_norm(grads),
             "learning_rate": schedule(state.step) * plateau_scale(opt_state),
         }
-        return TrainState(state.step + 1, params, opt_state, rng), metrics
+        if state.loss_scale.dynamic:
+            metrics.update(loss_scale=scale, skipped=1.0 - finite.astype(jnp.float32))
+        return TrainState(state.step + 1, params, opt_state, rng, state.loss_scale.adjust(finite)), metrics
 
     return step
 

@@ -27,6 +27,7 @@ from jaxlm.tasks import Task, build_task
 from jaxlm.train.early_stopping import EarlyStopping, LoopPosition
 from jaxlm.train.logging import MetricsLogger, rewind_metrics
 from jaxlm.train.optim import build_optimizer
+from jaxlm.train.precision import DTYPES, LossScale, cast_floats, skip_nonfinite
 from jaxlm.train.step import TrainState, make_eval_step, make_train_step
 
 log = logging.getLogger("jaxlm")
@@ -55,8 +56,8 @@ class Setup:
         @jax.jit
         def init(key):
             params_key, key = jax.random.split(key)
-            params = nn.meta.unbox(self.model.init(params_key, **example)["params"])
-            return TrainState(jnp.zeros((), jnp.int32), params, self.tx.init(params), key)
+            params = nn.meta.unbox(init_params(self.model, self.config, params_key, example))
+            return TrainState(jnp.zeros((), jnp.int32), params, self.tx.init(params), key, new_loss_scale(c))
 
         with self.sharding_context():
             state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(c.run.seed))
@@ -77,6 +78,16 @@ class Setup:
         return {k: jax.make_array_from_process_local_data(self.batch_sharding, v) for k, v in batch.items()}
 
 
+def init_params(model, config: Config, key, example):
+    """Freshly initialised (boxed) params in ``precision.params``."""
+    return cast_floats(model.init(key, **example)["params"], DTYPES[config.precision.params])
+
+
+def new_loss_scale(config: Config) -> LossScale:
+    p = config.precision
+    return LossScale.create(p.compute, p.loss_scale, p.loss_scale_period)
+
+
 def check_batch(name: str, size: int, mesh) -> None:
     dp = data_parallel_size(mesh)
     if size % dp:
@@ -93,14 +104,15 @@ def setup(config: Config) -> Setup:
     check_batch("trainer.batch_size / trainer.grad_accum_steps", t.batch_size // t.grad_accum_steps, mesh)
     check_batch("trainer.eval_batch_size", t.eval_batch_size or t.batch_size, mesh)
     task = build_task(config, run_dir)
-    model = build_model(config.model, task.head)
+    model = build_model(config.model, task.head, dtype=DTYPES[config.precision.compute])
     tx, schedule = build_optimizer(config.optimizer, config.schedule, t.max_steps)
+    tx = skip_nonfinite(tx, config.precision.compute)
 
     example = task.model_inputs(task.example_batch(1))
 
     def boxed_state(key):
-        params = model.init(key, **example)["params"]
-        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), key)
+        params = init_params(model, config, key, example)
+        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), key, new_loss_scale(config))
 
     boxed = jax.eval_shape(boxed_state, jax.random.PRNGKey(0))
     shardings = param_shardings(nn.get_partition_spec(boxed), nn.meta.unbox(boxed), mesh, DEFAULT_RULES)
@@ -169,7 +181,7 @@ def train(config: Config) -> dict[str, float]:
                 now = time.perf_counter()
                 metrics["tokens_per_second"] = tokens_per_step * (step - ticked_at) / (now - tick)
                 tick, ticked_at = now, step
-                if not math.isfinite(metrics["loss"]):
+                if not math.isfinite(metrics["loss"]) and not metrics.get("skipped"):
                     raise JaxlmError(f"the loss became {metrics['loss']} at step {step}; lower "
                                      "optimizer.learning_rate or set optimizer.clip_norm")
                 logger.log(step, metrics)
