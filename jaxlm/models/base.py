@@ -33,6 +33,11 @@ class ModelConfig(BaseModel):
         return nn.remat(layer_cls, policy=policy, static_argnums=static_argnums)
 
     @property
+    def uses_dropout(self) -> bool:
+        """Any dropout rate above zero (HF names them ``*_pdrop`` or ``*dropout*``)."""
+        return any(v for k, v in self if isinstance(v, float) and ("dropout" in k or k.endswith("pdrop")))
+
+    @property
     def max_positions(self) -> int | None:
         """The longest sequence the model's position embeddings cover (None: unbounded)."""
         return getattr(self, "n_positions", None) or getattr(self, "max_position_embeddings", None)

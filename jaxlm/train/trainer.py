@@ -152,10 +152,9 @@ def train(config: Config) -> dict[str, float]:
         rewind_metrics(s.run_dir, int(state.step))
 
     shardings = jax.tree.map(lambda a: a.sharding, s.abstract_state)
-    dropout = any(getattr(c.model, f, 0) for f in ("resid_pdrop", "embd_pdrop", "attn_pdrop",
-                                                      "hidden_dropout_prob", "attention_probs_dropout_prob"))
     train_step = jax.jit(
-        make_train_step(s.model, s.task, s.tx, s.schedule, t.grad_accum_steps, t.label_smoothing, dropout),
+        make_train_step(s.model, s.task, s.tx, s.schedule, t.grad_accum_steps, t.label_smoothing,
+                        c.model.uses_dropout),
         in_shardings=(shardings, s.batch_sharding), out_shardings=(shardings, None), donate_argnums=0)
     eval_fn = jax.jit(make_eval_step(s.model, s.task), in_shardings=(shardings.params, s.batch_sharding))
 
@@ -251,8 +250,7 @@ def start_state(s: Setup, ckpt: Checkpoints, data) -> TrainState:
 
     state = s.init_state()
     if c.model.init_from:
-        abstract_params = jax.tree.map(lambda a: a, s.abstract_state.params)
-        params = load_params_into(c.model.init_from, abstract_params, initial=state.params)
+        params = load_params_into(c.model.init_from, s.abstract_state.params, initial=state.params)
         state = state.replace(params=params, opt_state=jax.jit(s.tx.init, out_shardings=jax.tree.map(
             lambda a: a.sharding, s.abstract_state.opt_state))(params))
         log.info("initialised params from %s", c.model.init_from)
