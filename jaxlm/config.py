@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from jaxlm.errors import ConfigError
 from jaxlm.models import MODEL_FAMILIES
+from jaxlm.models.base import is_dropout_field
 
 
 class Section(BaseModel):
@@ -429,8 +430,7 @@ def save_config(config: Config, path: Path) -> None:
 # rate, dropout, ...) may change between restarts.
 STATE_KEYS = ("task", "model", "precision.params", "optimizer.name", "run.seed", "trainer.batch_size",
               "data.seq_len", "data.paths", "data.tokenizer")
-HARMLESS_MODEL_KEYS = {"init_from", "attention_implementation", "remat", "resid_pdrop", "embd_pdrop", "attn_pdrop",
-                       "hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"}
+HARMLESS_MODEL_KEYS = {"init_from", "attention_implementation", "remat"}  # and every dropout rate
 HARMLESS_TASK_KEYS = {"eval_split", "truncation"}
 
 
@@ -456,7 +456,8 @@ def resume_conflicts(saved: dict, config: Config) -> list[str]:
         harmless = {"model": HARMLESS_MODEL_KEYS, "task": HARMLESS_TASK_KEYS}.get(key)
         if harmless is not None and isinstance(a, dict) and isinstance(b, dict):
             out += [f"{key}.{k}: {a.get(k)!r} in the checkpoint, {b.get(k)!r} now"
-                    for k in sorted(a.keys() | b.keys()) if k not in harmless and a.get(k) != b.get(k)]
+                    for k in sorted(a.keys() | b.keys())
+                    if k not in harmless and not is_dropout_field(k) and a.get(k) != b.get(k)]
         elif a != b:
             out.append(f"{key}: {a!r} in the checkpoint, {b!r} now")
     sa, sb = structure(saved), structure(now)

@@ -13,6 +13,10 @@ from pydantic import BaseModel, ConfigDict
 JAXLM_ONLY_FIELDS = {"type", "init_from", "attention_implementation", "remat"}
 
 
+def is_dropout_field(name: str) -> bool:
+    return "dropout" in name or name.endswith("pdrop")
+
+
 class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -35,7 +39,7 @@ class ModelConfig(BaseModel):
     @property
     def uses_dropout(self) -> bool:
         """Any dropout rate above zero (HF names them ``*_pdrop`` or ``*dropout*``)."""
-        return any(v for k, v in self if isinstance(v, float) and ("dropout" in k or k.endswith("pdrop")))
+        return any(v for k, v in self if isinstance(v, float) and is_dropout_field(k))
 
     @property
     def max_positions(self) -> int | None:
