@@ -250,6 +250,8 @@ class MeshConfig(Section):
     """Data-parallel size; -1 fills the devices not used by the other axes."""
     fsdp: int = 1
     tensor: int = 1
+    rules: dict[str, Literal["data", "fsdp", "tensor"] | list[Literal["data", "fsdp", "tensor"]] | None] = {}
+    """Logical axis -> mesh axes, over the defaults in jaxlm/parallel/mesh.py (e.g. ``{mlp: null}``)."""
 
 
 def _model_union():

@@ -96,3 +96,37 @@ def test_memory_report_counts_shards():
     tp = state_memory(Config.model_validate({"model": model, "mesh": {"data": 2, "tensor": 4}}), "causal_lm", 8)
     assert fsdp["params"] < dp["params"] / 6 and tp["params"] < dp["params"] / 3
     assert fsdp["parameters"] == dp["parameters"]
+
+
+def test_rule_overrides_and_generic_fsdp_fallback():
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import AbstractMesh, PartitionSpec as P
+
+    from jaxlm.config import MeshConfig
+    from jaxlm.parallel.mesh import AXES, param_shardings, rules_for
+
+    class Plain(nn.Module):  # no logical axis names anywhere
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(96)(nn.Dense(256)(x))
+
+    boxed = jax.eval_shape(lambda: Plain().init(jax.random.PRNGKey(0), jnp.ones((1, 48)))["params"])
+    mesh = AbstractMesh((2, 4, 1), AXES)
+    specs = jax.tree.map(lambda s: s.spec, param_shardings(nn.get_partition_spec(boxed), nn.meta.unbox(boxed), mesh))
+    # Dense_0 is the outer (96-wide) layer: flax numbers modules as they are constructed.
+    assert specs["Dense_1"]["kernel"] == P(None, "fsdp")  # [48, 256]: the largest divisible dim
+    assert specs["Dense_0"]["kernel"] == P("fsdp", None)  # [256, 96]
+    assert specs["Dense_1"]["bias"] == P()  # too small to be worth splitting
+
+    rules = dict(rules_for(MeshConfig(rules={"mlp": None, "embed": ["fsdp", "tensor"]})))
+    assert rules["mlp"] is None and rules["embed"] == ("fsdp", "tensor") and rules["heads"] == "tensor"
+
+
+def test_unknown_mesh_axis_in_rules_is_rejected():
+    from jaxlm.config import load_config
+    from jaxlm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="mesh.rules.mlp"):
+        load_config(None, ["mesh.rules.mlp=model"])

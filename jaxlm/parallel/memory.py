@@ -16,7 +16,7 @@ from jax.sharding import AbstractMesh
 
 from jaxlm.config import Config, MeshConfig
 from jaxlm.models import build_model
-from jaxlm.parallel.mesh import AXES, DEFAULT_RULES, mesh_shape, param_shardings
+from jaxlm.parallel.mesh import AXES, mesh_shape, param_shardings, rules_for
 from jaxlm.train.optim import build_optimizer
 
 GPT2_SIZES = {  # OpenAI's four GPT-2 sizes
@@ -41,9 +41,10 @@ def state_memory(config: Config, head: str, n_devices: int) -> dict[str, int]:
     boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids)["params"])
     boxed_opt = jax.eval_shape(tx.init, boxed)
     params = nn.meta.unbox(boxed)
-    param_sh = param_shardings(nn.get_partition_spec(boxed), params, mesh, DEFAULT_RULES)
+    rules = rules_for(config.mesh)
+    param_sh = param_shardings(nn.get_partition_spec(boxed), params, mesh, rules)
     opt = nn.meta.unbox(boxed_opt)
-    opt_sh = param_shardings(nn.get_partition_spec(boxed_opt), opt, mesh, DEFAULT_RULES)
+    opt_sh = param_shardings(nn.get_partition_spec(boxed_opt), opt, mesh, rules)
     param_bytes = per_device_bytes(params, param_sh)
     return {"parameters": sum(math.prod(a.shape) for a in jax.tree.leaves(params)),
             "params": param_bytes, "grads": param_bytes, "optimizer": per_device_bytes(opt, opt_sh)}

@@ -56,12 +56,20 @@ def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
     return Mesh(np.asarray(devices).reshape(shape), AXES)
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P(BATCH))
+def rules_for(cfg: MeshConfig) -> tuple:
+    """The default rule table with ``mesh.rules`` laid over it."""
+    table = {**dict(DEFAULT_RULES), **{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.rules.items()}}
+    return tuple(table.items())
 
 
-def data_parallel_size(mesh: Mesh) -> int:
-    return mesh.shape["data"] * mesh.shape["fsdp"]
+def batch_sharding(mesh: Mesh, rules=DEFAULT_RULES) -> NamedSharding:
+    return NamedSharding(mesh, P(dict(rules)["batch"]))
+
+
+def data_parallel_size(mesh: Mesh, rules=DEFAULT_RULES) -> int:
+    """How many ways each batch is split (the mesh axes of the ``batch`` rule)."""
+    axes = dict(rules)["batch"] or ()
+    return math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
 
 
 # Axes that must split evenly (attention computes per head); any other axis that does not
@@ -69,8 +77,15 @@ def data_parallel_size(mesh: Mesh) -> int:
 MUST_DIVIDE = {"heads", "kv_heads"}
 
 
+FALLBACK_MIN_SIZE = 2**12  # smaller unannotated arrays (counters, RNG keys) stay replicated
+
+
 def param_shardings(logical_specs, shapes, mesh, rules=DEFAULT_RULES):
-    """Logical ``PartitionSpec``s -> ``NamedSharding``s on ``mesh`` (a Mesh or AbstractMesh)."""
+    """Logical ``PartitionSpec``s -> ``NamedSharding``s on ``mesh`` (a Mesh or AbstractMesh).
+
+    An array with no logical axis names at all gets big_vision's generic FSDP rule: its
+    largest dimension that ``mesh.fsdp`` divides is split over ``fsdp``.
+    """
     table = dict(rules)
     replicated: set[str] = set()
 
@@ -90,6 +105,8 @@ def param_shardings(logical_specs, shapes, mesh, rules=DEFAULT_RULES):
                 replicated.add(f"{logical}={size}")
                 axes = ()
             out.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+        if not any(spec) and math.prod(shape.shape) >= FALLBACK_MIN_SIZE:
+            out = fsdp_fallback(shape.shape, mesh.shape["fsdp"])
         return NamedSharding(mesh, P(*out))
 
     shardings = jax.tree_util.tree_map_with_path(resolve, logical_specs, shapes,
@@ -97,3 +114,11 @@ def param_shardings(logical_specs, shapes, mesh, rules=DEFAULT_RULES):
     if replicated:
         log.info("not sharded (size does not divide the mesh): %s", ", ".join(sorted(replicated)))
     return shardings
+
+
+def fsdp_fallback(shape: tuple[int, ...], fsdp: int) -> list[str | None]:
+    divisible = [i for i, n in enumerate(shape) if fsdp > 1 and n % fsdp == 0]
+    out: list[str | None] = [None] * len(shape)
+    if divisible:
+        out[max(divisible, key=lambda i: shape[i])] = "fsdp"
+    return out

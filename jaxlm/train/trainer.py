@@ -22,7 +22,7 @@ from jaxlm.config import Config, resume_conflicts, save_config
 from jaxlm.errors import ConfigError, JaxlmError
 from jaxlm.train.preemption import PreemptionGuard
 from jaxlm.models import build_model
-from jaxlm.parallel.mesh import DEFAULT_RULES, batch_sharding, data_parallel_size, make_mesh, param_shardings
+from jaxlm.parallel.mesh import batch_sharding, data_parallel_size, make_mesh, param_shardings, rules_for
 from jaxlm.tasks import Task, build_task
 from jaxlm.train.early_stopping import EarlyStopping, LoopPosition
 from jaxlm.train.logging import MetricsLogger, rewind_metrics
@@ -88,8 +88,8 @@ def new_loss_scale(config: Config) -> LossScale:
     return LossScale.create(p.compute, p.loss_scale, p.loss_scale_period)
 
 
-def check_batch(name: str, size: int, mesh) -> None:
-    dp = data_parallel_size(mesh)
+def check_batch(name: str, size: int, mesh, rules) -> None:
+    dp = data_parallel_size(mesh, rules)
     if size % dp:
         raise ConfigError(f"{name}={size} is not divisible by the {dp} data-parallel devices "
                           f"(mesh.data x mesh.fsdp); use a multiple of {dp}")
@@ -98,11 +98,11 @@ def check_batch(name: str, size: int, mesh) -> None:
 def setup(config: Config) -> Setup:
     run_dir = Path(config.run.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    mesh = make_mesh(config.mesh)
+    mesh, rules = make_mesh(config.mesh), rules_for(config.mesh)
     t = config.trainer
-    check_batch("trainer.batch_size", t.batch_size, mesh)
-    check_batch("trainer.batch_size / trainer.grad_accum_steps", t.batch_size // t.grad_accum_steps, mesh)
-    check_batch("trainer.eval_batch_size", t.eval_batch_size or t.batch_size, mesh)
+    check_batch("trainer.batch_size", t.batch_size, mesh, rules)
+    check_batch("trainer.batch_size / trainer.grad_accum_steps", t.batch_size // t.grad_accum_steps, mesh, rules)
+    check_batch("trainer.eval_batch_size", t.eval_batch_size or t.batch_size, mesh, rules)
     task = build_task(config, run_dir)
     model = build_model(config.model, task.head, dtype=DTYPES[config.precision.compute])
     tx, schedule = build_optimizer(config.optimizer, config.schedule, t.max_steps)
@@ -115,10 +115,10 @@ def setup(config: Config) -> Setup:
         return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), key, new_loss_scale(config))
 
     boxed = jax.eval_shape(boxed_state, jax.random.PRNGKey(0))
-    shardings = param_shardings(nn.get_partition_spec(boxed), nn.meta.unbox(boxed), mesh, DEFAULT_RULES)
+    shardings = param_shardings(nn.get_partition_spec(boxed), nn.meta.unbox(boxed), mesh, rules)
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             nn.meta.unbox(boxed), shardings)
-    return Setup(config, run_dir, mesh, task, model, tx, schedule, abstract, batch_sharding(mesh), DEFAULT_RULES)
+    return Setup(config, run_dir, mesh, task, model, tx, schedule, abstract, batch_sharding(mesh, rules), rules)
 
 
 def evaluate(s: Setup, params, eval_fn=None) -> dict[str, float]:
