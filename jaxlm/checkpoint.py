@@ -218,8 +218,20 @@ def load_params_into(path: str | Path, abstract_params, initial=None) -> Any:
     (and optional trunk parts such as BERT's pooler) that this model lacks are skipped, and
     those it lacks are taken from ``initial`` (the freshly initialised params); both are
     named in the log. Missing or extra trunk params and shape differences are errors.
+    A checkpoint with the other layer layout (``model.scan_layers``) is converted to this one.
     """
     from jaxlm.models import MODEL_FAMILIES
+    from jaxlm.models.layout import is_stacked, stack_layers, unstack_layers
+
+    config, saved_stacked = _saved_layout(path)
+    if config is not None:
+        stacked = is_stacked(abstract_params, config)
+        if stacked != saved_stacked:
+            to_saved, to_model = (unstack_layers, stack_layers) if stacked else (stack_layers, unstack_layers)
+            params = load_params_into(path, to_saved(abstract_params, config),
+                                      None if initial is None else to_saved(initial, config))
+            return jax.tree.map(lambda x, a: x if a.sharding is None else jax.device_put(x, a.sharding),
+                                to_model(params, config), abstract_params)
 
     ckpt, step = open_run(path)
     try:
@@ -255,6 +267,22 @@ def load_params_into(path: str | Path, abstract_params, initial=None) -> Any:
             log.info("model.init_from=%s: %d of its params are not in this model and were skipped: %s", path,
                      len(skipped), ", ".join(shown[n] for n in skipped))
         return traverse_util.unflatten_dict(out)
+    finally:
+        ckpt.close()
+
+
+def _saved_layout(path: str | Path) -> tuple[Any, bool]:
+    """The model config class of the checkpoint at ``path`` (None if its family has no layer
+    stack) and whether its saved params hold the layers stacked (``model.scan_layers``)."""
+    from jaxlm.models import MODEL_FAMILIES
+    from jaxlm.models.layout import is_stacked
+
+    ckpt, step = open_run(path)
+    try:
+        family = MODEL_FAMILIES.get(ckpt.read_meta(step)["config"]["model"]["type"])
+        if family is None or family.config.layers_name is None:
+            return None, False
+        return family.config, is_stacked(ckpt.manager.item_metadata(step).params, family.config)
     finally:
         ckpt.close()
 

@@ -175,6 +175,12 @@ def init_cache(model, batch: int, length: int):
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
 
 
+def _cache_batch_axis(model) -> int:
+    """Where the batch is in the cache's K/V arrays: after the layer axis when layers are scanned
+    (``model.scan_layers``; the write index is then one per layer, ``[layers]``, left as is)."""
+    return 1 if model.config.scan_layers else 0
+
+
 def _mask(first, total: int) -> jax.Array:
     return (jnp.arange(total)[None, :] >= first[:, None]).astype(jnp.int32)
 
@@ -262,7 +268,8 @@ def _beam_step(model, params, plan: _Plan, knobs: _Knobs, s: _State) -> _State:
     running_scores, keep = jax.lax.top_k(candidate_scores + hits.astype(jnp.float32) * NEG, beams)
     tokens = jnp.take_along_axis(candidates, keep[..., None], axis=1).reshape(batch * beams, total)
     origin = (jnp.take_along_axis(source, keep, axis=1) + jnp.arange(batch)[:, None] * beams).reshape(-1)
-    cache = jax.tree.map(lambda x: x[origin] if x.ndim else x, cache)
+    axis = _cache_batch_axis(model)
+    cache = jax.tree.map(lambda x: jnp.take(x, origin, axis) if x.ndim > axis else x, cache)
 
     # f. finished candidates among the top num_beams join the finished hypotheses if they rank
     just_finished = hits & (jnp.arange(n) < beams)
@@ -303,7 +310,8 @@ def _prefill(model, params, input_ids, first, plan: _Plan, knobs: _Knobs) -> _St
         return state
     k = plan.num_beams
     tokens, first = jnp.repeat(tokens, k, axis=0), jnp.repeat(first, k, axis=0)
-    cache = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0) if x.ndim else x, cache)
+    axis = _cache_batch_axis(model)
+    cache = jax.tree.map(lambda x: jnp.repeat(x, k, axis) if x.ndim > axis else x, cache)
     beams = _Beams(scores=jnp.zeros((batch, k), jnp.float32).at[:, 1:].set(NEG),  # only beam 0 may start
                    tokens=tokens.reshape(batch, k, total), finished_scores=jnp.full((batch, k), NEG, jnp.float32),
                    finished=jnp.zeros((batch, k), bool), improvable=jnp.ones((batch, 1), bool))

@@ -26,6 +26,7 @@ from flax import traverse_util
 
 from jaxlm.interop.errors import InteropError
 from jaxlm.models.base import TorchKeyMap
+from jaxlm.models.layout import stack_layers, unstack_layers
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,11 @@ def param_shapes(model: nn.Module) -> dict:
 
 def params_from_torch(model: nn.Module, state: Mapping[str, Any], key_map: TorchKeyMap, *, dtype,
                       seed: int, source: str) -> dict:
-    """jaxlm params for ``model`` from a PyTorch ``state`` dict read from ``source``."""
+    """jaxlm params for ``model`` from a PyTorch ``state`` dict read from ``source``
+    (filled in the unscanned layout, then stacked if ``model.config.scan_layers``)."""
+    if model.config.scan_layers:
+        return stack_layers(params_from_torch(_unscanned(model), state, key_map, dtype=dtype, seed=seed,
+                                              source=source), model.config)
     optional = re.compile(key_map.optional)
     checkpoint = {}
     for key, value in state.items():
@@ -135,6 +140,8 @@ def params_from_torch(model: nn.Module, state: Mapping[str, Any], key_map: Torch
 def params_to_torch(model: nn.Module, params: Mapping, key_map: TorchKeyMap) -> dict[str, np.ndarray]:
     """A PyTorch ``state_dict`` (numpy arrays, full key names) for ``model``'s ``params``."""
     params = nn.meta.unbox(params)
+    if model.config.scan_layers:
+        model, params = _unscanned(model), unstack_layers(params, model.config)
     want = {p: tuple(s.shape) for p, s in traverse_util.flatten_dict(param_shapes(model)).items()}
     have = {p: tuple(np.shape(x)) for p, x in traverse_util.flatten_dict(params).items()}
     if want != have:
@@ -144,6 +151,11 @@ def params_to_torch(model: nn.Module, params: Mapping, key_map: TorchKeyMap) -> 
                            f"{_listing('wrong', wrong)}; pass the params that model was trained with")
     flat = traverse_util.flatten_dict(params)
     return {s.key: np.ascontiguousarray(s.to_torch(np.asarray(flat[s.path]))) for s in slots(params, key_map)}
+
+
+def _unscanned(model: nn.Module) -> nn.Module:
+    """``model`` with ``scan_layers`` off: the layout PyTorch names map to one by one."""
+    return model.clone(config=model.config.model_copy(update={"scan_layers": False}))
 
 
 def _init(model: nn.Module, seed: int) -> dict:

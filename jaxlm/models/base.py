@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import flax.linen as nn
 import jax
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 # Fields that are jaxlm's own and never go into an exported config.json.
-JAXLM_ONLY_FIELDS = {"type", "init_from", "attention_implementation", "remat"}
+JAXLM_ONLY_FIELDS = {"type", "init_from", "attention_implementation", "remat", "scan_layers"}
 
 
 def is_dropout_field(name: str) -> bool:
@@ -28,6 +28,18 @@ class ModelConfig(BaseModel):
     remat: Literal["none", "full", "dots"] = "none"
     """Recompute each layer's activations in the backward pass: ``full`` keeps only layer
     inputs, ``dots`` also keeps matmul outputs (less memory than none, less compute than full)."""
+    scan_layers: bool = False
+    """Run the layers as one layer compiled once and scanned N times (params stacked on a
+    leading ``layers`` axis): compile time stops growing with depth; same outputs."""
+
+    layers_name: ClassVar[str | None] = None
+    """The layer stack's param name (``h`` -> ``h_0 .. h_{n-1}``); None: no ``scan_layers`` support."""
+
+    @model_validator(mode="after")
+    def _check_scan_layers(self):
+        if self.scan_layers and self.layers_name is None:
+            raise ValueError(f"model.scan_layers is not implemented for model type {self.type!r}; set it to false")
+        return self
 
     def remat_layer(self, layer_cls, static_argnums: tuple[int, ...]):
         """``layer_cls`` wrapped per ``remat`` (``static_argnums`` count ``self`` as 0)."""

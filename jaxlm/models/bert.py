@@ -9,7 +9,8 @@ Class names are transformers' architecture names; configs use its field names.
 As with torch's ``padding_idx``, the word-embedding row of ``pad_token_id`` gets no
 gradient from the embedding lookup (it still does through the tied MLM decoder).
 
-PyTorch names (``TORCH_KEY_MAP``) -> jaxlm params, ``bert.`` inside head models:
+PyTorch names (``TORCH_KEY_MAP``) -> jaxlm params, ``bert.`` inside head models (with
+``scan_layers``, the ``layer_i`` are one ``layer`` stacked on a leading axis):
   embeddings.{word,position,token_type}_embeddings.weight -> embeddings/.../embedding
   encoder.layer.i.attention.self.{query,key,value}  -> layer_i/attention/{query,key,value}
                                                         (kernel [E, heads, head_dim])
@@ -32,6 +33,7 @@ import jax.numpy as jnp
 from jaxlm.layers.attention import SelfAttention
 from jaxlm.layers.core import ACTIVATIONS, dense, embed, layer_norm, zeros
 from jaxlm.models.base import ModelConfig, TorchKeyMap
+from jaxlm.models.layout import apply_layers
 from jaxlm.models.outputs import ModelOutput
 
 
@@ -55,6 +57,8 @@ class BertConfig(ModelConfig):
     classifier_dropout: float | None = None
     num_labels: int = 2
     id2label: dict[int, str] | None = None
+
+    layers_name: ClassVar[str] = "layer"
 
     @property
     def head_dim(self) -> int:
@@ -148,13 +152,11 @@ class BertModel(nn.Module):
         x = BertEmbeddings(c, dtype=self.dtype, name="embeddings")(input_ids, token_type_ids, position_ids,
                                                                    deterministic)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        hidden_states, attentions = [x], []
         layer = c.remat_layer(BertLayer, static_argnums=(3, 4))
-        for i in range(c.num_hidden_layers):
-            x, w = layer(c, dtype=self.dtype, name=f"layer_{i}")(x, attention_mask, deterministic,
-                                                                     output_attentions)
-            hidden_states.append(x)
-            attentions.append(w)
+        first = x
+        x, outputs, attentions = apply_layers(layer, c, c.num_hidden_layers, x, attention_mask,
+                                              deterministic, output_attentions, dtype=self.dtype,
+                                              keep_outputs=output_hidden_states)
         extra = {}
         if self.add_pooling_layer:
             pooled = dense(c.hidden_size, ("embed", None), std=c.initializer_range, name="pooler",
@@ -162,8 +164,8 @@ class BertModel(nn.Module):
             extra["pooler_output"] = jnp.tanh(pooled)
         return ModelOutput(
             last_hidden_state=x,
-            hidden_states=tuple(hidden_states) if output_hidden_states else None,
-            attentions=tuple(attentions) if output_attentions else None,
+            hidden_states=(first, *outputs) if output_hidden_states else None,
+            attentions=attentions if output_attentions else None,
             extra=extra,
         )
 

@@ -5,7 +5,7 @@ output embeddings tied, dropout on embeddings, attention probabilities and resid
 Parameter names follow transformers' ``GPT2LMHeadModel`` so the PyTorch key map is short
 (``TORCH_KEY_MAP`` below, read by :mod:`jaxlm.interop`).
 
-PyTorch names -> jaxlm params (``h.{i}`` is ``h_{i}``):
+PyTorch names -> jaxlm params (``h.{i}`` is ``h_{i}``; with ``scan_layers``, ``h`` stacked on a leading axis):
   wte.weight -> wte/embedding            wpe.weight -> wpe/embedding
   h.i.ln_1/ln_2/ln_f .weight/.bias -> scale/bias
   h.i.attn.c_attn.weight [E, 3E]   -> attn/c_attn/kernel [E, 3, heads, head_dim] (Conv1D: no transpose)
@@ -16,7 +16,7 @@ PyTorch names -> jaxlm params (``h.{i}`` is ``h_{i}``):
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from jaxlm.layers.attention import SelfAttention
 from jaxlm.layers.core import ACTIVATIONS, dense, embed, layer_norm
 from jaxlm.models.base import ModelConfig, TorchKeyMap
+from jaxlm.models.layout import apply_layers
 from jaxlm.models.outputs import ModelOutput
 
 
@@ -45,6 +46,8 @@ class GPT2Config(ModelConfig):
     initializer_range: float = 0.02
     bos_token_id: int = 50256
     eos_token_id: int = 50256
+
+    layers_name: ClassVar[str] = "h"
 
     @property
     def head_dim(self) -> int:
@@ -120,19 +123,16 @@ class GPT2Model(nn.Module):
         x = nn.Dropout(c.embd_pdrop)(x, deterministic=deterministic)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
-        hidden_states, attentions = [], []
         block = c.remat_layer(GPT2Block, static_argnums=(3, 4, 5))
-        for i in range(c.n_layer):
-            hidden_states.append(x)
-            x, w = block(c, dtype=self.dtype, name=f"h_{i}")(
-                x, attention_mask, deterministic, decode, output_attentions)
-            attentions.append(w)
+        first = x
+        x, outputs, attentions = apply_layers(block, c, c.n_layer, x, attention_mask,
+                                              deterministic, decode, output_attentions, dtype=self.dtype,
+                                              keep_outputs=output_hidden_states)
         x = layer_norm(c.layer_norm_epsilon, name="ln_f", dtype=self.dtype)(x)
-        hidden_states.append(x)
         return ModelOutput(
             last_hidden_state=x,
-            hidden_states=tuple(hidden_states) if output_hidden_states else None,
-            attentions=tuple(attentions) if output_attentions else None,
+            hidden_states=(first, *outputs[:-1], x) if output_hidden_states else None,
+            attentions=attentions if output_attentions else None,
         )
 
 
