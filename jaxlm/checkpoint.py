@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 from orbax.checkpoint import checkpoint_managers as policies
@@ -246,17 +245,23 @@ def load_params_into(path: str | Path, abstract_params, initial=None) -> Any:
         fresh = sorted(n for n in wanted.keys() - saved.keys() if initial is not None and optional(n))
         skipped = sorted(n for n in saved.keys() - wanted.keys() if optional(n))
         shown = {n: "/".join(p) for n, (p, _) in {**saved, **wanted}.items()}
+
+        def shape(table, name):
+            return tuple(table[name][1].shape)
+
         problems = [f"{shown[n]}: missing from {path}" for n in sorted(wanted.keys() - saved.keys() - set(fresh))]
         problems += [f"{shown[n]}: not in this model" for n in sorted(saved.keys() - wanted.keys() - set(skipped))]
-        problems += [f"{shown[n]}: shape {saved[n][1]} in {path} vs {wanted[n][1]} in this model"
-                     for n in sorted(wanted.keys() & saved.keys()) if saved[n][1] != wanted[n][1]]
+        problems += [f"{shown[n]}: shape {shape(saved, n)} in {path} vs {shape(wanted, n)} in this model"
+                     for n in sorted(wanted.keys() & saved.keys()) if shape(saved, n) != shape(wanted, n)]
         if problems:
             more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
             raise CheckpointError(f"model.init_from={path} does not fit this model: {'; '.join(problems[:3])}{more}")
         if not fresh and not skipped and all(saved[n][0] == wanted[n][0] for n in saved):
             return ckpt.read_params(step, abstract_params)
-        abstract = traverse_util.flatten_dict(abstract_params)
-        item = {p: abstract[wanted[n][0]] if n in wanted else ocp.PLACEHOLDER for n, (p, _) in saved.items()}
+        # Params this model does not use are read too (as host arrays; orbax's standard handler
+        # cannot skip leaves) and dropped.
+        item = {p: wanted[n][1] if n in wanted else jax.ShapeDtypeStruct(leaf.shape, leaf.dtype)
+                for n, (p, leaf) in saved.items()}
         restored = traverse_util.flatten_dict(ckpt.read_params(step, traverse_util.unflatten_dict(item)))
         start = traverse_util.flatten_dict(initial) if fresh else {}
         out = {p: restored[saved[n][0]] if n in saved else start[p] for n, (p, _) in wanted.items()}
@@ -287,23 +292,22 @@ def _saved_layout(path: str | Path) -> tuple[Any, bool]:
         ckpt.close()
 
 
-def _by_trunk_name(tree, prefix: str | None) -> dict[tuple[str, str], tuple[tuple[str, ...], tuple]]:
-    """``(part, name) -> (path, shape)`` for every leaf: trunk params named without the head
-    model's ``prefix`` (``bert/``), so base and head models line up; other params of a head
-    model are ``("head", path)``."""
-    flat = {tuple(str(getattr(k, "key", k)) for k in path): tuple(np.shape(leaf) if not hasattr(leaf, "shape")
-                                                                   else leaf.shape)
+def _by_trunk_name(tree, prefix: str | None) -> dict[tuple[str, str], tuple[tuple[str, ...], Any]]:
+    """``(part, name) -> (path, leaf)`` for every leaf (with ``shape`` and ``dtype``): trunk
+    params named without the head model's ``prefix`` (``bert/``), so base and head models
+    line up; other params of a head model are ``("head", path)``."""
+    flat = {tuple(str(getattr(k, "key", k)) for k in path): leaf
             for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
     head_model = prefix is not None and any(p[0] == prefix for p in flat)
     out = {}
-    for path, shape in flat.items():
+    for path, leaf in flat.items():
         if not head_model:
             name = ("trunk", "/".join(path))
         elif path[0] == prefix:
             name = ("trunk", "/".join(path[1:]))
         else:
             name = ("head", "/".join(path))
-        out[name] = (path, shape)
+        out[name] = (path, leaf)
     return out
 
 

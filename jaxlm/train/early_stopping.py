@@ -48,9 +48,9 @@ class EarlyStopping:
 
     def describe(self, step: int) -> str:
         c = self.config
-        return (f"early stopping at step {step}: {c.metric} has not improved by more than {c.min_delta:g} for "
-                f"{self.stale} evaluations; the best checkpoint ({c.metric}={self.best:.6g}) is kept: use --best "
-                "with jaxlm eval / predict / fill-mask")
+        by = f" by more than {c.min_delta:g}" if c.min_delta else ""
+        return (f"early stopping at step {step}: {c.metric} has not improved{by} for {self.stale} evaluations; the "
+                f"best checkpoint ({c.metric}={self.best:.6g}) is kept: use --best with jaxlm eval / predict / fill-mask")
 
     def state(self) -> dict:
         watched = [self.config.metric, self.config.mode] if self.config else None
