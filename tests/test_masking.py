@@ -8,6 +8,7 @@ from jaxlm.data.corpus import embedded_corpus
 from jaxlm.data.masking import IGNORE, Masker, MaskedBatches, row_rng
 from jaxlm.data.pipeline import BatchIterator
 from jaxlm.data.tokenizer import train_wordpiece
+from jaxlm.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +100,7 @@ def test_span_lengths_are_geometric_runs_of_words(corpus):
 
 
 def test_word_masking_needs_a_wordpiece_vocabulary():
-    with pytest.raises(ValueError, match="word boundaries"):
+    with pytest.raises(ConfigError, match="task.masking=whole_word needs word boundaries"):
         Masker(mask_id=1, special=np.zeros(5, bool), unit="whole_word")
 
 

@@ -28,6 +28,7 @@ from typing import Literal, Sequence
 import numpy as np
 
 from jaxlm.data.pipeline import BatchIterator
+from jaxlm.errors import ConfigError
 
 IGNORE = -100
 EVAL_EPOCH = 2**32 - 1
@@ -73,7 +74,8 @@ class Masker:
 
     def __post_init__(self):
         if self.unit != "token" and self.continuation is None:
-            raise ValueError(f"{self.unit} masking needs to know word boundaries: use a WordPiece tokenizer")
+            raise ConfigError(f"task.masking={self.unit} needs word boundaries (WordPiece's ## pieces): use a "
+                              "WordPiece tokenizer, or task.masking=token")
 
     def __call__(self, ids: np.ndarray, rngs: Sequence[np.random.Generator]) -> tuple[np.ndarray, np.ndarray]:
         """``(corrupted ids, labels)`` for ``ids [batch, length]``, row ``i`` drawn from ``rngs[i]``."""
