@@ -208,7 +208,7 @@ def cmd_memory(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jaxlm", description=__doc__.split("\n")[0].strip("`"))
+    parser = argparse.ArgumentParser(prog="jaxlm", description="Build, train, evaluate and convert language models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(p):

@@ -8,13 +8,14 @@ from pathlib import Path
 
 from jaxlm.config import Config
 from jaxlm.data.corpus import load_documents, split_documents
-from jaxlm.data.pipeline import BatchIterator, eval_batches, pack_blocks
+from jaxlm.data.pipeline import pack_blocks
 from jaxlm.data.tokenizer import get_tokenizer
 from jaxlm.errors import DataError
+from jaxlm.tasks.base import ArrayTask
 from jaxlm.train.losses import cross_entropy_sum
 
 
-class CausalLMTask:
+class CausalLMTask(ArrayTask):
     head = "causal_lm"
 
     def __init__(self, config: Config, run_dir: Path):
@@ -30,16 +31,6 @@ class CausalLMTask:
         self.valid = pack_blocks(encode(valid_text), self.tokenizer.eos_id, data.seq_len, keep_last=True)
         self.valid_bytes = sum(len(t.encode("utf-8")) for t in valid_text)
         self.seed = config.run.seed
-
-    def train_iterator(self, batch_size, process_index=0, process_count=1):
-        return BatchIterator(self.train, batch_size, self.seed, process_index=process_index,
-                             process_count=process_count)
-
-    def eval_batches(self, batch_size, limit=None):
-        return eval_batches(self.valid, batch_size, limit)
-
-    def example_batch(self, batch_size):
-        return {k: v[:1].repeat(batch_size, 0) for k, v in self.train.items()}
 
     def model_inputs(self, batch):
         return {"input_ids": batch["tokens"][:, :-1]}

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
 from jaxlm.config import Config
 from jaxlm.data.bert_inputs import Framer
-from jaxlm.data.pipeline import BatchIterator, eval_batches
 from jaxlm.data.tokenizer import Tokenizer, get_tokenizer
 from jaxlm.errors import DataError
+from jaxlm.tasks.base import ArrayTask
 
 
 def encoder_tokenizer(config: Config, train_texts: list[str], run_dir: Path, needs: tuple[str, ...]) -> Tokenizer:
@@ -40,27 +39,14 @@ def framer(tok: Tokenizer, length: int) -> Framer:
     return Framer(tok.token_id("[CLS]"), tok.token_id("[SEP]"), tok.token_id("[PAD]"), length)
 
 
-class EncoderTask:
+class EncoderTask(ArrayTask):
     """Training on ``self.train`` and evaluation on ``self.valid``: dicts of row arrays with
     ``input_ids``, ``token_type_ids`` and ``attention_mask`` (0 on padding, so the all-zero
     rows that pad the last eval batch carry no weight)."""
 
-    train: dict[str, np.ndarray]
-    valid: dict[str, np.ndarray]
-
     def __init__(self, config: Config):
         self.seed = config.run.seed
         self.token_types = hasattr(config.model, "type_vocab_size")  # DistilBERT has none
-
-    def train_iterator(self, batch_size, process_index=0, process_count=1):
-        return BatchIterator(self.train, batch_size, self.seed, process_index=process_index,
-                             process_count=process_count)
-
-    def eval_batches(self, batch_size, limit=None):
-        return eval_batches(self.valid, batch_size, limit)
-
-    def example_batch(self, batch_size):
-        return {k: v[:1].repeat(batch_size, 0) for k, v in self.valid.items()}
 
     def model_inputs(self, batch):
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
