@@ -250,6 +250,10 @@ class MeshConfig(Section):
     """Data-parallel size; -1 fills the devices not used by the other axes."""
     fsdp: int = 1
     tensor: int = 1
+    dcn_data: int = Field(1, ge=1)
+    """How many of the ``data`` groups sit on separate slices (TPU multislice) or hosts
+    (elsewhere): ``fsdp`` / ``tensor`` then stay inside each fast-interconnect group and only
+    gradient all-reduces cross the slow network."""
     rules: dict[str, Literal["data", "fsdp", "tensor"] | list[Literal["data", "fsdp", "tensor"]] | None] = {}
     """Logical axis -> mesh axes, over the defaults in jaxlm/parallel/mesh.py (e.g. ``{mlp: null}``)."""
 

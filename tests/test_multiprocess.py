@@ -16,10 +16,35 @@ pytestmark = pytest.mark.multiprocess
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def train_args(run_dir, corpus):
+def train_args(run_dir, corpus, **mesh):
     return ["train", "configs/gpt2-tiny.yaml", *tiny_overrides(run_dir, **{
         "data.paths": corpus, "trainer.batch_size": 8, "trainer.max_steps": 12, "trainer.log_every": 1,
-        "trainer.eval_every": 12, "checkpoint.every": 4})]
+        "trainer.eval_every": 12, "checkpoint.every": 4, **mesh})]
+
+
+def launch(run_dir, corpus, **mesh):
+    return subprocess.Popen(
+        [sys.executable, "launch/local.py", "--processes", "2", "--devices", "4", "--", sys.executable, "-m",
+         "jaxlm.cli", *map(str, train_args(run_dir, corpus, **mesh))],
+        cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    from jaxlm.data.corpus import embedded_corpus
+
+    root = tmp_path_factory.mktemp("multiprocess")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(embedded_corpus()[:6]))
+    result = single_process(train_args(root / "reference", corpus))
+    assert result.returncode == 0, result.stderr[-2000:]
+    return corpus, losses(root / "reference")
+
+
+def assert_same_losses(got, expected):
+    assert sorted(got) == sorted(expected)
+    for step, loss in expected.items():
+        assert abs(got[step] - loss) <= 2e-5 * abs(loss), (step, got[step], loss)
 
 
 def single_process(args, devices=8):
@@ -32,16 +57,10 @@ def losses(run_dir):
     return {r["step"]: r["loss"] for r in read_metrics(run_dir) if "loss" in r}
 
 
-def test_two_processes_killed_then_resumed_as_one(tmp_path, corpus_file):
-    reference = single_process(train_args(tmp_path / "reference", corpus_file))
-    assert reference.returncode == 0, reference.stderr[-2000:]
-    expected = losses(tmp_path / "reference")
-
+def test_two_processes_killed_then_resumed_as_one(reference, tmp_path):
+    corpus, expected = reference
     run = tmp_path / "run"
-    launcher = subprocess.Popen(
-        [sys.executable, "launch/local.py", "--processes", "2", "--devices", "4", "--", sys.executable, "-m",
-         "jaxlm.cli", *map(str, train_args(run, corpus_file))],
-        cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    launcher = launch(run, corpus)
     deadline = time.time() + 400
     while not ((run / "checkpoints" / "4").is_dir() and max(losses(run), default=0) >= 6):
         assert launcher.poll() is None and time.time() < deadline, launcher.stderr.read()[-2000:]
@@ -50,13 +69,19 @@ def test_two_processes_killed_then_resumed_as_one(tmp_path, corpus_file):
     launcher.wait()
     assert max(losses(run)) < 12
 
-    resumed = single_process(train_args(run, corpus_file))
+    resumed = single_process(train_args(run, corpus))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from" in resumed.stderr
-    got = losses(run)
-    assert sorted(got) == sorted(expected)
-    for step, loss in expected.items():
-        assert abs(got[step] - loss) <= 2e-5 * abs(loss), (step, got[step], loss)
+    assert_same_losses(losses(run), expected)
+
+
+def test_data_across_processes_fsdp_within(reference, tmp_path):
+    """mesh.dcn_data=2: the data axis spans the two processes, fsdp stays inside each."""
+    corpus, expected = reference
+    launcher = launch(tmp_path / "run", corpus, **{"mesh.data": 2, "mesh.fsdp": 4, "mesh.dcn_data": 2})
+    _, err = launcher.communicate(timeout=600)
+    assert launcher.returncode == 0, err[-2000:]
+    assert_same_losses(losses(tmp_path / "run"), expected)
 
 
 def test_unreachable_coordinator_fails_in_time(tmp_path):

@@ -12,6 +12,7 @@ import math
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxlm.config import MeshConfig
@@ -54,7 +55,18 @@ def mesh_shape(cfg: MeshConfig, n_devices: int) -> tuple[int, int, int]:
 def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
     devices = jax.devices() if devices is None else devices
     shape = mesh_shape(cfg, len(devices))
-    return Mesh(np.asarray(devices).reshape(shape), AXES)
+    if cfg.dcn_data == 1:
+        return Mesh(np.asarray(devices).reshape(shape), AXES)
+    if shape[0] % cfg.dcn_data:
+        raise ConfigError(f"mesh.dcn_data={cfg.dcn_data} must divide the data axis ({shape[0]})")
+    by_slice = len({getattr(d, "slice_index", 0) for d in devices}) > 1  # TPU multislice; else hosts
+    groups = len({d.slice_index if by_slice else d.process_index for d in devices})
+    if groups != cfg.dcn_data:
+        unit = "slices" if by_slice else "processes"
+        raise ConfigError(f"mesh.dcn_data={cfg.dcn_data} but the devices span {groups} {unit}; set it to {groups}")
+    inner = (shape[0] // cfg.dcn_data, shape[1], shape[2])
+    grid = mesh_utils.create_hybrid_device_mesh(inner, (cfg.dcn_data, 1, 1), devices, process_is_granule=not by_slice)
+    return Mesh(grid, AXES)
 
 
 def rules_for(cfg: MeshConfig) -> tuple:
