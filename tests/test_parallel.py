@@ -19,51 +19,73 @@ from jaxlm.config import load_config
 from jaxlm.train.logging import read_metrics
 from jaxlm.train.trainer import setup, train
 
-corpus, out = sys.argv[1], {}
-for mesh in sys.argv[2:]:
+FAMILIES = {
+    "gpt2": ("configs/gpt2-tiny.yaml", {"model.n_embd": 64, "model.n_head": 4, "model.vocab_size": 320,
+                                        "data.tokenizer.vocab_size": 320}),
+    "bert": ("configs/bert-tiny-mlm.yaml", {"model.vocab_size": 512, "data.tokenizer.vocab_size": 512,
+                                            "model.hidden_size": 64, "model.num_attention_heads": 4,
+                                            "model.intermediate_size": 128, "data.seq_len": 32}),
+}
+corpus, wordpiece, out = sys.argv[1], sys.argv[2], {}
+FAMILIES["bert"][1]["data.tokenizer.path"] = wordpiece  # WordPiece training breaks ties in hash order
+for entry in sys.argv[3:]:
+    family, mesh = entry.split(":")
     data, fsdp, tensor = map(int, mesh.split(","))
+    path, sizes = FAMILIES[family]
     run = tempfile.mkdtemp()
-    config = load_config("configs/gpt2-tiny.yaml", tiny_overrides(run, **{
+    overrides = tiny_overrides(run, **{
         "data.paths": corpus, "trainer.batch_size": 8, "trainer.max_steps": 5, "trainer.log_every": 1,
-        "trainer.eval_every": 5, "mesh.data": data, "mesh.fsdp": fsdp, "mesh.tensor": tensor,
-        "model.n_embd": 64, "model.n_head": 4, "model.vocab_size": 320, "data.tokenizer.vocab_size": 320}))
+        "trainer.eval_every": 5, "mesh.data": data, "mesh.fsdp": fsdp, "mesh.tensor": tensor, **sizes})
+    if family == "bert":  # tiny_overrides' model keys are GPT-2's: keep only ours
+        overrides = [o for o in overrides if not o.startswith("model.") or o.split("=")[0] in sizes]
+    config = load_config(path, overrides)
     train(config)
     s = setup(config)
     per_device = sum(np.prod(a.sharding.shard_shape(a.shape)) * a.dtype.itemsize
                      for a in jax.tree.leaves(s.abstract_state.params))
-    out[mesh] = {"losses": [r["loss"] for r in read_metrics(run) if "loss" in r],
-                 "eval_loss": [r["eval_loss"] for r in read_metrics(run) if "eval_loss" in r],
-                 "param_bytes_per_device": int(per_device)}
+    out[entry] = {"losses": [r["loss"] for r in read_metrics(run) if "loss" in r],
+                  "eval_loss": [r["eval_loss"] for r in read_metrics(run) if "eval_loss" in r],
+                  "param_bytes_per_device": int(per_device)}
 print(json.dumps(out))
 """
+
+MESHES = ["8,1,1", "2,4,1", "2,2,2", "1,4,2"]
 
 
 @pytest.fixture(scope="module")
 def sharded_runs(tmp_path_factory):
     from jaxlm.data.corpus import embedded_corpus
 
-    corpus = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    from jaxlm.data.tokenizer import train_tokenizer
+
+    root = tmp_path_factory.mktemp("corpus")
+    corpus = root / "corpus.txt"
     corpus.write_text("\n".join(embedded_corpus()[:6]))
-    return {**run_meshes(1, corpus, ["1,1,1"]), **run_meshes(8, corpus, ["8,1,1", "2,4,1", "2,2,2", "1,4,2"])}
+    train_tokenizer("wordpiece", embedded_corpus()[:6], 512).save(root / "wordpiece")
+    runs = [f"{family}:{mesh}" for family in ("gpt2", "bert") for mesh in MESHES]
+    return {**run_meshes(1, root, ["gpt2:1,1,1", "bert:1,1,1"]), **run_meshes(8, root, runs)}
 
 
-def run_meshes(devices, corpus, meshes):
+def run_meshes(devices, root, meshes):
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": os.path.join(ROOT, "tests")}
-    result = subprocess.run([sys.executable, "-c", SCRIPT, str(corpus), *meshes], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=900)
+    args = [str(root / "corpus.txt"), str(root / "wordpiece"), *meshes]
+    result = subprocess.run([sys.executable, "-c", SCRIPT, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("mesh", ["8,1,1", "2,4,1", "2,2,2", "1,4,2"])
-def test_sharded_losses_equal_single_device(sharded_runs, mesh):
-    single, sharded = sharded_runs["1,1,1"], sharded_runs[mesh]
+@pytest.mark.parametrize("family", ["gpt2", "bert"])
+@pytest.mark.parametrize("mesh", MESHES)
+def test_sharded_losses_equal_single_device(sharded_runs, family, mesh):
+    single, sharded = sharded_runs[f"{family}:1,1,1"], sharded_runs[f"{family}:{mesh}"]
     for a, b in zip(single["losses"] + single["eval_loss"], sharded["losses"] + sharded["eval_loss"], strict=True):
         assert abs(a - b) <= 2e-5 * abs(a), (mesh, single, sharded)
 
 
 def test_fsdp_and_tensor_parallelism_shrink_per_device_params(sharded_runs):
+    sharded_runs = {k.split(":")[1]: v for k, v in sharded_runs.items() if k.startswith("gpt2:")}
     full = sharded_runs["1,1,1"]["param_bytes_per_device"]
     assert sharded_runs["8,1,1"]["param_bytes_per_device"] == full  # data parallel: a full copy each
     assert sharded_runs["2,4,1"]["param_bytes_per_device"] < full / 3  # fsdp=4 shards every embed axis
