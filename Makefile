@@ -21,7 +21,7 @@ $(VENV)/.installed-dev: pyproject.toml constraints.txt | $(PY)
 .PHONY: demo test test-fast bench
 demo: $(VENV)/.installed-core
 	$(VENV)/bin/jaxlm train configs/gpt2-tiny.yaml $(ARGS)
-	$(VENV)/bin/jaxlm generate --run runs/gpt2-tiny --prompt "The import statement" --max-new-tokens 64
+	$(VENV)/bin/jaxlm generate --run runs/gpt2-tiny --prompt "The import statement" --max-new-tokens 64 --repetition-penalty 1.3
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest $(PYTEST_ARGS)
