@@ -110,15 +110,27 @@ class SelfAttention(nn.Module):
         return out, (weights if output_attentions else None)
 
     def _update_cache(self, k, v):
+        # Stored [batch, heads, head_dim, length], the layout XLA's attention matmuls read when
+        # decoding: [batch, length, heads, head_dim] would be transposed whole at every token.
         initialized = self.has_variable("cache", "cached_key")
-        cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
-        cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+        cached_k = self.variable("cache", "cached_key", jnp.zeros, _to_cache(k).shape, k.dtype)
+        cached_v = self.variable("cache", "cached_value", jnp.zeros, _to_cache(v).shape, v.dtype)
         index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
         t = k.shape[1]
         if not initialized:  # shapes only; the first real call writes from position 0
             return k, v, jnp.arange(t)
         i = index.value
-        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), (0, i, 0, 0))
-        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), (0, i, 0, 0))
+        for cached, new in ((cached_k, k), (cached_v, v)):
+            cached.value = jax.lax.dynamic_update_slice(cached.value, _to_cache(new).astype(cached.value.dtype),
+                                                        (0, 0, 0, i))
         index.value = i + t
-        return cached_k.value, cached_v.value, i + jnp.arange(t)
+        return _from_cache(cached_k.value), _from_cache(cached_v.value), i + jnp.arange(t)
+
+
+def _to_cache(x: jax.Array) -> jax.Array:
+    """``[batch, length, heads, head_dim]`` -> the cache layout ``[batch, heads, head_dim, length]``."""
+    return x.transpose(0, 2, 3, 1)
+
+
+def _from_cache(x: jax.Array) -> jax.Array:
+    return x.transpose(0, 3, 1, 2)
