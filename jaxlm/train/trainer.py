@@ -163,7 +163,8 @@ def train(config: Config) -> dict[str, float]:
     bar = tqdm(total=t.max_steps, initial=step, disable=not (is_main and t.progress_bar), unit="step",
                dynamic_ncols=True)
     last: dict[str, float] = {}
-    tokens_per_step = t.batch_size * int(np.prod(s.task.model_inputs(s.task.example_batch(1))["input_ids"].shape))
+    example_ids = s.task.model_inputs(s.task.example_batch(1)).get("input_ids")
+    tokens_per_step = None if example_ids is None else t.batch_size * int(np.prod(example_ids.shape))
     tick, ticked_at = time.perf_counter(), step
     config_json = c.model_dump(mode="json")
     guard = PreemptionGuard(ckpt.manager)
@@ -178,7 +179,9 @@ def train(config: Config) -> dict[str, float]:
             if step % t.log_every == 0 or step == t.max_steps:
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 now = time.perf_counter()
-                metrics["tokens_per_second"] = tokens_per_step * (step - ticked_at) / (now - tick)
+                metrics["examples_per_second"] = t.batch_size * (step - ticked_at) / (now - tick)
+                if tokens_per_step:  # models that read token ids
+                    metrics["tokens_per_second"] = tokens_per_step * (step - ticked_at) / (now - tick)
                 tick, ticked_at = now, step
                 if not math.isfinite(metrics["loss"]) and not metrics.get("skipped"):
                     raise JaxlmError(f"the loss became {metrics['loss']} at step {step}; lower "
