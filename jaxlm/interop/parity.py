@@ -1,7 +1,9 @@
 """Measure how exactly jaxlm reproduces transformers (PyTorch) on a checkpoint directory.
 
 Outputs (every output, hidden state and attention map, at non-padded positions), the
-gradients of a loss touching every output, and the params after one AdamW step. Used by
+gradients of a loss touching every output, and the params after one AdamW step. Text
+models take token ids; image models (ViT) ``pixel_values``, NCHW for PyTorch and
+transposed to NHWC for jaxlm. Used by
 the parity tests and ``benchmarks/parity_table.py``; to validate a real checkpoint::
 
     d = "path/to/bert-base-uncased"
@@ -24,6 +26,7 @@ import optax
 import torch
 import transformers
 from flax import traverse_util
+from transformers.core_model_loading import revert_weight_conversion
 
 from jaxlm.interop import walker
 from jaxlm.interop.hf import from_pretrained
@@ -36,6 +39,8 @@ TINY = {
     "distilbert": dict(vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37, max_position_embeddings=64,
                        num_labels=3),
     "gpt2": dict(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=98, eos_token_id=98),
+    "vit": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, image_size=12,
+                patch_size=4, num_channels=3, num_labels=3),
 }
 NOT_COMPARED = {"loss", "past_key_values", "cross_attentions"}  # the last: empty, BERT as encoder
 
@@ -63,9 +68,13 @@ def random_checkpoint(architecture: str, out_dir: str | os.PathLike, *, tiny: bo
 
 
 def example_inputs(config, batch: int = 2, length: int = 7, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random ids; every row after the first padded (id 0) over its last ``row`` positions;
-    token types 0 then 1 when the model has them."""
+    """Inputs as transformers takes them. Text: random ids; every row after the first padded
+    (id 0) over its last ``row`` positions; token types 0 then 1 when the model has them.
+    Images: standard-normal ``pixel_values`` ``[batch, channels, height, width]``."""
     rng = np.random.default_rng(seed)
+    if getattr(config, "num_channels", None):
+        size = (batch, config.num_channels, config.image_size, config.image_size)
+        return {"pixel_values": rng.standard_normal(size).astype(np.float32)}
     ids = rng.integers(1, config.vocab_size, (batch, length))
     mask = np.ones((batch, length), np.int64)
     for row in range(1, batch):
@@ -85,7 +94,7 @@ def compare_outputs(model_dir: str | os.PathLike, inputs: dict[str, np.ndarray])
         want = ref(**_to_torch(inputs), output_hidden_states=True, output_attentions=True)
     with jax.default_matmul_precision("highest"):
         got = model.apply({"params": params}, **_to_jax(inputs), output_hidden_states=True, output_attentions=True)
-    keep = inputs["attention_mask"].astype(bool)
+    keep = _keep(inputs)
     diffs = {}
     for name, value in want.items():
         if name in NOT_COMPARED:
@@ -117,7 +126,7 @@ def compare_training_step(model_dir: str | os.PathLike, inputs: dict[str, np.nda
     """
     ref = _torch_model(model_dir)
     model, params = from_pretrained(model_dir)
-    keep = inputs["attention_mask"].astype(bool)
+    keep = _keep(inputs)
     outputs = {k: v for k, v in ref(**_to_torch(inputs)).items() if k not in NOT_COMPARED}
     rng = np.random.default_rng(seed)
     weights = {}
@@ -132,7 +141,8 @@ def compare_training_step(model_dir: str | os.PathLike, inputs: dict[str, np.nda
 
     with jax.default_matmul_precision("highest"):
         grads = traverse_util.flatten_dict(jax.grad(loss)(params))
-    torch_params = dict(ref.named_parameters(remove_duplicate=False))
+    # Checkpoint names: transformers may rename params in memory (ViT's q_proj is query in files).
+    torch_params = revert_weight_conversion(ref, dict(ref.named_parameters(remove_duplicate=False)))
     slots = walker.slots(params, MODEL_FAMILIES[model.config.type].torch_keys)
     largest = max(float(p.grad.abs().max()) for p in ref.parameters())
     grad_rel = noise = 0.0
@@ -158,7 +168,7 @@ def exact_zero_gradient(key: str, shape: tuple[int, ...]) -> np.ndarray:
     """Entries whose exact gradient is zero: key biases, which add the same amount to every
     score of a query and so cannot change a softmax. Both frameworks return rounding noise."""
     zero = np.zeros(shape, bool)
-    if key.endswith(("attention.self.key.bias", "attention.k_lin.bias")):
+    if key.endswith(("attention.self.key.bias", "attention.k_lin.bias", "attention.attention.key.bias")):
         zero[:] = True
     elif key.endswith("attn.c_attn.bias"):  # GPT-2's fused [query; key; value] bias
         third = shape[0] // 3
@@ -180,17 +190,26 @@ def _torch_model(model_dir):
     return cls.from_pretrained(model_dir, attn_implementation="eager", dtype=torch.float32).eval()
 
 
-def _per_position(x: np.ndarray, keep: np.ndarray) -> bool:
-    return x.ndim >= 2 and x.shape[:2] == keep.shape
+def _keep(inputs) -> np.ndarray | None:
+    """``[batch, length]``: the positions compared (None: all, as for images)."""
+    mask = inputs.get("attention_mask")
+    return None if mask is None else mask.astype(bool)
 
 
-def _kept(x: np.ndarray, keep: np.ndarray) -> np.ndarray:
+def _per_position(x: np.ndarray, keep: np.ndarray | None) -> bool:
+    return keep is not None and x.ndim >= 2 and x.shape[:2] == keep.shape
+
+
+def _kept(x: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
     return x[keep] if _per_position(x, keep) else x
 
 
 def _to_torch(inputs):
-    return {k: torch.from_numpy(np.asarray(v, np.int64)) for k, v in inputs.items()}
+    return {k: torch.from_numpy(np.asarray(v, np.float32 if k == "pixel_values" else np.int64))
+            for k, v in inputs.items()}
 
 
 def _to_jax(inputs):
-    return {k: jnp.asarray(v, jnp.int32) for k, v in inputs.items()}
+    """jaxlm's inputs: int32 ids, NHWC images."""
+    return {k: jnp.asarray(v.transpose(0, 2, 3, 1)) if k == "pixel_values" else jnp.asarray(v, jnp.int32)
+            for k, v in inputs.items()}

@@ -45,11 +45,16 @@ class Slot:
     shape: tuple[int, ...]
     torch_shape: tuple[int, ...]
     transpose: bool  # nn.Linear kernels are stored [out, in]
+    conv: bool = False  # nn.Conv2d kernels are stored [out, in, height, width]; Flax's are HWIO
 
     def to_jax(self, w):
+        if self.conv:
+            return w.transpose(2, 3, 1, 0)
         return (w.T if self.transpose else w).reshape(self.shape)
 
     def to_torch(self, x):
+        if self.conv:
+            return x.transpose(3, 2, 0, 1)
         return x.reshape(self.torch_shape[::-1]).T if self.transpose else x.reshape(self.torch_shape)
 
 
@@ -64,13 +69,19 @@ def slots(tree: Mapping, key_map: TorchKeyMap) -> list[Slot]:
     """A slot per leaf of a param tree (arrays or ``ShapeDtypeStruct``s).
 
     Kernels are 2-D in PyTorch; the sibling bias's rank says how many trailing kernel
-    axes are outputs (one when there is no bias). Biases are flat.
+    axes are outputs (one when there is no bias). Biases are flat. Convolution kernels
+    (``key_map.conv2d``) keep their four axes, reordered.
     """
     flat = traverse_util.flatten_dict(tree)
     out = []
     for path, leaf in flat.items():
         shape = tuple(leaf.shape)
         torch_shape, transpose = shape, False
+        key = torch_key(path, key_map)
+        if path[-1] == "kernel" and re.search(key_map.conv2d, key):
+            height, width, n_in, n_out = shape
+            out.append(Slot(path, key, shape, (n_out, n_in, height, width), False, conv=True))
+            continue
         if path[-1] == "kernel":
             bias = flat.get((*path[:-1], "bias"))
             n_in = len(shape) - (len(bias.shape) if bias is not None else 1)
@@ -78,7 +89,7 @@ def slots(tree: Mapping, key_map: TorchKeyMap) -> list[Slot]:
             torch_shape, transpose = (matrix, False) if key_map.conv1d else (matrix[::-1], True)
         elif path[-1] == "bias":
             torch_shape = (math.prod(shape),)
-        out.append(Slot(path, torch_key(path, key_map), shape, torch_shape, transpose))
+        out.append(Slot(path, key, shape, torch_shape, transpose))
     return out
 
 
@@ -159,7 +170,7 @@ def _unscanned(model: nn.Module) -> nn.Module:
 
 
 def _init(model: nn.Module, seed: int) -> dict:
-    return nn.meta.unbox(model.init(jax.random.key(seed), jnp.zeros((1, 1), jnp.int32))["params"])
+    return nn.meta.unbox(model.init(jax.random.key(seed), **model.config.dummy_inputs())["params"])
 
 
 def _strip(key: str, prefix: str) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import flax.linen as nn
 
 from jaxlm.errors import JaxlmError
-from jaxlm.models import bert, distilbert, gpt2
+from jaxlm.models import bert, distilbert, gpt2, vit
 from jaxlm.models.base import ModelConfig, TorchKeyMap
 
 
@@ -40,6 +40,10 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
         "masked_lm": distilbert.DistilBertForMaskedLM,
         "classification": distilbert.DistilBertForSequenceClassification,
     }, distilbert.TORCH_KEY_MAP),
+    "vit": ModelFamily(vit.ViTConfig, {
+        "base": vit.ViTModel,
+        "image_classification": vit.ViTForImageClassification,
+    }, vit.TORCH_KEY_MAP),
 }
 
 

@@ -58,6 +58,10 @@ class ModelConfig(BaseModel):
         """The longest sequence the model's position embeddings cover (None: unbounded)."""
         return getattr(self, "n_positions", None) or getattr(self, "max_position_embeddings", None)
 
+    def dummy_inputs(self) -> dict[str, jax.Array]:
+        """The smallest inputs ``model.init`` builds every param from (one token id by default)."""
+        return {"input_ids": jax.numpy.zeros((1, 1), jax.numpy.int32)}
+
     def hf_dict(self) -> dict:
         """The fields that transformers' config class knows."""
         return self.model_dump(exclude=JAXLM_ONLY_FIELDS)
@@ -79,6 +83,8 @@ class TorchKeyMap:
     renames: tuple[tuple[str, str], ...] = ()
     """``re.sub`` pattern / replacement pairs, applied in order to the dotted jaxlm name."""
     conv1d: bool = False
+    conv2d: str = r"(?!)"
+    """Pattern of PyTorch keys that are ``nn.Conv2d`` weights: OIHW there, HWIO in Flax."""
     dropped: tuple[str, ...] = ()
     """Patterns of PyTorch keys (prefix removed) that are buffers or tied copies: skipped on import."""
     optional: str = r"(?!)"
