@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from jaxlm.interop import files, walker
 from jaxlm.interop.errors import InteropError
 from jaxlm.models import MODEL_FAMILIES, ModelFamily
-from jaxlm.models.base import JAXLM_ONLY_FIELDS, ModelConfig
+from jaxlm.models.base import JAXLM_ONLY_FIELDS, ModelConfig, TransformerVariants
 
 CONFIG = "config.json"
 
@@ -60,6 +60,10 @@ def save_pretrained(model: nn.Module, params, out_dir: str | os.PathLike) -> Pat
     name = type(model).__name__
     if name not in architectures():
         raise InteropError(f"{name} has no transformers counterpart; exportable: {', '.join(sorted(architectures()))}")
+    changed = model.config.variant_changes() if isinstance(model.config, TransformerVariants) else []
+    if changed:
+        raise InteropError(f"this {name} uses {', '.join(changed)}, which transformers' {name} does not have; "
+                           "only models with the reference layer settings export")
     family = MODEL_FAMILIES[model.config.type]
     tensors = walker.params_to_torch(model, params, family.torch_keys)
     dtype = np.dtype(jax.tree.leaves(nn.meta.unbox(params))[0].dtype).name

@@ -1,9 +1,11 @@
-"""Multi-head self-attention with causal / padding masks and an optional KV cache.
+"""Multi-head attention: self or cross, causal / padding / sliding-window masks,
+multi-query and grouped-query heads, rotary positions, and an optional KV cache.
 
 Masks are boolean, ``True`` meaning "may attend", broadcastable to
 ``[batch, heads, q_len, kv_len]``. The fast path is ``jax.nn.dot_product_attention``
-(cuDNN flash on GPU, XLA elsewhere); attention dropout and ``output_attentions`` need the
-weights themselves, so they take the explicit einsum path with the same numerics.
+(cuDNN flash on GPU, XLA elsewhere; it takes grouped key/value heads as they are);
+attention dropout and ``output_attentions`` need the weights themselves, so they take the
+explicit einsum path with the same numerics.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.layers.core import dense
+from jaxlm.layers.embeddings import apply_rotary
 
 Implementation = Literal["xla", "cudnn"] | None
 
@@ -32,6 +35,16 @@ def causal_mask(q_positions: jax.Array, kv_len: int) -> jax.Array:
     return (jnp.arange(kv_len)[None, :] <= q_positions[:, None])[None, None]
 
 
+def window_mask(q_positions: jax.Array, kv_len: int, window: int, causal: bool) -> jax.Array:
+    """Sliding-window (local) attention: key j is visible from query i iff it lies fewer than
+    ``window`` positions behind it (and, without ``causal``, fewer than ``window`` ahead)."""
+    distance = q_positions[:, None] - jnp.arange(kv_len)[None, :]
+    visible = distance < window
+    if not causal:
+        visible &= distance > -window
+    return visible[None, None]
+
+
 def combine_masks(*masks: jax.Array | None) -> jax.Array | None:
     masks = [m for m in masks if m is not None]
     if not masks:
@@ -43,7 +56,9 @@ def combine_masks(*masks: jax.Array | None) -> jax.Array | None:
 
 
 def attention_weights(q: jax.Array, k: jax.Array, mask: jax.Array | None) -> jax.Array:
-    """Softmax attention probabilities ``[batch, heads, q_len, kv_len]`` (softmax in float32)."""
+    """Softmax attention probabilities ``[batch, heads, q_len, kv_len]`` (softmax in float32);
+    ``k`` may have fewer heads than ``q`` (grouped-query attention)."""
+    k = repeat_kv(k, q.shape[2])
     scores = jnp.einsum("bqnh,bknh->bnqk", q, k) / math.sqrt(q.shape[-1])
     scores = scores.astype(jnp.float32)
     if mask is not None:
@@ -51,22 +66,41 @@ def attention_weights(q: jax.Array, k: jax.Array, mask: jax.Array | None) -> jax
     return jax.nn.softmax(scores, axis=-1).astype(q.dtype)
 
 
+def repeat_kv(x: jax.Array, num_heads: int) -> jax.Array:
+    """``[batch, length, kv_heads, head_dim]`` -> ``num_heads`` heads: query head n reads
+    key/value head ``n // (num_heads / kv_heads)``, as ``jax.nn.dot_product_attention`` groups them."""
+    return jnp.repeat(x, num_heads // x.shape[2], axis=2)
+
+
 class SelfAttention(nn.Module):
-    """Self-attention over ``[batch, length, embed]`` with HF-style parameter layout.
+    """Attention over ``[batch, length, embed]`` with HF-style parameter layout.
 
     ``fused_qkv`` keeps one ``[embed, 3, heads, head_dim]`` projection (GPT-2's ``c_attn``);
-    otherwise ``query`` / ``key`` / ``value`` are separate (BERT). ``decode=True`` reads and
-    writes a KV cache in the ``cache`` collection: initialise it with an input of the
-    maximum total length, then feed the prompt and one token at a time.
+    otherwise ``query`` / ``key`` / ``value`` are separate (BERT). ``num_kv_heads`` below
+    ``num_heads`` shares each key/value head among a group of query heads (1: multi-query).
+    ``rope_theta`` rotates queries and keys by their positions (RoPE); ``sliding_window``
+    lets each query see only that many nearest keys. ``cross=True`` takes keys and values
+    from ``kv`` (an encoder's output; ``attention_mask`` then masks ``kv``'s padding).
+
+    ``decode=True`` reads and writes a KV cache in the ``cache`` collection: initialise it
+    with an input of the maximum total length, then feed the prompt and one token at a time.
+    Cross-attention caches the projected ``kv`` on the first decoding call; later calls may
+    pass ``kv=None``.
     """
 
     num_heads: int
     head_dim: int
+    num_kv_heads: int | None = None
+    """Key/value heads (``None``: ``num_heads``, plain multi-head attention)."""
     dropout_rate: float = 0.0
     init_std: float = 0.02
     out_init_std: float = 0.02
     fused_qkv: bool = False
+    use_bias: bool = True
     causal: bool = False
+    cross: bool = False
+    rope_theta: float | None = None
+    sliding_window: int | None = None
     qkv_names: tuple[str, str, str] | str = ("query", "key", "value")
     out_name: str = "out"
     implementation: Implementation = None
@@ -74,57 +108,89 @@ class SelfAttention(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, attention_mask=None, *, decode: bool = False, deterministic: bool = True,
+    def __call__(self, x, attention_mask=None, *, kv=None, decode: bool = False, deterministic: bool = True,
                  output_attentions: bool = False):
-        kw = dict(std=self.init_std, dtype=self.dtype, param_dtype=self.param_dtype)
-        heads = (self.num_heads, self.head_dim)
-        if self.fused_qkv:
-            qkv = dense((3, *heads), ("embed", None, "heads", "kv"), name=self.qkv_names, **kw)(x)
-            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        else:
-            q, k, v = (dense(heads, ("embed", "heads", "kv"), name=n, **kw)(x) for n in self.qkv_names)
-
+        q, k, v = self._project(x, kv, decode)
         q_positions = jnp.arange(x.shape[1])
-        if decode:
-            k, v, q_positions = self._update_cache(k, v)
+        caching = decode and not self.cross
+        if caching:  # the new tokens come after those already in the cache
+            index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+            q_positions = index.value + q_positions
+        if self.rope_theta is not None and not self.cross:
+            q, k = apply_rotary(q, q_positions, self.rope_theta), apply_rotary(k, q_positions, self.rope_theta)
+        if caching:
+            k, v = self._update_cache(k, v, index)
+
         explicit = (output_attentions or (not deterministic and self.dropout_rate > 0)
                     # XLA:CPU cannot lower the float16 backward pass of dot_product_attention
                     or (q.dtype == jnp.float16 and jax.default_backend() == "cpu"))
-        # A plain causal call with no other mask uses is_causal (lets cuDNN flash run);
-        # everything else gets one explicit boolean mask.
-        is_causal = self.causal and not (decode or explicit or attention_mask is not None)
+        # Query i sits at key position i unless decoding: then masks are built from positions;
+        # otherwise the kernel's own is_causal / local_window_size do it (cuDNN flash can run).
+        aligned = not (decode or explicit or self.cross)
+        is_causal = self.causal and aligned and attention_mask is None
+        window = self.sliding_window if not self.cross else None
         mask = combine_masks(
             padding_mask(attention_mask),
             causal_mask(q_positions, k.shape[1]) if self.causal and not is_causal else None,
+            window_mask(q_positions, k.shape[1], window, self.causal) if window and not aligned else None,
         )
         weights = None
         if explicit:
             weights = attention_weights(q, k, mask)
             probs = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
-            out = jnp.einsum("bnqk,bknh->bqnh", probs, v)
+            out = jnp.einsum("bnqk,bknh->bqnh", probs, repeat_kv(v, self.num_heads))
         else:
-            out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
+            local = None if not (window and aligned) else (window - 1, 0 if self.causal else window - 1)
+            out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, local_window_size=local,
                                                implementation=self.implementation)
         out = dense(x.shape[-1], ("heads", "kv", "embed"), axis=(-2, -1), name=self.out_name,
-                    std=self.out_init_std, dtype=self.dtype, param_dtype=self.param_dtype)(out)
+                    std=self.out_init_std, use_bias=self.use_bias, dtype=self.dtype,
+                    param_dtype=self.param_dtype)(out)
         return out, (weights if output_attentions else None)
 
-    def _update_cache(self, k, v):
+    def _project(self, x, kv, decode: bool):
+        kv_heads = self.num_kv_heads or self.num_heads
+        if self.num_heads % kv_heads:
+            raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={kv_heads}")
+        kw = dict(std=self.init_std, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+        if self.fused_qkv and kv_heads == self.num_heads and not self.cross:
+            qkv = dense((3, self.num_heads, self.head_dim), ("embed", None, "heads", "kv"), name=self.qkv_names,
+                        **kw)(x)
+            return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        names = self.qkv_names
+        if isinstance(names, str):  # a fused layout's name, split when the heads differ
+            names = tuple(f"{names}_{part}" for part in "qkv")
+        q = dense((self.num_heads, self.head_dim), ("embed", "heads", "kv"), name=names[0], **kw)(x)
+        k_proj, v_proj = (dense((kv_heads, self.head_dim), ("embed", "kv_heads", "kv"), name=n, **kw)
+                          for n in names[1:])
+        if not self.cross:
+            return q, k_proj(x), v_proj(x)
+        if not (decode and kv is None):
+            if kv is None:
+                raise ValueError("cross-attention needs kv (the encoder output)")
+            k, v = k_proj(kv), v_proj(kv)
+            if not decode:
+                return q, k, v
+        cached_k = self.variable("cache", "cross_key", lambda: k)
+        cached_v = self.variable("cache", "cross_value", lambda: v)
+        if kv is not None:
+            cached_k.value, cached_v.value = k, v
+        return q, cached_k.value, cached_v.value
+
+    def _update_cache(self, k, v, index):
         # Stored [batch, heads, head_dim, length], the layout XLA's attention matmuls read when
         # decoding: [batch, length, heads, head_dim] would be transposed whole at every token.
         initialized = self.has_variable("cache", "cached_key")
         cached_k = self.variable("cache", "cached_key", jnp.zeros, _to_cache(k).shape, k.dtype)
         cached_v = self.variable("cache", "cached_value", jnp.zeros, _to_cache(v).shape, v.dtype)
-        index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
-        t = k.shape[1]
         if not initialized:  # shapes only; the first real call writes from position 0
-            return k, v, jnp.arange(t)
+            return k, v
         i = index.value
         for cached, new in ((cached_k, k), (cached_v, v)):
             cached.value = jax.lax.dynamic_update_slice(cached.value, _to_cache(new).astype(cached.value.dtype),
                                                         (0, 0, 0, i))
-        index.value = i + t
-        return _from_cache(cached_k.value), _from_cache(cached_v.value), i + jnp.arange(t)
+        index.value = i + k.shape[1]
+        return _from_cache(cached_k.value), _from_cache(cached_v.value)
 
 
 def _to_cache(x: jax.Array) -> jax.Array:

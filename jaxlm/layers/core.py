@@ -1,4 +1,4 @@
-"""Dense, LayerNorm and Embed factories that attach logical axis names to every parameter.
+"""Dense, LayerNorm / RMSNorm and Embed factories that attach logical axis names to every parameter.
 
 The axis names (``embed``, ``mlp``, ``heads``, ``kv``, ``vocab``, ...) are mapped to mesh
 axes by the rule table in :mod:`jaxlm.parallel`; layers never mention mesh axes.
@@ -6,7 +6,7 @@ axes by the rule table in :mod:`jaxlm.parallel`; layers never mention mesh axes.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Literal, Sequence
 
 import flax.linen as nn
 import jax
@@ -68,6 +68,19 @@ def layer_norm(eps: float, *, name: str, dtype=jnp.float32, param_dtype=jnp.floa
         param_dtype=param_dtype,
         name=name,
     )
+
+
+def rms_norm(eps: float, *, name: str, dtype=jnp.float32, param_dtype=jnp.float32) -> nn.RMSNorm:
+    return nn.RMSNorm(epsilon=eps, scale_init=ones(("embed",)), dtype=dtype, param_dtype=param_dtype, name=name)
+
+
+NormType = Literal["layer_norm", "rms_norm"]
+
+
+def norm(kind: NormType, eps: float, *, name: str, dtype=jnp.float32, param_dtype=jnp.float32) -> nn.Module:
+    """LayerNorm (centre and scale, with a bias) or RMSNorm (scale only), by a model's ``norm_type``."""
+    make = layer_norm if kind == "layer_norm" else rms_norm
+    return make(eps, name=name, dtype=dtype, param_dtype=param_dtype)
 
 
 def embed(num: int, features: int, axes: Axes, *, std: float, name: str, dtype=jnp.float32,

@@ -7,10 +7,15 @@ from typing import Any, ClassVar, Literal
 
 import flax.linen as nn
 import jax
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from jaxlm.layers.core import NormType
+from jaxlm.layers.embeddings import PositionType
+
+# Layer variants a Transformer can switch to; each model's defaults are its reference design.
+VARIANT_FIELDS = {"num_kv_heads", "positions", "rope_theta", "sliding_window", "norm_type", "norm_position"}
 # Fields that are jaxlm's own and never go into an exported config.json.
-JAXLM_ONLY_FIELDS = {"type", "init_from", "attention_implementation", "remat", "scan_layers"}
+JAXLM_ONLY_FIELDS = {"type", "init_from", "attention_implementation", "remat", "scan_layers"} | VARIANT_FIELDS
 
 
 def is_dropout_field(name: str) -> bool:
@@ -65,6 +70,33 @@ class ModelConfig(BaseModel):
     def hf_dict(self) -> dict:
         """The fields that transformers' config class knows."""
         return self.model_dump(exclude=JAXLM_ONLY_FIELDS)
+
+
+class TransformerVariants(BaseModel):
+    """Config-selectable layer variants, shared by the Transformer families.
+
+    A family sets the defaults to its reference architecture (GPT-2: learned positions,
+    pre-LN LayerNorm, full multi-head attention), so only an explicit choice changes it;
+    a changed model has no transformers counterpart and cannot be exported to one.
+    """
+
+    num_kv_heads: int | None = Field(None, gt=0)
+    """Key/value heads: ``None`` = one per query head (multi-head), 1 = multi-query,
+    in between = grouped-query attention; must divide the number of heads."""
+    positions: PositionType = "learned"
+    """``learned`` table, fixed ``sinusoidal`` (both added to the embeddings) or ``rotary`` (RoPE)."""
+    rope_theta: float = Field(10000.0, gt=0)
+    sliding_window: int | None = Field(None, gt=0)
+    """Each token attends only to this many nearest positions (causal: itself and those before)."""
+    norm_type: NormType = "layer_norm"
+    norm_position: Literal["pre", "post"] = "pre"
+    """``pre``: normalise each sublayer's input (GPT-2); ``post``: its residual sum (BERT)."""
+
+    def variant_changes(self) -> list[str]:
+        """``key=value`` for each variant that differs from this family's reference setting."""
+        fields = type(self).model_fields
+        return [f"model.{k}={getattr(self, k)}" for k in sorted(VARIANT_FIELDS & set(fields))
+                if getattr(self, k) != fields[k].default]
 
 
 @dataclass(frozen=True)

@@ -20,16 +20,19 @@ from typing import ClassVar, Literal
 
 import flax.linen as nn
 import jax.numpy as jnp
+from pydantic import model_validator
 
 from jaxlm.layers.attention import SelfAttention
-from jaxlm.layers.core import ACTIVATIONS, dense, embed, layer_norm
-from jaxlm.models.base import ModelConfig, TorchKeyMap
+from jaxlm.layers.core import ACTIVATIONS, dense, embed, norm
+from jaxlm.layers.embeddings import add_positions
+from jaxlm.models.base import ModelConfig, TorchKeyMap, TransformerVariants
 from jaxlm.models.layout import apply_layers
 from jaxlm.models.outputs import ModelOutput
 
 
-class GPT2Config(ModelConfig):
-    """Hugging Face ``GPT2Config`` field names and defaults (the 124M model)."""
+class GPT2Config(ModelConfig, TransformerVariants):
+    """Hugging Face ``GPT2Config`` field names and defaults (the 124M model), plus the layer
+    variants of :class:`TransformerVariants` (reference settings by default)."""
 
     type: Literal["gpt2"] = "gpt2"
     vocab_size: int = 50257
@@ -52,6 +55,14 @@ class GPT2Config(ModelConfig):
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    @model_validator(mode="after")
+    def _heads(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.num_kv_heads and self.n_head % self.num_kv_heads:
+            raise ValueError(f"n_head={self.n_head} is not divisible by num_kv_heads={self.num_kv_heads}")
+        return self
 
 
 TORCH_KEY_MAP = TorchKeyMap(
@@ -87,21 +98,25 @@ class GPT2Block(nn.Module):
     @nn.compact
     def __call__(self, x, attention_mask, deterministic: bool, decode: bool, output_attentions: bool):
         c = self.config
-        h = layer_norm(c.layer_norm_epsilon, name="ln_1", dtype=self.dtype)(x)
+        ln_1, ln_2 = (norm(c.norm_type, c.layer_norm_epsilon, name=n, dtype=self.dtype) for n in ("ln_1", "ln_2"))
+        pre = c.norm_position == "pre"
         h, weights = SelfAttention(
-            num_heads=c.n_head, head_dim=c.head_dim, dropout_rate=c.attn_pdrop, causal=True,
-            fused_qkv=True, qkv_names="c_attn", out_name="c_proj", init_std=c.initializer_range,
+            num_heads=c.n_head, head_dim=c.head_dim, num_kv_heads=c.num_kv_heads, dropout_rate=c.attn_pdrop,
+            causal=True, fused_qkv=True, qkv_names="c_attn", out_name="c_proj", init_std=c.initializer_range,
             out_init_std=c.initializer_range / math.sqrt(2 * c.n_layer),
+            rope_theta=c.rope_theta if c.positions == "rotary" else None, sliding_window=c.sliding_window,
             implementation=c.attention_implementation, dtype=self.dtype, name="attn",
-        )(h, attention_mask, decode=decode, deterministic=deterministic, output_attentions=output_attentions)
+        )(ln_1(x) if pre else x, attention_mask, decode=decode, deterministic=deterministic,
+          output_attentions=output_attentions)
         x = x + nn.Dropout(c.resid_pdrop)(h, deterministic=deterministic)
-        h = layer_norm(c.layer_norm_epsilon, name="ln_2", dtype=self.dtype)(x)
-        x = x + GPT2MLP(c, dtype=self.dtype, name="mlp")(h, deterministic)
+        x = x if pre else ln_1(x)
+        x = x + GPT2MLP(c, dtype=self.dtype, name="mlp")(ln_2(x) if pre else x, deterministic)
+        x = x if pre else ln_2(x)
         return nn.with_logical_constraint(x, ("batch", "length", "embed")), weights
 
 
 class GPT2Model(nn.Module):
-    """The GPT-2 trunk: returns ``last_hidden_state`` (after ``ln_f``)."""
+    """The GPT-2 trunk: returns ``last_hidden_state`` (after ``ln_f``; post-LN variants have none)."""
 
     config: GPT2Config
     dtype: jnp.dtype = jnp.float32
@@ -115,9 +130,8 @@ class GPT2Model(nn.Module):
             position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
         wte = embed(c.vocab_size, c.n_embd, ("vocab", "embed"), std=c.initializer_range, name="wte",
                     dtype=self.dtype)
-        wpe = embed(c.n_positions, c.n_embd, (None, "embed"), std=c.initializer_range, name="wpe",
-                    dtype=self.dtype)
-        x = wte(input_ids) + wpe(position_ids)
+        x = add_positions(wte(input_ids), position_ids, c.positions, c.n_positions, std=c.initializer_range,
+                          name="wpe", dtype=self.dtype)
         if token_type_ids is not None:  # GPT-2 reuses wte for token types, as transformers does
             x = x + wte(token_type_ids)
         x = nn.Dropout(c.embd_pdrop)(x, deterministic=deterministic)
@@ -128,7 +142,8 @@ class GPT2Model(nn.Module):
         x, outputs, attentions = apply_layers(block, c, c.n_layer, x, attention_mask,
                                               deterministic, decode, output_attentions, dtype=self.dtype,
                                               keep_outputs=output_hidden_states)
-        x = layer_norm(c.layer_norm_epsilon, name="ln_f", dtype=self.dtype)(x)
+        if c.norm_position == "pre":  # post-LN layers already end normalised
+            x = norm(c.norm_type, c.layer_norm_epsilon, name="ln_f", dtype=self.dtype)(x)
         return ModelOutput(
             last_hidden_state=x,
             hidden_states=(first, *outputs[:-1], x) if output_hidden_states else None,

@@ -30,6 +30,7 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("vocab", "tensor"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
+    ("kv_heads", "tensor"),  # grouped-query key/value heads; replicated when too few to split
     ("kv", None),
     ("layers", None),  # the stacked axis of scanned layers (model.scan_layers)
 )
@@ -87,7 +88,7 @@ def data_parallel_size(mesh: Mesh, rules=DEFAULT_RULES) -> int:
 
 # Axes that must split evenly (attention computes per head); any other axis that does not
 # divide its mesh axes is replicated instead (e.g. GPT-2's odd 50257-token vocabulary).
-MUST_DIVIDE = {"heads", "kv_heads"}
+MUST_DIVIDE = {"heads"}
 
 
 FALLBACK_MIN_SIZE = 2**12  # smaller unannotated arrays (counters, RNG keys) stay replicated
