@@ -35,6 +35,11 @@ class TokenizerConfig(Section):
     """A directory or file with ``tokenizer.json``, or GPT-2 ``vocab.json`` + ``merges.txt``.
     ``None`` trains a byte-level BPE tokenizer on the training text (cached in the run dir)."""
     vocab_size: int = Field(4096, gt=256)
+    """Tokens to train; for the word vocabulary of the classic text models, the most it keeps."""
+    min_frequency: int = Field(1, ge=1)
+    """Word vocabularies: words seen fewer times in the training split become ``<UNK>``."""
+    lowercase: bool = True
+    """Word vocabularies: lower-case the text first."""
 
 
 class DataConfig(Section):

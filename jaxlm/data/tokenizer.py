@@ -1,5 +1,5 @@
-"""Tokenizers through HF ``tokenizers``: train a byte-level BPE or a BERT WordPiece, or load
-existing files.
+"""Tokenizers through HF ``tokenizers``: train a byte-level BPE, a BERT WordPiece or a
+word-level vocabulary, or load existing files.
 
 Loadable: a ``tokenizer.json`` (any kind), GPT-2's ``vocab.json`` + ``merges.txt``, or
 BERT's WordPiece ``vocab.txt`` (lower-cased when ``tokenizer_config.json`` says so).
@@ -19,6 +19,7 @@ from jaxlm.errors import DataError
 EOS = "<|endoftext|>"
 FILE = "tokenizer.json"
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+WORD_SPECIALS = ["<PAD>", "<UNK>"]
 
 
 class Tokenizer:
@@ -98,8 +99,26 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool = Tru
     return Tokenizer(tok)
 
 
-def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int) -> Tokenizer:
-    return {"bpe": train_bpe, "wordpiece": train_wordpiece}[kind](texts, vocab_size)
+def train_wordlevel(texts: Iterable[str], vocab_size: int, min_frequency: int = 1, lowercase: bool = True
+                    ) -> Tokenizer:
+    """A word vocabulary for the classic text models: ``<PAD>`` = 0, ``<UNK>`` = 1, then the
+    words of ``texts`` seen at least ``min_frequency`` times, most frequent first (ties in
+    alphabetical order), at most ``vocab_size`` entries in all. Words are split at spaces
+    and punctuation; Chinese, Japanese and Korean characters are words of their own."""
+    tok = tokenizers.Tokenizer(models.WordLevel(unk_token="<UNK>"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=False)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()  # joins words with spaces, no space before punctuation
+    trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                        special_tokens=WORD_SPECIALS, show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return Tokenizer(tok)
+
+
+def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int, **options) -> Tokenizer:
+    """``options``: ``min_frequency`` and ``lowercase`` of a word vocabulary."""
+    return {"bpe": train_bpe, "wordpiece": train_wordpiece, "word": train_wordlevel}[kind](texts, vocab_size,
+                                                                                         **options)
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
@@ -157,27 +176,31 @@ def _bert_framing(tok: tokenizers.Tokenizer) -> None:
 
 
 def get_tokenizer(path: str | None, vocab_size: int, train_texts: list[str], cache_dir: Path,
-                  kind: str = "bpe") -> Tokenizer:
+                  kind: str = "bpe", **options) -> Tokenizer:
     """The configured tokenizer, or one of ``kind`` trained on ``train_texts`` (cached in ``cache_dir``).
 
     In a multi-process job, process 0 trains and saves it; the others then load the file.
+    A word vocabulary (``kind="word"``) may come out smaller than ``vocab_size``, its maximum.
     """
     if path is not None:
         return load_tokenizer(path)
     from jaxlm.parallel.distributed import main_process_first
 
-    return main_process_first(lambda: _cached_or_trained(kind, vocab_size, train_texts, cache_dir))
+    return main_process_first(lambda: _cached_or_trained(kind, vocab_size, train_texts, cache_dir, **options))
 
 
-def _cached_or_trained(kind: str, vocab_size: int, train_texts: list[str], cache_dir: Path) -> Tokenizer:
+def _cached_or_trained(kind: str, vocab_size: int, train_texts: list[str], cache_dir: Path, **options) -> Tokenizer:
+    def fits(tok):
+        return tok.vocab_size <= vocab_size if kind == "word" else tok.vocab_size == vocab_size
+
     if (cache_dir / FILE).is_file():
         tok = load_tokenizer(cache_dir)
-        if tok.vocab_size != vocab_size:
+        if not fits(tok):
             raise DataError(f"{cache_dir / FILE} has {tok.vocab_size} tokens but data.tokenizer.vocab_size="
                             f"{vocab_size}; use a new run.out_dir or delete the cached tokenizer")
         return tok
-    tok = train_tokenizer(kind, train_texts, vocab_size)
-    if tok.vocab_size != vocab_size:  # a small text has fewer pieces (or a bigger alphabet) than asked for
+    tok = train_tokenizer(kind, train_texts, vocab_size, **options)
+    if not fits(tok):  # a small text has fewer pieces (or a bigger alphabet) than asked for
         raise DataError(f"the training text yields a {kind} vocabulary of {tok.vocab_size} tokens, not "
                         f"data.tokenizer.vocab_size={vocab_size}; set data.tokenizer.vocab_size={tok.vocab_size} "
                         f"(and model.vocab_size to match)")
