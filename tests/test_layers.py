@@ -1,0 +1,162 @@
+"""The shared layer variants: grouped-query / multi-query attention, rotary and sinusoidal
+positions, sliding windows, cross-attention, RMSNorm, pre-/post-LN GPT-2."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxlm.interop.errors import InteropError
+from jaxlm.layers.attention import SelfAttention
+from jaxlm.layers.core import rms_norm
+from jaxlm.layers.embeddings import apply_rotary, sinusoidal
+from jaxlm.models import build_model
+from jaxlm.models.gpt2 import GPT2Config
+
+B, T, E, H, D = 2, 6, 16, 4, 4
+
+
+def _x(seed=0, length=T):
+    return jax.random.normal(jax.random.PRNGKey(seed), (B, length, E))
+
+
+def _apply(attn, params, x, **kw):
+    return attn.apply({"params": params}, x, **kw)[0]
+
+
+def _init(module, x, **kw):
+    return nn.meta.unbox(module.init(jax.random.PRNGKey(1), x, **kw)["params"])
+
+
+def test_gqa_with_as_many_kv_heads_as_heads_is_multi_head_attention():
+    x = _x()
+    mha = SelfAttention(num_heads=H, head_dim=D, causal=True)
+    gqa = SelfAttention(num_heads=H, head_dim=D, num_kv_heads=H, causal=True)
+    params = _init(mha, x)
+    assert jax.tree.structure(params) == jax.tree.structure(_init(gqa, x))
+    np.testing.assert_array_equal(_apply(mha, params, x), _apply(gqa, params, x))
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2])
+def test_grouped_kv_heads_equal_multi_head_attention_with_shared_heads(kv_heads):
+    """Query head n reads key/value head n // (H / kv_heads): MHA with each key/value head
+    copied into its group's slots gives the same output, on the fast and the explicit path."""
+    x = _x()
+    gqa = SelfAttention(num_heads=H, head_dim=D, num_kv_heads=kv_heads, causal=True)
+    params = _init(gqa, x)
+    assert params["key"]["kernel"].shape == (E, kv_heads, D)
+    mha_params = {**params, **{n: jax.tree.map(lambda a: jnp.repeat(a, H // kv_heads, axis=-2 if a.ndim > 2 else 0),
+                                               params[n]) for n in ("key", "value")}}
+    want = _apply(SelfAttention(num_heads=H, head_dim=D, causal=True), mha_params, x)
+    np.testing.assert_allclose(_apply(gqa, params, x), want, atol=1e-6)
+    explicit = gqa.apply({"params": params}, x, output_attentions=True)[0]
+    np.testing.assert_allclose(explicit, want, atol=1e-6)
+
+
+def test_rotary_scores_depend_only_on_position_differences():
+    q, k = jax.random.normal(jax.random.PRNGKey(0), (2, 1, 1, 1, 8))
+
+    def score(m, n):
+        return float(jnp.sum(apply_rotary(q, jnp.array([m])) * apply_rotary(k, jnp.array([n]))))
+
+    assert score(3, 1) == pytest.approx(score(10, 8), abs=1e-5) == pytest.approx(score(102, 100), abs=1e-4)
+    assert score(3, 1) != pytest.approx(score(3, 2), abs=1e-3)
+    np.testing.assert_allclose(apply_rotary(q, jnp.array([0])), q)  # position 0 is no rotation
+    # Rotation keeps the norm of every vector.
+    np.testing.assert_allclose(jnp.linalg.norm(apply_rotary(q, jnp.array([7]))), jnp.linalg.norm(q), rtol=1e-6)
+
+
+def test_sinusoidal_positions_follow_the_transformer_formula():
+    table = sinusoidal(jnp.arange(50), 8)
+    p, i = 17, 3  # feature pair (6, 7)
+    angle = p / 10000 ** (2 * i / 8)
+    np.testing.assert_allclose(table[p, 2 * i], np.sin(angle), rtol=1e-5)
+    np.testing.assert_allclose(table[p, 2 * i + 1], np.cos(angle), rtol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_sliding_window_blocks_keys_outside_it(causal):
+    window = 2
+    attn = SelfAttention(num_heads=H, head_dim=D, causal=causal, sliding_window=window)
+    x = _x()
+    params = _init(attn, x)
+    weights = attn.apply({"params": params}, x, output_attentions=True)[1]
+    i, j = np.meshgrid(np.arange(T), np.arange(T), indexing="ij")
+    visible = (i - j < window) & ((i - j >= 0) if causal else (j - i < window))
+    assert np.all(np.asarray(weights)[..., ~visible] == 0)
+    assert np.all(np.asarray(weights)[..., visible] > 0)
+    # The kernel's own window (fast path) agrees with the explicit mask.
+    np.testing.assert_allclose(_apply(attn, params, x), attn.apply({"params": params}, x, output_attentions=True)[0],
+                               atol=1e-6)
+    # Changing the first token changes only the outputs that can see it.
+    moved = _apply(attn, params, x.at[:, 0].add(1.0)) - _apply(attn, params, x)
+    changed = np.abs(np.asarray(moved)).max(axis=(0, 2)) > 1e-6
+    np.testing.assert_array_equal(changed, visible[:, 0])
+
+
+def test_cross_attention_reads_kv_masks_its_padding_and_caches_it_for_decoding():
+    x, memory = _x(0, length=3), _x(1, length=5)
+    attn = SelfAttention(num_heads=H, head_dim=D, cross=True)
+    params = _init(attn, x, kv=memory)
+    mask = jnp.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    out = _apply(attn, params, x, kv=memory, attention_mask=mask)
+    # Padding positions of the memory are never read.
+    garbage = memory.at[0, 3:].set(100.0)
+    np.testing.assert_allclose(_apply(attn, params, x, kv=garbage, attention_mask=mask), out, atol=1e-6)
+    assert not np.allclose(_apply(attn, params, x, kv=garbage), _apply(attn, params, x, kv=memory))
+    # Decoding: the first call projects and caches the memory, later calls pass kv=None.
+    cache = attn.init(jax.random.PRNGKey(1), x, kv=memory, decode=True)["cache"]
+    first, mutated = attn.apply({"params": params, "cache": cache}, x[:, :1], kv=memory, attention_mask=mask,
+                                decode=True, mutable=["cache"])
+    rest, _ = attn.apply({"params": params, **mutated}, x[:, 1:], attention_mask=mask, decode=True,
+                         mutable=["cache"])
+    np.testing.assert_allclose(jnp.concatenate([first[0], rest[0]], axis=1), out, atol=1e-6)
+
+
+def test_rms_norm_scales_by_the_root_mean_square():
+    x = _x()
+    layer = rms_norm(1e-6, name="norm")
+    params = _init(layer, x)
+    want = x / jnp.sqrt(jnp.mean(x**2, axis=-1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(layer.apply({"params": params}, x), want, rtol=1e-5, atol=1e-6)
+    assert set(params) == {"scale"}
+
+
+VARIANTS = {
+    "rotary+gqa": dict(positions="rotary", num_kv_heads=2),
+    "sinusoidal+mqa+rms": dict(positions="sinusoidal", num_kv_heads=1, norm_type="rms_norm"),
+    "post-ln+window": dict(norm_position="post", sliding_window=3),
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_gpt2_variants_decode_with_the_kv_cache_exactly(variant):
+    """Every variant's KV-cache decoding (prompt, then one token at a time) reproduces the
+    full forward pass, and none of them can be exported as a transformers GPT-2."""
+    from jaxlm.interop.hf import save_pretrained
+
+    config = GPT2Config(vocab_size=50, n_positions=16, n_embd=E, n_layer=2, n_head=H, **VARIANTS[variant])
+    model = build_model(config, "causal_lm")
+    ids = jax.random.randint(jax.random.PRNGKey(0), (B, 9), 0, 50)
+    params = _init(model, ids)
+    full = jax.jit(model.apply)({"params": params}, ids).logits
+    cache = model.init(jax.random.PRNGKey(1), ids, decode=True)["cache"]
+    step = jax.jit(lambda variables, ids, positions: model.apply(variables, ids, position_ids=positions, decode=True,
+                                                                 mutable=["cache"]))
+    positions = jnp.broadcast_to(jnp.arange(9), ids.shape)
+    out, mutated = step({"params": params, "cache": cache}, ids[:, :5], positions[:, :5])
+    steps = [out.logits]
+    for t in range(5, 9):
+        out, mutated = step({"params": params, **mutated}, ids[:, t:t + 1], positions[:, t:t + 1])
+        steps.append(out.logits)
+    np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=1e-5)
+    if config.positions == "rotary":
+        assert "wpe" not in params["transformer"]
+    with pytest.raises(InteropError, match="reference layer settings"):
+        save_pretrained(model, params, "unused")
+
+
+def test_gpt2_rejects_kv_heads_that_do_not_divide_the_heads():
+    with pytest.raises(ValueError, match="num_kv_heads"):
+        GPT2Config(n_embd=E, n_head=H, num_kv_heads=3)
