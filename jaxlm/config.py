@@ -234,9 +234,56 @@ class ClassificationTaskConfig(Section):
         return "classification"
 
 
-TaskConfig = Annotated[Union[CausalLMTaskConfig, MaskedLMTaskConfig, ClassificationTaskConfig],  # noqa: UP007
+class Seq2SeqTaskConfig(Section):
+    """Sequence to sequence: a synthetic task (``copy``, ``reverse``, ``sort`` strings of symbols)
+    or parallel text (``source: files``), scored by loss, token accuracy and, from greedy
+    decoding, exact match, BLEU and ROUGE-L. See jaxlm/tasks/seq2seq.py."""
+
+    type: Literal["seq2seq"] = "seq2seq"
+    source: Literal["copy", "reverse", "sort", "files"] = "reverse"
+    data_seed: int = 0
+    """Seeds the synthetic pairs, and the train / validation split of files (fixed across run.seed)."""
+    num_train_examples: int = Field(20000, gt=0)
+    """Synthetic: training pairs."""
+    num_eval_examples: int = Field(500, gt=0)
+    """Synthetic: validation pairs (drawn after the training ones, from the same generator)."""
+    min_length: int = Field(1, gt=0)
+    max_length: int = Field(10, gt=0)
+    """Synthetic: source lengths are uniform in [min_length, max_length] (at most data.seq_len)."""
+    alphabet_size: int = Field(10, ge=2)
+    """Synthetic: symbols ``0 .. alphabet_size-1`` (model.vocab_size needs 4 more, for the specials)."""
+    source_file: str | None = None
+    target_file: str | None = None
+    """Files: a source and a target text file aligned line by line; else ``data.paths`` holds
+    CSV / TSV (with a header) or JSONL rows with ``source_column`` and ``target_column``."""
+    source_column: str = "source"
+    target_column: str = "target"
+    vocabulary: Literal["word", "char", "bpe"] = "word"
+    """Files: the tokenizer built from the training pairs (``data.tokenizer.vocab_size`` at most;
+    word vocabularies also take ``min_frequency`` and ``lowercase``); ``data.tokenizer.path`` loads one."""
+    truncation: Literal["truncate", "error"] = "truncate"
+    """Files: sources or targets longer than data.seq_len tokens are cut (the count is logged) or refused."""
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.min_length > self.max_length:
+            raise ValueError(f"task.min_length={self.min_length} exceeds task.max_length={self.max_length}")
+        if bool(self.source_file) != bool(self.target_file):
+            raise ValueError("task.source_file and task.target_file go together: set both (or neither)")
+        if self.source_file and self.source != "files":
+            raise ValueError(f"task.source_file is set but task.source={self.source}; set task.source=files")
+        return self
+
+    @property
+    def head(self) -> str:
+        return "seq2seq"
+
+
+TaskConfig = Annotated[Union[CausalLMTaskConfig, MaskedLMTaskConfig, ClassificationTaskConfig,  # noqa: UP007
+                             Seq2SeqTaskConfig],
                        Field(discriminator="type")]
-TASKS = {"causal_lm": CausalLMTaskConfig, "mlm": MaskedLMTaskConfig, "classification": ClassificationTaskConfig}
+TASKS = {"causal_lm": CausalLMTaskConfig, "mlm": MaskedLMTaskConfig, "classification": ClassificationTaskConfig,
+         "seq2seq": Seq2SeqTaskConfig}
 
 
 class PrecisionConfig(Section):

@@ -11,7 +11,13 @@ candidates per step, finished hypotheses scored ``sum log p / length ** length_p
 ``pad_token_id`` up to the full length, where transformers would crop to the longest row.
 
 Prompts are left-padded (``attention_mask`` 0 on the left); positions count real tokens only,
-so a padded prompt decodes like the same prompt unpadded. Everything that shapes the compiled
+so a padded prompt decodes like the same prompt unpadded.
+
+Encoder-decoder models (the ``seq2seq`` head) run the same loops: ``input_ids`` is the
+right-padded source, encoded once (the encoder output rides along in the loop state), and the
+decoder starts from ``decoder_start_token_id`` with its own cache (self-attention keys and
+values, cross-attention ones computed once; an LSTM's state). They return
+``[batch, 1 + max_new_tokens]`` decoder tokens, the start token first, as transformers does. Everything that shapes the compiled
 program (shapes, ``max_new_tokens``, ``do_sample``, ``num_beams``, ``top_k``, whether top-p and
 the repetition penalty are on, ``early_stopping``, the number of eos ids) is static; the other
 values (temperature, top_p, penalties, seed, eos / pad ids) are traced, so calls that differ only
@@ -65,6 +71,8 @@ class GenerationOptions:
     """Fills a row after it stopped; defaults to the (first) eos id, else 0."""
     seed: int = 0
     """Seeds sampling; the same seed, inputs and options give the same tokens."""
+    decoder_start_token_id: int | None = None
+    """Encoder-decoder models: the decoder's first token (required for them)."""
 
     def __post_init__(self):
         if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
@@ -84,6 +92,8 @@ class GenerationOptions:
             raise JaxlmError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
         if not _is_int(self.seed):
             raise JaxlmError(f"seed must be an integer, got {self.seed!r}")
+        if self.decoder_start_token_id is not None and not _is_int(self.decoder_start_token_id):
+            raise JaxlmError(f"decoder_start_token_id must be an integer, got {self.decoder_start_token_id!r}")
         if not all(_is_int(i) for i in self.eos_ids) or not _is_int(self.pad):
             raise JaxlmError(f"eos_token_id and pad_token_id must be integers, got {self.eos_token_id!r} and "
                              f"{self.pad_token_id!r}")
@@ -116,7 +126,7 @@ class GenerationOptions:
         return _Knobs(key=jax.random.PRNGKey(self.seed), temperature=np.float32(self.temperature),
                       top_p_floor=np.float32(1 - self.top_p), repetition_penalty=np.float32(self.repetition_penalty),
                       length_divisor=divisor, best_divisor=best, eos=np.int32(self.eos_ids).reshape(-1),
-                      pad=np.int32(self.pad))
+                      pad=np.int32(self.pad), start=np.int32(self.decoder_start_token_id or 0))
 
 
 def _is_int(x) -> bool:
@@ -148,6 +158,7 @@ class _Knobs(NamedTuple):
     best_divisor: np.ndarray  # the same for the early-stopping estimate of the best running beam
     eos: np.ndarray  # [n_eos]
     pad: np.ndarray
+    start: np.ndarray  # encoder-decoder models: the decoder's first token
 
 
 class _Beams(NamedTuple):
@@ -166,6 +177,7 @@ class _State(NamedTuple):
     first: jax.Array  # [rows] index of the first real prompt token (left padding before it)
     done: jax.Array | None  # [batch] greedy / sampling: rows that emitted eos
     beams: _Beams | None
+    encoded: Any = None  # encoder-decoder models: the encoder's output for each row
 
 
 def init_cache(model, batch: int, length: int):
@@ -216,6 +228,10 @@ def _process(scores, tokens, first, length, plan: _Plan, knobs: _Knobs) -> jax.A
 def _forward(model, params, s: _State, index):
     """Feed ``tokens[:, index]`` (its K/V land in the cache): next-token logits ``[rows, vocab]`` and the cache."""
     token = jax.lax.dynamic_slice_in_dim(s.tokens, index, 1, axis=1)
+    if s.encoded is not None:
+        out, variables = model.apply({"params": params, "cache": s.cache}, token, s.encoded, decode=True,
+                                     mutable=["cache"], method="decode")
+        return out.logits[:, -1].astype(jnp.float32), variables["cache"]
     out, variables = model.apply({"params": params, "cache": s.cache}, token,
                                  attention_mask=_mask(s.first, s.tokens.shape[1]),
                                  position_ids=(index - s.first)[:, None], decode=True, mutable=["cache"])
@@ -306,16 +322,37 @@ def _prefill(model, params, input_ids, first, plan: _Plan, knobs: _Knobs) -> _St
         cache = variables["cache"]
     state = _State(step=jnp.zeros((), jnp.int32), halt=jnp.zeros((), bool), tokens=tokens, cache=cache,
                    first=first, done=jnp.zeros((batch,), bool), beams=None)
+    return _with_beams(model, state, plan)
+
+
+@partial(jax.jit, static_argnames=("model", "plan"))
+def _prefill_seq2seq(model, params, input_ids, attention_mask, plan: _Plan, knobs: _Knobs) -> _State:
+    """Encode the sources once and start the decoder's cache (its first call computes the
+    cross-attention keys / values, or takes the encoder's final state); the first step feeds the start token."""
+    batch = input_ids.shape[0]
+    encoded = model.apply({"params": params}, input_ids, attention_mask, method="encode")
+    tokens = jnp.concatenate([jnp.full((batch, 1), knobs.start, input_ids.dtype),
+                              jnp.full((batch, plan.max_new_tokens), knobs.pad, input_ids.dtype)], axis=1)
+    _, variables = model.apply({"params": params}, tokens, encoded, decode=True, mutable=["cache"], method="decode")
+    state = _State(step=jnp.zeros((), jnp.int32), halt=jnp.zeros((), bool), tokens=tokens, cache=variables["cache"],
+                   first=jnp.zeros((batch,), jnp.int32), done=jnp.zeros((batch,), bool), beams=None, encoded=encoded)
+    return _with_beams(model, state, plan)
+
+
+def _with_beams(model, state: _State, plan: _Plan) -> _State:
+    """Beam search: each row's tokens, cache and encoder output repeated ``num_beams`` times."""
     if plan.num_beams == 1:
         return state
     k = plan.num_beams
-    tokens, first = jnp.repeat(tokens, k, axis=0), jnp.repeat(first, k, axis=0)
+    batch, total = state.tokens.shape
+    tokens, first = jnp.repeat(state.tokens, k, axis=0), jnp.repeat(state.first, k, axis=0)
     axis = _cache_batch_axis(model)
-    cache = jax.tree.map(lambda x: jnp.repeat(x, k, axis) if x.ndim > axis else x, cache)
+    cache = jax.tree.map(lambda x: jnp.repeat(x, k, axis) if x.ndim > axis else x, state.cache)
+    encoded = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), state.encoded)
     beams = _Beams(scores=jnp.zeros((batch, k), jnp.float32).at[:, 1:].set(NEG),  # only beam 0 may start
                    tokens=tokens.reshape(batch, k, total), finished_scores=jnp.full((batch, k), NEG, jnp.float32),
                    finished=jnp.zeros((batch, k), bool), improvable=jnp.ones((batch, 1), bool))
-    return state._replace(tokens=tokens, cache=cache, first=first, done=None, beams=beams)
+    return state._replace(tokens=tokens, cache=cache, first=first, done=None, beams=beams, encoded=encoded)
 
 
 @partial(jax.jit, static_argnames=("model", "plan"), donate_argnames=("state",))
@@ -326,17 +363,23 @@ def _advance(model, params, state: _State, stop, plan: _Plan, knobs: _Knobs) -> 
                               lambda s: step(model, params, plan, knobs, s), state)
 
 
+def _is_seq2seq(model) -> bool:
+    return head_of(model) == "seq2seq"
+
+
 def _prepare(model, input_ids, attention_mask, options: dict):
-    """Check inputs and options (one-line :class:`JaxlmError` s): ``(ids, first, plan, knobs)``."""
+    """Check inputs and options (one-line :class:`JaxlmError` s): ``(ids, mask, plan, knobs)``."""
     names = [f.name for f in dataclasses.fields(GenerationOptions)]
     for name in options:
         if name not in names:
             close = difflib.get_close_matches(name, names, 1)
             raise JaxlmError(f"unknown option {name!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
     opts = GenerationOptions(**options)
-    if head_of(model) != "causal_lm":
+    if head_of(model) not in ("causal_lm", "seq2seq"):
         raise JaxlmError(f"{type(model).__name__} is not a causal language model; generate needs one "
-                         f"(e.g. GPT2LMHeadModel)")
+                         f"(e.g. GPT2LMHeadModel) or an encoder-decoder (a seq2seq head)")
+    if _is_seq2seq(model) and opts.decoder_start_token_id is None:
+        raise JaxlmError("an encoder-decoder needs decoder_start_token_id (the id of <s>, say) to start decoding")
     ids = np.asarray(input_ids)
     if ids.ndim != 2 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
         raise JaxlmError(f"input_ids must be a non-empty [batch, length] integer array, got shape "
@@ -344,18 +387,28 @@ def _prepare(model, input_ids, attention_mask, options: dict):
     mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
     if mask.shape != ids.shape or not np.isin(mask, (0, 1)).all():
         raise JaxlmError(f"attention_mask must be 0/1 of input_ids' shape {ids.shape}, got {mask.shape}")
-    if (np.diff(mask, axis=1) < 0).any() or not mask[:, -1].all():
+    if _is_seq2seq(model) and ((np.diff(mask, axis=1) > 0).any() or not mask[:, 0].all()):
+        raise JaxlmError("sources must be right-padded (attention_mask 1s, at least one, then 0s, per row)")
+    if not _is_seq2seq(model) and ((np.diff(mask, axis=1) < 0).any() or not mask[:, -1].all()):
         raise JaxlmError("prompts must be left-padded (attention_mask 0s, then at least one 1, per row)")
     vocab = model.config.vocab_size
     if ids.min() < 0 or ids.max() >= vocab:
         bad = ids.min() if ids.min() < 0 else ids.max()
         raise JaxlmError(f"input_ids must be in [0, {vocab}) (the model's vocab_size), found {bad}")
     limit = model.config.max_positions
-    if limit is not None and ids.shape[1] + opts.max_new_tokens > limit:
+    if limit is not None and _is_seq2seq(model) and max(ids.shape[1], 1 + opts.max_new_tokens) > limit:
+        raise JaxlmError(f"the source ({ids.shape[1]} tokens) or 1 + max_new_tokens ({opts.max_new_tokens}) exceeds "
+                         f"the model's {limit} positions; shorten the source or lower max_new_tokens")
+    if limit is not None and not _is_seq2seq(model) and ids.shape[1] + opts.max_new_tokens > limit:
         raise JaxlmError(f"prompt ({ids.shape[1]} tokens) + max_new_tokens ({opts.max_new_tokens}) exceeds "
                          f"the model's {limit} positions; shorten the prompt or lower max_new_tokens")
-    first = jnp.asarray(ids.shape[1] - mask.sum(1), jnp.int32)
-    return jnp.asarray(ids, jnp.int32), first, opts.plan(vocab), opts.knobs()
+    return jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32), opts.plan(vocab), opts.knobs()
+
+
+def _start(model, params, ids, mask, plan: _Plan, knobs: _Knobs) -> _State:
+    if _is_seq2seq(model):
+        return _prefill_seq2seq(model, params, ids, mask, plan, knobs)
+    return _prefill(model, params, ids, ids.shape[1] - mask.sum(1), plan, knobs)
 
 
 def generate(model, params, input_ids, attention_mask=None, **options) -> jax.Array:
@@ -366,8 +419,18 @@ def generate(model, params, input_ids, attention_mask=None, **options) -> jax.Ar
     ``num_beams`` / ``length_penalty`` / ``early_stopping``, ``eos_token_id`` / ``pad_token_id``, ``seed``.
     Beam search returns each row's best hypothesis. After a row's eos the rest of it is ``pad_token_id``.
     """
-    ids, first, plan, knobs = _prepare(model, input_ids, attention_mask, options)
-    state = _advance(model, params, _prefill(model, params, ids, first, plan, knobs), plan.max_new_tokens, plan, knobs)
+    ids, mask, plan, knobs = _prepare(model, input_ids, attention_mask, options)
+    state = _advance(model, params, _start(model, params, ids, mask, plan, knobs), plan.max_new_tokens, plan, knobs)
+    return state.tokens if state.beams is None else state.beams.tokens[:, 0]
+
+
+def decode_seq2seq(model, params, input_ids: jax.Array, attention_mask: jax.Array,
+                   options: GenerationOptions) -> jax.Array:
+    """:func:`generate` for an encoder-decoder, traceable (no checks on the arrays' values), so
+    that a jitted eval step can decode: ``[batch, 1 + max_new_tokens]`` decoder tokens."""
+    plan, knobs = options.plan(model.config.vocab_size), options.knobs()
+    state = _prefill_seq2seq(model, params, input_ids, attention_mask, plan, knobs)
+    state = _advance(model, params, state, plan.max_new_tokens, plan, knobs)
     return state.tokens if state.beams is None else state.beams.tokens[:, 0]
 
 
@@ -380,11 +443,11 @@ def generate_stream(model, params, input_ids, attention_mask=None, *, chunk_size
     """
     if not _is_int(chunk_size) or chunk_size < 1:
         raise JaxlmError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-    ids, first, plan, knobs = _prepare(model, input_ids, attention_mask, options)
+    ids, mask, plan, knobs = _prepare(model, input_ids, attention_mask, options)
     if plan.num_beams > 1:
         raise JaxlmError("beam search cannot stream (the best beam is known only at the end); "
                          "call generate() instead")
-    return _chunks(model, params, _prefill(model, params, ids, first, plan, knobs), chunk_size, plan, knobs)
+    return _chunks(model, params, _start(model, params, ids, mask, plan, knobs), chunk_size, plan, knobs)
 
 
 def _chunks(model, params, state: _State, chunk_size: int, plan: _Plan, knobs: _Knobs) -> Iterator[np.ndarray]:

@@ -28,3 +28,14 @@ class ModelOutput:
         if name in extra:
             return extra[name]
         raise AttributeError(name)
+
+
+@flax.struct.dataclass
+class EncoderOutput:
+    """What an encoder-decoder's ``encode`` hands its ``decode``: the encoder's ``hidden``
+    states ``[batch, source, features]``, the source ``mask`` and, for recurrent encoders, the
+    final ``state`` that starts the decoder."""
+
+    hidden: jax.Array
+    mask: jax.Array
+    state: Any = None
