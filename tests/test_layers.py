@@ -160,3 +160,26 @@ def test_gpt2_variants_decode_with_the_kv_cache_exactly(variant):
 def test_gpt2_rejects_kv_heads_that_do_not_divide_the_heads():
     with pytest.raises(ValueError, match="num_kv_heads"):
         GPT2Config(n_embd=E, n_head=H, num_kv_heads=3)
+
+
+def test_bert_variants_ignore_padding_and_do_not_export():
+    """Pre-LN BERT with rotary positions, RMSNorm and grouped-query attention: extra padding
+    leaves the real tokens' outputs unchanged; the final norm exists only for pre-LN."""
+    from jaxlm.interop.hf import save_pretrained
+    from jaxlm.models.bert import BertConfig
+
+    config = BertConfig(vocab_size=50, hidden_size=E, num_hidden_layers=2, num_attention_heads=H,
+                        intermediate_size=32, max_position_embeddings=16, norm_position="pre", positions="rotary",
+                        norm_type="rms_norm", num_kv_heads=2)
+    model = build_model(config, "base")
+    ids = jax.random.randint(jax.random.PRNGKey(0), (B, 5), 1, 50)
+    params = _init(model, ids)
+    assert "final_LayerNorm" in params and "position_embeddings" not in params["embeddings"]
+    apply = jax.jit(model.apply)
+    short = apply({"params": params}, ids, attention_mask=jnp.ones_like(ids)).last_hidden_state
+    padded_ids = jnp.concatenate([ids, jnp.zeros((B, 3), ids.dtype)], axis=1)
+    mask = (jnp.arange(8) < 5).astype(jnp.int32)[None].repeat(B, 0)
+    padded = apply({"params": params}, padded_ids, attention_mask=mask).last_hidden_state
+    np.testing.assert_allclose(padded[:, :5], short, atol=1e-5)
+    with pytest.raises(InteropError, match="model.norm_position=pre"):
+        save_pretrained(model, params, "unused")

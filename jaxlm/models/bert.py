@@ -29,16 +29,19 @@ from typing import ClassVar, Literal
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from pydantic import model_validator
 
 from jaxlm.layers.attention import SelfAttention
-from jaxlm.layers.core import ACTIVATIONS, dense, embed, layer_norm, zeros
-from jaxlm.models.base import ModelConfig, TorchKeyMap
+from jaxlm.layers.core import ACTIVATIONS, dense, embed, layer_norm, norm, zeros
+from jaxlm.layers.embeddings import add_positions
+from jaxlm.models.base import ModelConfig, TorchKeyMap, TransformerVariants
 from jaxlm.models.layout import apply_layers
 from jaxlm.models.outputs import ModelOutput
 
 
-class BertConfig(ModelConfig):
-    """Hugging Face ``BertConfig`` field names and defaults (bert-base)."""
+class BertConfig(ModelConfig, TransformerVariants):
+    """Hugging Face ``BertConfig`` field names and defaults (bert-base), plus the layer
+    variants of :class:`TransformerVariants` (reference settings by default: post-LN)."""
 
     type: Literal["bert"] = "bert"
     vocab_size: int = 30522
@@ -58,11 +61,23 @@ class BertConfig(ModelConfig):
     num_labels: int = 2
     id2label: dict[int, str] | None = None
 
+    norm_position: Literal["pre", "post"] = "post"
+
     layers_name: ClassVar[str] = "layer"
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    @model_validator(mode="after")
+    def _heads(self):
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size={self.hidden_size} is not divisible by "
+                             f"num_attention_heads={self.num_attention_heads}")
+        if self.num_kv_heads and self.num_attention_heads % self.num_kv_heads:
+            raise ValueError(f"num_attention_heads={self.num_attention_heads} is not divisible by "
+                             f"num_kv_heads={self.num_kv_heads}")
+        return self
 
 
 TORCH_KEY_MAP = TorchKeyMap(
@@ -103,14 +118,14 @@ class BertEmbeddings(nn.Module):
         x = embed_ids(words, input_ids, c.pad_token_id)
         x = x + embed(c.type_vocab_size, c.hidden_size, (None, "embed"), name="token_type_embeddings",
                       **kw)(token_type_ids)
-        x = x + embed(c.max_position_embeddings, c.hidden_size, (None, "embed"),
-                      name="position_embeddings", **kw)(position_ids)
-        x = layer_norm(c.layer_norm_eps, name="LayerNorm", dtype=self.dtype)(x)
+        x = add_positions(x, position_ids, c.positions, c.max_position_embeddings, name="position_embeddings", **kw)
+        x = norm(c.norm_type, c.layer_norm_eps, name="LayerNorm", dtype=self.dtype)(x)
         return nn.Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic)
 
 
 class BertLayer(nn.Module):
-    """Post-LN: ``LN(x + attention(x))`` then ``LN(x + MLP(x))``."""
+    """Post-LN: ``LN(x + attention(x))`` then ``LN(x + MLP(x))`` (pre-LN variant:
+    ``x + attention(LN(x))`` then ``x + MLP(LN(x))``, same parameter names)."""
 
     config: BertConfig
     dtype: jnp.dtype = jnp.float32
@@ -119,17 +134,22 @@ class BertLayer(nn.Module):
     def __call__(self, x, attention_mask, deterministic: bool, output_attentions: bool):
         c = self.config
         kw = dict(std=c.initializer_range, dtype=self.dtype)
+        ln_1, ln_2 = (norm(c.norm_type, c.layer_norm_eps, name=n, dtype=self.dtype)
+                      for n in ("attention_LayerNorm", "output_LayerNorm"))
+        pre = c.norm_position == "pre"
         h, weights = SelfAttention(
-            num_heads=c.num_attention_heads, head_dim=c.head_dim, dropout_rate=c.attention_probs_dropout_prob,
-            init_std=c.initializer_range, out_init_std=c.initializer_range, qkv_names=("query", "key", "value"),
-            out_name="output", implementation=c.attention_implementation, dtype=self.dtype, name="attention",
-        )(x, attention_mask, deterministic=deterministic, output_attentions=output_attentions)
-        h = nn.Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
-        x = layer_norm(c.layer_norm_eps, name="attention_LayerNorm", dtype=self.dtype)(x + h)
-        h = dense(c.intermediate_size, ("embed", "mlp"), name="intermediate", **kw)(x)
+            num_heads=c.num_attention_heads, head_dim=c.head_dim, num_kv_heads=c.num_kv_heads,
+            dropout_rate=c.attention_probs_dropout_prob, init_std=c.initializer_range,
+            out_init_std=c.initializer_range, qkv_names=("query", "key", "value"), out_name="output",
+            rope_theta=c.rope_theta if c.positions == "rotary" else None, sliding_window=c.sliding_window,
+            implementation=c.attention_implementation, dtype=self.dtype, name="attention",
+        )(ln_1(x) if pre else x, attention_mask, deterministic=deterministic, output_attentions=output_attentions)
+        x = x + nn.Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
+        x = x if pre else ln_1(x)
+        h = dense(c.intermediate_size, ("embed", "mlp"), name="intermediate", **kw)(ln_2(x) if pre else x)
         h = dense(c.hidden_size, ("mlp", "embed"), name="output", **kw)(ACTIVATIONS[c.hidden_act](h))
-        h = nn.Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
-        x = layer_norm(c.layer_norm_eps, name="output_LayerNorm", dtype=self.dtype)(x + h)
+        x = x + nn.Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
+        x = x if pre else ln_2(x)
         return nn.with_logical_constraint(x, ("batch", "length", "embed")), weights
 
 
@@ -157,6 +177,8 @@ class BertModel(nn.Module):
         x, outputs, attentions = apply_layers(layer, c, c.num_hidden_layers, x, attention_mask,
                                               deterministic, output_attentions, dtype=self.dtype,
                                               keep_outputs=output_hidden_states)
+        if c.norm_position == "pre":  # pre-LN layers leave the residual stream unnormalised
+            x = norm(c.norm_type, c.layer_norm_eps, name="final_LayerNorm", dtype=self.dtype)(x)
         extra = {}
         if self.add_pooling_layer:
             pooled = dense(c.hidden_size, ("embed", None), std=c.initializer_range, name="pooler",
