@@ -70,6 +70,22 @@ def test_packing_predicts_every_token_once():
     assert padded["loss_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 1], [1, 0, 0, 0]]
 
 
+def test_packing_with_a_smaller_stride_overlaps_windows():
+    docs = [[1, 2, 3], [4, 5, 6, 7, 8]]  # stream 1 2 3 0 4 5 6 7 8 0
+    strided = pack_blocks(docs, eos_id=0, seq_len=4, keep_last=False, stride=2)
+    assert strided["tokens"].tolist() == [[1, 2, 3, 0, 4], [3, 0, 4, 5, 6], [4, 5, 6, 7, 8]]
+    assert strided["loss_mask"].all()
+    assert pack_blocks(docs, 0, 3, False, stride=3)["tokens"].tolist() == pack_blocks(docs, 0, 3, False)["tokens"].tolist()
+
+
+def test_a_stride_longer_than_the_window_is_refused():
+    from jaxlm.config import load_config
+    from jaxlm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.train_stride=200 exceeds data.seq_len=128"):
+        load_config(None, ["model.type=gpt2", "data.train_stride=200"])
+
+
 def test_iterator_is_deterministic_and_resumable():
     arrays = {"x": np.arange(50)[:, None].repeat(3, 1)}
     a = BatchIterator(arrays, 8, seed=1)

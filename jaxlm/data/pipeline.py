@@ -7,22 +7,27 @@ import numpy as np
 from jaxlm.errors import DataError
 
 
-def pack_blocks(docs: list[list[int]], eos_id: int | None, seq_len: int, keep_last: bool) -> dict[str, np.ndarray]:
+def pack_blocks(docs: list[list[int]], eos_id: int | None, seq_len: int, keep_last: bool,
+                stride: int | None = None) -> dict[str, np.ndarray]:
     """Concatenate documents (each followed by EOS) and cut into ``seq_len + 1`` token windows.
 
-    Consecutive windows overlap by one token, so every token after the first is a target
-    exactly once. ``keep_last`` keeps the final partial window, zero-padded, with
-    ``loss_mask`` marking the real targets (validation uses it so no text is skipped).
-    Returns ``tokens [n, seq_len + 1]`` and ``loss_mask [n, seq_len]``.
+    Windows start every ``stride`` tokens (default ``seq_len``: consecutive windows overlap
+    by one token, so every token after the first is a target exactly once; a smaller stride
+    shows each token in several contexts). ``keep_last`` keeps the final partial window,
+    zero-padded, with ``loss_mask`` marking the real targets (validation uses it so no text
+    is skipped). Returns ``tokens [n, seq_len + 1]`` and ``loss_mask [n, seq_len]``.
     """
     sep = [] if eos_id is None else [eos_id]
     stream = np.fromiter((t for d in docs for t in (*d, *sep)), dtype=np.int32)
+    stride = stride or seq_len
     n_targets = max(len(stream) - 1, 0)
-    n = n_targets // seq_len + (1 if keep_last and n_targets % seq_len else 0)
+    n = max(n_targets - seq_len, -1) // stride + 1
+    if keep_last and n_targets > (n - 1) * stride + seq_len:
+        n += 1
     tokens = np.zeros((n, seq_len + 1), np.int32)
     mask = np.zeros((n, seq_len), np.int32)
     for i in range(n):
-        window = stream[i * seq_len: i * seq_len + seq_len + 1]
+        window = stream[i * stride: i * stride + seq_len + 1]
         tokens[i, : len(window)] = window
         mask[i, : len(window) - 1] = 1
     return {"tokens": tokens, "loss_mask": mask}

@@ -27,7 +27,8 @@ class CausalLMTask(ArrayTask):
             raise DataError(f"the tokenizer has {self.tokenizer.vocab_size} tokens but model.vocab_size="
                             f"{config.model.vocab_size}; set model.vocab_size={self.tokenizer.vocab_size}")
         encode = self.tokenizer.encode_batch
-        self.train = pack_blocks(encode(train_text), self.tokenizer.eos_id, data.seq_len, keep_last=False)
+        self.train = pack_blocks(encode(train_text), self.tokenizer.eos_id, data.seq_len, keep_last=False,
+                                 stride=data.train_stride)
         self.valid = pack_blocks(encode(valid_text), self.tokenizer.eos_id, data.seq_len, keep_last=True)
         self.valid_bytes = sum(len(t.encode("utf-8")) for t in valid_text)
         self.seed = config.run.seed
