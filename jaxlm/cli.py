@@ -75,13 +75,26 @@ def cmd_generate(args) -> int:
 
     from jaxlm.generate import generate, generate_stream
 
+    from jaxlm.models import head_of
+
     model, params, tokenizer = load_for_inference(args.run, args.model, args.step, args.best)
     prompt = tokenizer.encode(args.prompt) or [tokenizer.eos_id]
-    options = dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
+    options = dict(max_new_tokens=args.max_new_tokens or 64, do_sample=args.do_sample, temperature=args.temperature,
                    top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
                    num_beams=args.num_beams, length_penalty=args.length_penalty,
                    early_stopping={"true": True, "false": False}.get(args.early_stopping, args.early_stopping),
                    eos_token_id=tokenizer.eos_id, seed=args.seed)
+    if head_of(model) == "seq2seq":  # translate the prompt: the decoder writes the target at once
+        from jaxlm.tasks.seq2seq import special_ids
+
+        pad, start, end = special_ids(tokenizer)
+        limit = model.config.max_positions
+        if args.max_new_tokens is None and limit:
+            options["max_new_tokens"] = min(64, limit - 1)
+        options.update(eos_token_id=end, pad_token_id=pad, decoder_start_token_id=start)
+        tokens = generate(model, params, np.asarray([prompt]), **options)
+        print(tokenizer.decode(np.asarray(tokens)[0, 1:].tolist()))
+        return 0
     if args.num_beams > 1:
         print(tokenizer.decode(np.asarray(generate(model, params, np.asarray([prompt]), **options)[0]).tolist()))
         return 0
@@ -229,13 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
     which_checkpoint(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("generate", help="continue a prompt with a language model (greedy, sampling, beam search)",
+    p = sub.add_parser("generate", help="continue a prompt with a language model, or translate it with a seq2seq "
+                       "model (greedy, sampling, beam search)",
                        description="Options and defaults as in transformers' generate; see jaxlm.generate.")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", help="a jaxlm run directory (or one of its checkpoints/N)")
     source.add_argument("--model", help="a Hugging Face directory (config.json + weights + tokenizer files)")
     p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, help="tokens to add (default 64; seq2seq: at most the positions)")
     p.add_argument("--do-sample", action="store_true", help="sample instead of greedy / beam search argmax")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling: divides the logits")
     p.add_argument("--top-k", type=int, default=50, help="sampling: keep the k most likely tokens (0: all)")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import flax.linen as nn
 
 from jaxlm.errors import JaxlmError
-from jaxlm.models import bert, distilbert, gpt2, vit, lstm_seq2seq
+from jaxlm.models import bert, distilbert, gpt2, vit, lstm_seq2seq, seq2seq
 from jaxlm.models.base import ModelConfig, TorchKeyMap
 
 
@@ -44,6 +44,7 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
         "base": vit.ViTModel,
         "image_classification": vit.ViTForImageClassification,
     }, vit.TORCH_KEY_MAP),
+    "transformer_seq2seq": ModelFamily(seq2seq.TransformerSeq2SeqConfig, {"seq2seq": seq2seq.TransformerSeq2Seq}),
     "lstm_seq2seq": ModelFamily(lstm_seq2seq.LSTMSeq2SeqConfig, {"seq2seq": lstm_seq2seq.LSTMSeq2Seq}),
 }
 

@@ -26,6 +26,7 @@ from pydantic import Field, model_validator
 from jaxlm.layers.core import dense, embed, zeros
 from jaxlm.models.base import ModelConfig
 from jaxlm.models.outputs import EncoderOutput, ModelOutput
+from jaxlm.models.seq2seq import CachedState
 
 
 class LSTMSeq2SeqConfig(ModelConfig):
@@ -97,16 +98,6 @@ class DecoderStep(nn.Module):
             logits = dense(c.vocab_size, ("embed", "vocab"), std=c.initializer_range, name="output",
                            dtype=self.dtype)(x)
         return (tuple(new), logits.argmax(-1).astype(reference.dtype)), logits
-
-
-class CachedState(nn.Module):
-    """Holds the decoder's state between decoding calls (``cache`` collection), starting from ``initial``."""
-
-    @nn.compact
-    def __call__(self, initial) -> tuple[nn.Variable, bool]:
-        """The variable, and whether it existed before this call."""
-        existed = self.has_variable("cache", "state")
-        return self.variable("cache", "state", lambda: initial), existed
 
 
 class LSTMSeq2Seq(nn.Module):
