@@ -2,7 +2,8 @@
 
 A run directory holds ``checkpoints/<N>/`` with four items: ``params``, ``train``
 (optimizer state, step, RNG key, float16 loss scale), ``data`` (the
-iterator position) and ``meta`` (format version, the resolved config, eval metrics).
+iterator position) and ``meta`` (format version, the resolved config, eval metrics), and a
+fifth, ``model_state``, for models with non-parameter variables (BatchNorm statistics).
 **A checkpoint labelled N holds N completed optimizer updates.** Params are an item of
 their own so evaluation, generation and ``model.init_from`` read them alone.
 
@@ -65,6 +66,7 @@ class Checkpoints:
                 preservation_policy=policies.AnyPreservationPolicy(keep), cleanup_tmp_directories=True)
             self.best_metric, self.every = config.best_metric, config.every
         handlers = {"params": ocp.StandardCheckpointHandler(), "train": ocp.StandardCheckpointHandler(),
+                    "model_state": ocp.StandardCheckpointHandler(),
                     "data": ocp.JsonCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
         self.manager = ocp.CheckpointManager(checkpoint_dir(run_dir), options=options, item_handlers=handlers)
 
@@ -80,13 +82,16 @@ class Checkpoints:
         if not force and step % self.every:
             return False
         train = {"opt_state": state.opt_state, "step": state.step, "rng": state.rng, "loss_scale": state.loss_scale}
-        args = ocp.args.Composite(
+        items = dict(
             params=ocp.args.StandardSave(state.params),
             train=ocp.args.StandardSave(train),
             data=ocp.args.JsonSave(data_state),
             meta=ocp.args.JsonSave({"format_version": FORMAT_VERSION, "step": step, "config": config,
                                     "metrics": metrics}),
         )
+        if state.model_state:
+            items["model_state"] = ocp.args.StandardSave(state.model_state)
+        args = ocp.args.Composite(**items)
         best = {self.best_metric: metrics[self.best_metric]} if self.best_metric in metrics else None
         return self.manager.save(step, args=args, metrics=best, force=True)
 
@@ -110,18 +115,33 @@ class Checkpoints:
         restore = ocp.args.StandardRestore(abstract_params)
         return self.manager.restore(step, args=ocp.args.Composite(params=restore)).params
 
+    def has_model_state(self, step: int) -> bool:
+        return (checkpoint_dir(self.run_dir) / str(step) / "model_state").is_dir()
+
+    def read_model_state(self, step: int, abstract_state=None) -> dict:
+        """The model's non-parameter collections at ``step`` (``{}`` if the model has none)."""
+        if not self.has_model_state(step):
+            return {}
+        restore = ocp.args.StandardRestore(abstract_state)
+        return self.manager.restore(step, args=ocp.args.Composite(model_state=restore)).model_state
+
     def restore(self, step: int, abstract_state) -> tuple[Any, dict]:
         """The full TrainState at ``step`` on ``abstract_state``'s shardings, and the data position."""
         abstract_train = {"opt_state": abstract_state.opt_state, "step": abstract_state.step,
                           "rng": abstract_state.rng, "loss_scale": abstract_state.loss_scale}
-        out = self.manager.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(abstract_state.params),
-            train=ocp.args.StandardRestore(abstract_train),
-            data=ocp.args.JsonRestore(),
-        ))
+        items = dict(params=ocp.args.StandardRestore(abstract_state.params),
+                     train=ocp.args.StandardRestore(abstract_train), data=ocp.args.JsonRestore())
+        if abstract_state.model_state:
+            if not self.has_model_state(step):
+                raise CheckpointError(f"{checkpoint_dir(self.run_dir) / str(step)} has no model_state (the model's "
+                                      f"{', '.join(abstract_state.model_state)}); it was written for another model: "
+                                      "use a new run.out_dir")
+            items["model_state"] = ocp.args.StandardRestore(abstract_state.model_state)
+        out = self.manager.restore(step, args=ocp.args.Composite(**items))
         t = out.train
         state = abstract_state.replace(params=out.params, opt_state=t["opt_state"], step=t["step"], rng=t["rng"],
-                                       loss_scale=t["loss_scale"])
+                                       loss_scale=t["loss_scale"],
+                                       model_state=out.model_state if abstract_state.model_state else {})
         return state, out.data
 
     def restore_latest(self, abstract_state, check_config) -> tuple[Any, dict, int] | None:
@@ -143,6 +163,8 @@ class Checkpoints:
             check_config(meta["config"])
             try:
                 state, data = self.restore(step, abstract_state)
+            except CheckpointError:
+                raise
             except Exception as e:  # noqa: BLE001
                 self._quarantine(step, e)
                 continue
@@ -205,6 +227,16 @@ def load_run(path: str | Path, step: int | None = None, best: bool = False) -> t
     try:
         meta = ckpt.read_meta(step)
         return meta["config"], ckpt.read_params(step), meta
+    finally:
+        ckpt.close()
+
+
+def load_model_state(path: str | Path, step: int | None = None, best: bool = False, abstract_state=None) -> dict:
+    """The non-parameter collections (BatchNorm statistics) of the checkpoint that
+    :func:`load_run` reads with the same arguments; ``{}`` for models without any."""
+    ckpt, step = open_run(path, step, best)
+    try:
+        return ckpt.read_model_state(step, abstract_state)
     finally:
         ckpt.close()
 

@@ -37,7 +37,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from jaxlm.checkpoint import load_run
+    from jaxlm.checkpoint import load_model_state, load_run
     from jaxlm.train.trainer import evaluate, setup
 
     from jaxlm.parallel import distributed
@@ -45,16 +45,18 @@ def cmd_eval(args) -> int:
     config = _config(args)
     distributed.initialize()
     _, params, meta = load_run(config.run.out_dir, args.step, args.best)
-    _print_metrics({"step": meta["step"], **evaluate(setup(config), params)})
+    model_state = load_model_state(config.run.out_dir, args.step, args.best)
+    _print_metrics({"step": meta["step"], **evaluate(setup(config), params, model_state=model_state)})
     return 0
 
 
 def load_for_inference(run: str | None, model_dir: str | None, step=None, best=False):
     """``(model, params, tokenizer)`` from a jaxlm run / checkpoint or a Hugging Face directory."""
-    from jaxlm.checkpoint import load_run, resolve
+    from jaxlm.checkpoint import load_model_state, load_run, resolve
     from jaxlm.config import validate_config
     from jaxlm.data.tokenizer import load_tokenizer
     from jaxlm.models import MODEL_FAMILIES, build_model
+    from jaxlm.models.state import StatefulModel
 
     if model_dir is not None:
         from jaxlm.interop import from_pretrained
@@ -66,6 +68,9 @@ def load_for_inference(run: str | None, model_dir: str | None, step=None, best=F
     heads = MODEL_FAMILIES[config.model.type].heads
     head = next((h for h, cls in heads.items() if cls.__name__ == meta.get("architecture")), None)
     model = build_model(config.model, head or config.task.head)
+    model_state = load_model_state(run, step, best)
+    if model_state:  # BatchNorm running averages: apply() reads them
+        model = StatefulModel(model, model_state)
     return model, params, load_tokenizer(config.data.tokenizer.path or resolve(run)[0] / "tokenizer")
 
 

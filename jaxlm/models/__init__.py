@@ -64,4 +64,5 @@ def build_model(config: ModelConfig, head: str, **module_kwargs) -> nn.Module:
 def head_of(model: nn.Module) -> str:
     """The registry name of a built model's head (``causal_lm``, ``masked_lm``, ...)."""
     heads = MODEL_FAMILIES[model.config.type].heads
-    return next(h for h, cls in heads.items() if cls is type(model))
+    module = getattr(model, "module", model)  # a StatefulModel's module
+    return next(h for h, cls in heads.items() if cls is type(module))

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxlm.models.state import StatefulModel
 from jaxlm.train.optim import plateau_scale
 from jaxlm.train.precision import LossScale, all_finite
 
@@ -18,6 +19,8 @@ class TrainState:
     """Everything that changes during training, as one pytree (checkpointed whole).
 
     ``step`` counts completed optimizer updates: a checkpoint labelled N holds N updates.
+    ``model_state`` holds the model's non-parameter collections (BatchNorm's ``batch_stats``;
+    empty for most models), updated by the training step and read by evaluation.
     """
 
     step: jax.Array
@@ -25,6 +28,7 @@ class TrainState:
     opt_state: Any
     rng: jax.Array
     loss_scale: LossScale
+    model_state: dict = flax.struct.field(default_factory=dict)
 
 
 def make_train_step(model, task, tx: optax.GradientTransformationExtraArgs, schedule: Callable,
@@ -35,12 +39,14 @@ def make_train_step(model, task, tx: optax.GradientTransformationExtraArgs, sche
     ``optax.MultiSteps``: one call is one update (so steps, the data position and checkpoints
     line up), and no second copy of the gradients lives in the optimizer state. Losses are
     summed and divided by the total weight once, so k micro-batches equal one k-times-larger
-    batch exactly, padding included.
+    batch exactly, padding included (BatchNorm statistics excepted: each micro-batch is
+    normalised by its own, and updates the running averages in turn).
     """
 
-    def summed_loss(params, batch, rng, scale):
-        loss, weight = task.loss(model, params, batch, rng if dropout else None, label_smoothing)
-        return loss * scale, weight  # float16: scaled up so small gradients survive
+    def summed_loss(params, model_state, batch, rng, scale):
+        bound = StatefulModel(model, model_state, train=True)
+        loss, weight = task.loss(bound, params, batch, rng if dropout else None, label_smoothing)
+        return loss * scale, (weight, bound.state)  # float16: scaled up so small gradients survive
 
     grad_fn = jax.value_and_grad(summed_loss, has_aux=True)
 
@@ -48,7 +54,8 @@ def make_train_step(model, task, tx: optax.GradientTransformationExtraArgs, sche
         rng, step_rng = jax.random.split(state.rng)
         scale = state.loss_scale.scale
         if grad_accum_steps == 1:
-            (loss_sum, weight), grads = grad_fn(state.params, batch, step_rng, scale)
+            (loss_sum, (weight, model_state)), grads = grad_fn(state.params, state.model_state, batch, step_rng,
+                                                               scale)
         else:
             # Row j of micro-batch i is row j*k + i: each device keeps its own rows.
             micro = jax.tree.map(
@@ -56,11 +63,14 @@ def make_train_step(model, task, tx: optax.GradientTransformationExtraArgs, sche
 
             def body(carry, xs):
                 i, mb = xs
-                (s, w), g = grad_fn(state.params, mb, jax.random.fold_in(step_rng, i), scale)
-                return jax.tree.map(jnp.add, carry, (s, w, g)), None
+                sums, model_state = carry
+                (s, (w, model_state)), g = grad_fn(state.params, model_state, mb, jax.random.fold_in(step_rng, i),
+                                                   scale)
+                return (jax.tree.map(jnp.add, sums, (s, w, g)), model_state), None
 
             zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params))
-            (loss_sum, weight, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum_steps), micro))
+            ((loss_sum, weight, grads), model_state), _ = jax.lax.scan(
+                body, (zeros, state.model_state), (jnp.arange(grad_accum_steps), micro))
         weight = jnp.maximum(weight, 1.0)
         grads = jax.tree.map(lambda g: (g.astype(jnp.float32) / (weight * scale)).astype(g.dtype), grads)
         loss = loss_sum / (weight * scale)
@@ -74,13 +84,16 @@ def make_train_step(model, task, tx: optax.GradientTransformationExtraArgs, sche
         }
         if state.loss_scale.dynamic:
             metrics.update(loss_scale=scale, skipped=1.0 - finite.astype(jnp.float32))
-        return TrainState(state.step + 1, params, opt_state, rng, state.loss_scale.adjust(finite)), metrics
+            # A skipped update keeps the statistics too: they came from an overflowing pass.
+            model_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), model_state, state.model_state)
+        return TrainState(state.step + 1, params, opt_state, rng, state.loss_scale.adjust(finite),
+                          model_state), metrics
 
     return step
 
 
 def make_eval_step(model, task):
-    def step(params, batch):
-        return task.eval_sums(model, params, batch)
+    def step(params, model_state, batch):
+        return task.eval_sums(StatefulModel(model, model_state), params, batch)
 
     return step

@@ -17,11 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from jaxlm.checkpoint import CheckpointError, Checkpoints, checkpoint_dir, load_params_into, resolve
+from jaxlm.checkpoint import (CheckpointError, Checkpoints, checkpoint_dir, load_model_state, load_params_into,
+                              resolve)
 from jaxlm.config import Config, resume_conflicts, save_config
 from jaxlm.errors import ConfigError, JaxlmError
 from jaxlm.train.preemption import PreemptionGuard
 from jaxlm.models import build_model
+from jaxlm.models.state import split_variables
 from jaxlm.parallel.mesh import batch_sharding, data_parallel_size, make_mesh, param_shardings, rules_for
 from jaxlm.tasks import Task, build_task
 from jaxlm.train.early_stopping import EarlyStopping, LoopPosition
@@ -56,8 +58,9 @@ class Setup:
         @jax.jit
         def init(key):
             params_key, key = jax.random.split(key)
-            params = nn.meta.unbox(init_params(self.model, self.config, params_key, example))
-            return TrainState(jnp.zeros((), jnp.int32), params, self.tx.init(params), key, new_loss_scale(c))
+            params, model_state = nn.meta.unbox(init_variables(self.model, self.config, params_key, example))
+            return TrainState(jnp.zeros((), jnp.int32), params, self.tx.init(params), key, new_loss_scale(c),
+                              model_state)
 
         with self.sharding_context():
             state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(c.run.seed))
@@ -78,9 +81,11 @@ class Setup:
         return {k: jax.make_array_from_process_local_data(self.batch_sharding, v) for k, v in batch.items()}
 
 
-def init_params(model, config: Config, key, example):
-    """Freshly initialised (boxed) params in ``precision.params``."""
-    return cast_floats(model.init(key, **example)["params"], DTYPES[config.precision.params])
+def init_variables(model, config: Config, key, example):
+    """Freshly initialised (boxed) params in ``precision.params``, and the model's other
+    collections (``model_state``: BatchNorm statistics, kept in float32)."""
+    params, model_state = split_variables(model.init(key, **example))
+    return cast_floats(params, DTYPES[config.precision.params]), model_state
 
 
 def new_loss_scale(config: Config) -> LossScale:
@@ -104,15 +109,17 @@ def setup(config: Config) -> Setup:
     check_batch("trainer.batch_size / trainer.grad_accum_steps", t.batch_size // t.grad_accum_steps, mesh, rules)
     check_batch("trainer.eval_batch_size", t.eval_batch_size or t.batch_size, mesh, rules)
     task = build_task(config, run_dir)
-    model = build_model(config.model, task.head, dtype=DTYPES[config.precision.compute])
+    # A task may pass the module data-dependent arguments (a word model's pretrained embeddings).
+    model = build_model(config.model, task.head, dtype=DTYPES[config.precision.compute],
+                        **getattr(task, "model_kwargs", {}))
     tx, schedule = build_optimizer(config.optimizer, config.schedule, t.max_steps)
     tx = skip_nonfinite(tx, config.precision.compute)
 
     example = task.model_inputs(task.example_batch(1))
 
     def boxed_state(key):
-        params = init_params(model, config, key, example)
-        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), key, new_loss_scale(config))
+        params, model_state = init_variables(model, config, key, example)
+        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), key, new_loss_scale(config), model_state)
 
     boxed = jax.eval_shape(boxed_state, jax.random.PRNGKey(0))
     shardings = param_shardings(nn.get_partition_spec(boxed), nn.meta.unbox(boxed), mesh, rules)
@@ -121,13 +128,15 @@ def setup(config: Config) -> Setup:
     return Setup(config, run_dir, mesh, task, model, tx, schedule, abstract, batch_sharding(mesh, rules), rules)
 
 
-def evaluate(s: Setup, params, eval_fn=None) -> dict[str, float]:
+def evaluate(s: Setup, params, eval_fn=None, model_state=None) -> dict[str, float]:
+    """Eval metrics of ``params`` (and ``model_state``: BatchNorm running averages, if the model has any)."""
     t = s.config.trainer
     eval_fn = eval_fn or jax.jit(make_eval_step(s.model, s.task))
+    model_state = {} if model_state is None else model_state
     totals, n_batches = None, 0
     with s.sharding_context():
         for batch in s.task.eval_batches(t.eval_batch_size or t.batch_size, t.eval_batches):
-            sums = eval_fn(params, s.put_batch(batch, is_global=True))
+            sums = eval_fn(params, model_state, s.put_batch(batch, is_global=True))
             totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
             n_batches += 1
     if totals is None:
@@ -156,7 +165,8 @@ def train(config: Config) -> dict[str, float]:
         make_train_step(s.model, s.task, s.tx, s.schedule, t.grad_accum_steps, t.label_smoothing,
                         c.model.uses_dropout),
         in_shardings=(shardings, s.batch_sharding), out_shardings=(shardings, None), donate_argnums=0)
-    eval_fn = jax.jit(make_eval_step(s.model, s.task), in_shardings=(shardings.params, s.batch_sharding))
+    eval_fn = jax.jit(make_eval_step(s.model, s.task),
+                      in_shardings=(shardings.params, shardings.model_state, s.batch_sharding))
 
     logger = MetricsLogger(s.run_dir, enabled=is_main)
     step = int(state.step)
@@ -191,7 +201,7 @@ def train(config: Config) -> dict[str, float]:
                 last.update(metrics)
             evaluated, improved = {}, False
             if step % t.eval_every == 0 or step == t.max_steps:
-                evaluated = evaluate(s, state.params, eval_fn)
+                evaluated = evaluate(s, state.params, eval_fn, state.model_state)
                 logger.log(step, evaluated)
                 last.update(evaluated)
                 if is_main:
@@ -257,4 +267,7 @@ def start_state(s: Setup, ckpt: Checkpoints, data) -> TrainState:
         state = state.replace(params=params, opt_state=jax.jit(s.tx.init, out_shardings=jax.tree.map(
             lambda a: a.sharding, s.abstract_state.opt_state))(params))
         log.info("initialised params from %s", c.model.init_from)
+        if state.model_state:  # BatchNorm statistics come with the weights when the checkpoint has them
+            saved = load_model_state(c.model.init_from, abstract_state=s.abstract_state.model_state)
+            state = state.replace(model_state=saved or state.model_state)
     return state
