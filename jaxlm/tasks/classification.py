@@ -1,6 +1,10 @@
 """Sequence classification of single texts or text pairs (BERT's pooled ``[CLS]``, any
 number of labels), evaluated with accuracy, precision, recall, F1 and a confusion matrix.
 
+BERT-style models read ``[CLS] A [SEP] (B [SEP])`` rows of a WordPiece vocabulary; the
+classic text models (TextCNN, RNN / GRU / LSTM; their config says ``tokenizer_kind = "word"``)
+read single texts as plain word ids of a word-level vocabulary built from the training split.
+
 The labelled rows are split per class into train / validation / test (``task.split``,
 seeded by ``task.split_seed``, so runs with different ``run.seed`` share one split);
 evaluation scores ``task.eval_split``.
@@ -18,7 +22,7 @@ import numpy as np
 from jaxlm.config import Config
 from jaxlm.data.bert_inputs import frame_texts
 from jaxlm.data.labeled import Table, label_ids, read_dataset, read_files, stratified_split
-from jaxlm.data.tokenizer import Tokenizer
+from jaxlm.data.tokenizer import Tokenizer, get_tokenizer
 from jaxlm.errors import ConfigError, DataError, JaxlmError
 from jaxlm.models import head_of
 from jaxlm.tasks.encoder import EncoderTask, encoder_tokenizer, framer
@@ -60,11 +64,20 @@ class ClassificationTask(EncoderTask):
                            table.where)
         parts = stratified_split(labels, t.split, t.split_seed)
         train_texts = [texts[i] for i in parts[0]] + ([pairs[i] for i in parts[0]] if pairs else [])
-        tok = encoder_tokenizer(config, train_texts, run_dir, needs=("[PAD]", "[CLS]", "[SEP]"))
-        rows, cut = frame_texts(tok.encode_batch(texts), tok.encode_batch(pairs) if pairs else None,
-                                framer(tok, config.data.seq_len))
+        if uses_words(model):
+            if pairs:
+                raise ConfigError(f"model.type={model.type} classifies single texts; {table.where} has a "
+                                  f"{pair_column!r} column: set task.text_pair_column=null or use a BERT model")
+            tok = word_tokenizer(config, train_texts, run_dir)
+            rows, cut = word_rows(tok.encode_batch(texts), config.data.seq_len)
+            self.model_kwargs = word_model_kwargs(model, tok)
+        else:
+            tok = encoder_tokenizer(config, train_texts, run_dir, needs=("[PAD]", "[CLS]", "[SEP]"))
+            rows, cut = frame_texts(tok.encode_batch(texts), tok.encode_batch(pairs) if pairs else None,
+                                    framer(tok, config.data.seq_len))
         if cut.any():
-            limit = f"data.seq_len={config.data.seq_len} tokens (the model holds {model.max_positions})"
+            held = f" (the model holds {model.max_positions})" if model.max_positions else ""
+            limit = f"data.seq_len={config.data.seq_len} tokens{held}"
             if t.truncation == "error":
                 raise DataError(f"{table.where} row {cut.argmax() + 1} and {cut.sum() - 1} more are longer than "
                                 f"{limit}; raise data.seq_len or set task.truncation=truncate")
@@ -93,6 +106,49 @@ class ClassificationTask(EncoderTask):
                 **{f"eval_{k}": v for k, v in metrics.items()}}
 
 
+def uses_words(model_config) -> bool:
+    """Whether the model reads word ids of a word-level vocabulary (the classic text models)."""
+    return getattr(model_config, "tokenizer_kind", None) == "word"
+
+
+def word_tokenizer(config: Config, train_texts: list[str], run_dir: Path) -> Tokenizer:
+    """The configured word vocabulary, or one built from ``train_texts`` (saved with the run,
+    so a resumed, evaluated or served run reads the same ids)."""
+    t = config.data.tokenizer
+    where = t.path or run_dir / "tokenizer"
+    tok = get_tokenizer(t.path, t.vocab_size, train_texts, run_dir / "tokenizer", kind="word",
+                        min_frequency=t.min_frequency, lowercase=t.lowercase)
+    if tok.token_id("<PAD>") != 0 or tok.token_id("<UNK>") is None:
+        raise DataError(f"the tokenizer in {where} is not a word vocabulary with <PAD> = 0 and <UNK>; leave "
+                        "data.tokenizer.path unset to build one from the training split")
+    if tok.vocab_size > config.model.vocab_size:
+        raise DataError(f"the word vocabulary in {where} has {tok.vocab_size} words but model.vocab_size="
+                        f"{config.model.vocab_size}; set model.vocab_size={tok.vocab_size} (or lower "
+                        "data.tokenizer.vocab_size)")
+    return tok
+
+
+def word_rows(ids: list[list[int]], length: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """``input_ids`` padded with ``<PAD>`` (0) to ``length`` and their ``attention_mask``;
+    longer texts are cut (the second value marks them)."""
+    rows = np.zeros((len(ids), length), np.int32)
+    mask = np.zeros((len(ids), length), np.int32)
+    for i, row in enumerate(ids):
+        rows[i, :len(row[:length])] = row[:length]
+        mask[i, :len(row[:length])] = 1
+    return {"input_ids": rows, "attention_mask": mask}, np.asarray([len(r) > length for r in ids], bool)
+
+
+def word_model_kwargs(model_config, tok: Tokenizer) -> dict:
+    """Module arguments of a word model: the pretrained embeddings' initialiser, if any."""
+    if not model_config.pretrained_embeddings:
+        return {}
+    from jaxlm.models.word_embeddings import pretrained_embedding_init
+
+    return {"embedding_init": pretrained_embedding_init(model_config.pretrained_embeddings, tok.tok.get_vocab(),
+                                                        model_config.vocab_size, model_config.embedding_dim)}
+
+
 def classify(model, params, tokenizer: Tokenizer, text: str, text_pair: str | None = None) -> list[tuple[str, float]]:
     """Every label of a sequence classifier with its probability for ``text`` (and
     ``text_pair``), most likely first; text beyond the model's positions is cut (logged)."""
@@ -100,6 +156,12 @@ def classify(model, params, tokenizer: Tokenizer, text: str, text_pair: str | No
         raise JaxlmError(f"this is a {type(model).__name__}; predict needs a sequence classifier (a run of "
                          "task: classification, or a converted *ForSequenceClassification)")
     c = model.config
+    if uses_words(c):
+        if text_pair is not None:
+            raise JaxlmError(f"a {c.type} model classifies single texts; give one TEXT")
+        ids = tokenizer.encode(text) or [tokenizer.token_id("<UNK>")]
+        inputs = {"input_ids": jnp.asarray([ids], jnp.int32), "attention_mask": jnp.ones((1, len(ids)), jnp.int32)}
+        return _ranked(model, params, inputs)
     first = [tokenizer.encode(text)]
     second = [tokenizer.encode(text_pair)] if text_pair is not None else None
     length = min(c.max_positions, len(first[0]) + len(second[0] if second else []) + (3 if second else 2))
@@ -108,6 +170,11 @@ def classify(model, params, tokenizer: Tokenizer, text: str, text_pair: str | No
     if cut.any():
         log.warning("the text is longer than the model's %d positions; its end was cut", c.max_positions)
     inputs = {k: jnp.asarray(v) for k, v in rows.items() if k != "token_type_ids" or hasattr(c, "type_vocab_size")}
+    return _ranked(model, params, inputs)
+
+
+def _ranked(model, params, inputs) -> list[tuple[str, float]]:
+    c = model.config
     probs = np.asarray(jax.nn.softmax(model.apply({"params": params}, **inputs).logits[0].astype(jnp.float32)))
     names = label_names(c) or [str(i) for i in range(c.num_labels)]
     return [(names[i], float(probs[i])) for i in np.argsort(-probs)]
