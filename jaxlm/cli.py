@@ -52,9 +52,23 @@ def cmd_eval(args) -> int:
 
 def load_for_inference(run: str | None, model_dir: str | None, step=None, best=False):
     """``(model, params, tokenizer)`` from a jaxlm run / checkpoint or a Hugging Face directory."""
-    from jaxlm.checkpoint import load_model_state, load_run, resolve
-    from jaxlm.config import validate_config
+    model, params, config = load_model(run, model_dir, step, best)
+    return model, params, tokenizer_of(run, model_dir, config)
+
+
+def tokenizer_of(run: str | None, model_dir: str | None, config):
+    """The tokenizer of a run (``config``: its config) or of a Hugging Face directory."""
+    from jaxlm.checkpoint import resolve
     from jaxlm.data.tokenizer import load_tokenizer
+
+    return load_tokenizer(model_dir or config.data.tokenizer.path or resolve(run)[0] / "tokenizer")
+
+
+def load_model(run: str | None, model_dir: str | None, step=None, best=False):
+    """``(model, params, config)`` from a jaxlm run / checkpoint (its config) or a Hugging
+    Face directory (config ``None``)."""
+    from jaxlm.checkpoint import load_model_state, load_run
+    from jaxlm.config import validate_config
     from jaxlm.models import MODEL_FAMILIES, build_model
     from jaxlm.models.state import StatefulModel
 
@@ -62,7 +76,7 @@ def load_for_inference(run: str | None, model_dir: str | None, step=None, best=F
         from jaxlm.interop import from_pretrained
 
         model, params = from_pretrained(model_dir)
-        return model, params, load_tokenizer(model_dir)
+        return model, params, None
     config_dict, params, meta = load_run(run, step, best)
     config = validate_config(config_dict)
     heads = MODEL_FAMILIES[config.model.type].heads
@@ -71,7 +85,7 @@ def load_for_inference(run: str | None, model_dir: str | None, step=None, best=F
     model_state = load_model_state(run, step, best)
     if model_state:  # BatchNorm running averages: apply() reads them
         model = StatefulModel(model, model_state)
-    return model, params, load_tokenizer(config.data.tokenizer.path or resolve(run)[0] / "tokenizer")
+    return model, params, config
 
 
 def cmd_generate(args) -> int:
@@ -161,9 +175,10 @@ def cmd_convert(args) -> int:
         save_config(config, out / "config.yaml")
         print(f"wrote {type(model).__name__} to {checkpoint_dir(out) / '0'}; use it with model.init_from={out}")
     else:
-        model, params, tokenizer = load_for_inference(args.to_torch, None)
+        model, params, config = load_model(args.to_torch, None)
         print(export_torch(model, params, out))
-        tokenizer.save(out)
+        if "input_ids" in model.config.dummy_inputs():  # a text model: its tokenizer goes along
+            tokenizer_of(args.to_torch, None, config).save(out)
     return 0
 
 
@@ -177,13 +192,36 @@ def cmd_fill_mask(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    from jaxlm.models import head_of
     from jaxlm.tasks.classification import classify
+    from jaxlm.tasks.image_classification import classify_image, image_normalization, image_of
 
-    model, params, tokenizer = load_for_inference(args.run, args.model, args.step, args.best)
-    scores = classify(model, params, tokenizer, args.text, args.text_pair)
+    model, params, config = load_model(args.run, args.model, args.step, args.best)
+    if head_of(model) == "image_classification":
+        scores = classify_image(model, params, image_of(args.text, model), *image_normalization(config, args.model))
+    else:
+        scores = classify(model, params, tokenizer_of(args.run, args.model, config), args.text, args.text_pair)
     print(scores[0][0])
     for label, prob in scores:
         print(f"{prob:.4f}  {label}")
+    return 0
+
+
+def cmd_attention(args) -> int:
+    """Print per-layer, per-head attention statistics of an image; write the [CLS] heatmap."""
+    from jaxlm.analysis.attention import (attention_maps, attention_statistics, cls_grid, statistics_table,
+                                          write_heatmap)
+    from jaxlm.data.images import normalize
+    from jaxlm.tasks.image_classification import image_normalization, image_of
+
+    model, params, config = load_model(args.run, args.model, args.step, args.best)
+    image = image_of(args.image, model)
+    weights = attention_maps(model, params, normalize(image[None], *image_normalization(config, args.model)))
+    grid = cls_grid(weights, args.layer, args.head)
+    layer, heads = args.layer % len(weights), "mean of heads" if args.head is None else f"head {args.head}"
+    print(statistics_table(attention_statistics(weights)))
+    out = write_heatmap(image, grid, args.out, f"{args.image}: [CLS] -> patches, layer {layer}, {heads}")
+    print(f"wrote {out}: [CLS] attention of layer {layer} ({heads}) over the {grid.shape[0]}x{grid.shape[1]} patches")
     return 0
 
 
@@ -298,11 +336,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5)
     p.set_defaults(func=cmd_fill_mask)
 
-    p = sub.add_parser("predict", help="the label of a text or text pair, with every label's probability")
-    model_source(p, "sequence classifier")
-    p.add_argument("text")
+    p = sub.add_parser("predict", help="the label of a text, text pair or image, with every label's probability")
+    model_source(p, "sequence or image classifier")
+    p.add_argument("text", help="the text; for image classifiers an image file, digits:INDEX or shapes:INDEX")
     p.add_argument("text_pair", nargs="?", help="the second text of a pair")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("attention", help="a ViT's attention on an image: per-head statistics and a [CLS] heatmap PNG")
+    model_source(p, "ViT")
+    p.add_argument("--image", required=True, help="an image file (PNG, JPEG, ...), digits:INDEX or shapes:INDEX")
+    p.add_argument("--layer", type=int, default=-1, help="the layer to draw (default: -1, the last)")
+    p.add_argument("--head", type=int, help="the head to draw (default: the mean over heads)")
+    p.add_argument("--out", default="attention.png", help="the PNG to write (default: attention.png)")
+    p.set_defaults(func=cmd_attention)
 
     p = sub.add_parser("tokenizer", help="tokenizer tools")
     tokenizer_sub = p.add_subparsers(dest="tokenizer_command", required=True, metavar="COMMAND")

@@ -207,6 +207,13 @@ class MaskedLMTaskConfig(Section):
         return "pretraining" if self.sentence_pairs else "masked_lm"
 
 
+def check_split(v: list[float]) -> list[float]:
+    if len(v) != 3 or min(v) < 0 or abs(sum(v) - 1) > 1e-6 or not v[0] or not v[1]:
+        raise ValueError(f"task.split={v} must be three shares (train, validation, test) summing to 1, "
+                         "with train and validation above 0")
+    return v
+
+
 class ClassificationTaskConfig(Section):
     """Sequence classification of single texts or text pairs from the pooled first token.
 
@@ -235,14 +242,56 @@ class ClassificationTaskConfig(Section):
     @field_validator("split")
     @classmethod
     def _shares(cls, v):
-        if len(v) != 3 or min(v) < 0 or abs(sum(v) - 1) > 1e-6 or not v[0] or not v[1]:
-            raise ValueError(f"task.split={v} must be three shares (train, validation, test) summing to 1, "
-                             "with train and validation above 0")
-        return v
+        return check_split(v)
 
     @property
     def head(self) -> str:
         return "classification"
+
+
+class ImageClassificationTaskConfig(Section):
+    """Image classification: ``pixel_values`` ``[batch, height, width, channels]`` into
+    ``model.num_labels`` classes, for any model with an ``image_classification`` head.
+
+    ``dataset``: ``digits`` (scikit-learn's 1,797 8x8 handwritten digits), ``shapes`` (2,000
+    synthetic 32x32 RGB circles / squares / triangles / crosses), a Hugging Face ``datasets``
+    name (``cifar10``, ``mnist``) or ``tfds:NAME``; split per class like ``classification``.
+    """
+
+    type: Literal["image_classification"] = "image_classification"
+    dataset: str = "digits"
+    dataset_config: str | None = None
+    dataset_split: str = "train"
+    """The split of a Hugging Face / tfds dataset to read (it is split again below)."""
+    image_column: str = "image"
+    label_column: str = "label"
+    split: list[float] = [0.7, 0.15, 0.15]
+    """Train / validation / test shares of each class (a stratified split)."""
+    split_seed: int = 0
+    eval_split: Literal["validation", "test"] = "validation"
+    mean: list[float] = [0.5]
+    std: list[float] = [0.5]
+    """Pixels scaled to [0, 1] become ``(x - mean) / std``: one value, or one per channel."""
+    crop_padding: int = Field(0, ge=0)
+    """Training augmentation: pad by this many pixels and crop back at a random offset (0: off)."""
+    flip: bool = False
+    """Training augmentation: mirror left-right half of the time (not for digits or text)."""
+
+    @field_validator("split")
+    @classmethod
+    def _shares(cls, v):
+        return check_split(v)
+
+    @model_validator(mode="after")
+    def _normalisation(self):
+        if len(self.mean) != len(self.std) or min(self.std, default=0) <= 0:
+            raise ValueError(f"task.mean={self.mean} and task.std={self.std} must be equally long lists "
+                             "(one value, or one per channel) with every std above 0")
+        return self
+
+    @property
+    def head(self) -> str:
+        return "image_classification"
 
 
 class Seq2SeqTaskConfig(Section):
@@ -291,10 +340,10 @@ class Seq2SeqTaskConfig(Section):
 
 
 TaskConfig = Annotated[Union[CausalLMTaskConfig, MaskedLMTaskConfig, ClassificationTaskConfig,  # noqa: UP007
-                             Seq2SeqTaskConfig],
+                             Seq2SeqTaskConfig, ImageClassificationTaskConfig],
                        Field(discriminator="type")]
 TASKS = {"causal_lm": CausalLMTaskConfig, "mlm": MaskedLMTaskConfig, "classification": ClassificationTaskConfig,
-         "seq2seq": Seq2SeqTaskConfig}
+         "seq2seq": Seq2SeqTaskConfig, "image_classification": ImageClassificationTaskConfig}
 
 
 class PrecisionConfig(Section):

@@ -95,15 +95,25 @@ class ClassificationTask(EncoderTask):
 
     def eval_sums(self, model, params, batch):
         logits = self.apply(model, params, self.model_inputs(batch), None).logits
-        weights = batch["attention_mask"][:, 0]
-        nll, count = cross_entropy_sum(logits, batch["label"], weights)
-        confusion = jnp.zeros((self.num_labels, self.num_labels)).at[batch["label"], logits.argmax(-1)].add(weights)
-        return {"nll": nll, "examples": count, "confusion": confusion}
+        return classification_sums(logits, batch["label"], batch["attention_mask"][:, 0], self.num_labels)
 
     def summarize(self, sums, complete):
-        metrics = classification_metrics(sums["confusion"])
-        return {"eval_loss": float(sums["nll"] / max(sums["examples"], 1.0)),
-                **{f"eval_{k}": v for k, v in metrics.items()}}
+        return classification_summary(sums)
+
+
+def classification_sums(logits, labels, weights, num_labels: int) -> dict[str, jax.Array]:
+    """An eval batch's summed loss, weight and ``[true, predicted]`` confusion matrix
+    (rows of weight 0, the padding of the last batch, count nowhere)."""
+    nll, count = cross_entropy_sum(logits, labels, weights)
+    confusion = jnp.zeros((num_labels, num_labels)).at[labels, logits.argmax(-1)].add(weights)
+    return {"nll": nll, "examples": count, "confusion": confusion}
+
+
+def classification_summary(sums: dict) -> dict[str, float]:
+    """``eval_loss`` and the ``eval_*`` metrics of :func:`classification_metrics` from summed statistics."""
+    metrics = classification_metrics(sums["confusion"])
+    return {"eval_loss": float(sums["nll"] / max(sums["examples"], 1.0)),
+            **{f"eval_{k}": v for k, v in metrics.items()}}
 
 
 def uses_words(model_config) -> bool:
