@@ -573,6 +573,9 @@ def resume_conflicts(saved: dict, config: Config) -> list[str]:
             a = {"type": a}
         harmless = {"model": HARMLESS_MODEL_KEYS, "task": HARMLESS_TASK_KEYS}.get(key)
         if harmless is not None and isinstance(a, dict) and isinstance(b, dict):
+            # Settings added to jaxlm after the checkpoint was written had their defaults then.
+            fields = type(getattr(config, key)).model_fields
+            a = {**{k: fields[k].default for k in b.keys() - a.keys() if k in fields}, **a}
             out += [f"{key}.{k}: {a.get(k)!r} in the checkpoint, {b.get(k)!r} now"
                     for k in sorted(a.keys() | b.keys())
                     if k not in harmless and not is_dropout_field(k) and a.get(k) != b.get(k)]

@@ -58,3 +58,14 @@ def test_shipped_configs_validate():
     for path in sorted(Path(__file__).parents[1].glob("configs/*.yaml")):
         assert load_config(path).model_dump(), path
         assert yaml.safe_load(path.read_text())
+
+
+def test_settings_newer_than_a_checkpoint_take_their_defaults_in_the_resume_check():
+    from jaxlm.config import resume_conflicts
+
+    now = load_config("configs/gpt2-tiny.yaml", ["model.positions=learned"])
+    saved = now.model_dump(mode="json")
+    del saved["model"]["positions"], saved["model"]["num_kv_heads"]  # written before these existed
+    assert resume_conflicts(saved, now) == []
+    rotary = load_config("configs/gpt2-tiny.yaml")
+    assert resume_conflicts(saved, rotary) == ["model.positions: 'learned' in the checkpoint, 'rotary' now"]
