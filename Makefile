@@ -23,11 +23,16 @@ demo: $(VENV)/.installed-core
 	$(VENV)/bin/jaxlm train configs/gpt2-tiny.yaml $(ARGS)
 	$(VENV)/bin/jaxlm generate --run runs/gpt2-tiny --prompt "The import statement" --max-new-tokens 64 --repetition-penalty 1.3
 
+# Tests run in $(JOBS) worker processes (pytest-xdist), one test file per worker at a time so
+# module-scoped fixtures are built once; JOBS=0 runs them in this process.
+JOBS ?= 2
+PYTEST := $(PY) -m pytest -n $(JOBS) --dist loadfile
+
 test: $(VENV)/.installed-dev
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.installed-dev
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-dev
 	$(PY) benchmarks/train_throughput.py
