@@ -47,10 +47,11 @@ class DataConfig(Section):
     """Text files or globs; ``None`` uses the embedded corpus (CPython's ``pydoc_data``)."""
 
     seq_len: int = Field(128, gt=0)
-    train_stride: int | None = Field(None, gt=0)
-    """causal_lm: training windows start every this many tokens (``None``: ``seq_len``, each
-    token a target once per epoch). Smaller strides show every token in several contexts,
-    which helps on small corpora; validation always scores each token once."""
+    train_overlap: float = Field(0.0, ge=0, lt=1)
+    """causal_lm: the share of each training window that the next one repeats (0: none, each
+    token a target once per epoch; 0.5: windows start every ``seq_len / 2`` tokens). Overlap
+    shows every token in several contexts, which helps on small corpora; validation always
+    scores each token once."""
     validation_fraction: float = Field(0.1, gt=0, lt=1)
     tokenizer: TokenizerConfig = TokenizerConfig()
 
@@ -59,12 +60,10 @@ class DataConfig(Section):
     def _one_path(cls, v):
         return [v] if isinstance(v, str) else v
 
-    @model_validator(mode="after")
-    def _stride(self):
-        if self.train_stride and self.train_stride > self.seq_len:
-            raise ValueError(f"data.train_stride={self.train_stride} exceeds data.seq_len={self.seq_len} and would "
-                             f"skip text; use at most {self.seq_len}")
-        return self
+    @property
+    def train_stride(self) -> int:
+        """Tokens between the starts of consecutive causal-LM training windows."""
+        return max(1, round(self.seq_len * (1 - self.train_overlap)))
 
 
 class EarlyStoppingConfig(Section):

@@ -78,12 +78,12 @@ def test_packing_with_a_smaller_stride_overlaps_windows():
     assert pack_blocks(docs, 0, 3, False, stride=3)["tokens"].tolist() == pack_blocks(docs, 0, 3, False)["tokens"].tolist()
 
 
-def test_a_stride_longer_than_the_window_is_refused():
+def test_train_overlap_sets_the_stride_for_any_window_length():
     from jaxlm.config import load_config
-    from jaxlm.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="data.train_stride=200 exceeds data.seq_len=128"):
-        load_config(None, ["model.type=gpt2", "data.train_stride=200"])
+    assert load_config(None, ["model.type=gpt2"]).data.train_stride == 128
+    assert load_config(None, ["model.type=gpt2", "data.train_overlap=0.5", "data.seq_len=16"]).data.train_stride == 8
+    assert load_config(None, ["model.type=gpt2", "data.train_overlap=0.99", "data.seq_len=16"]).data.train_stride == 1
 
 
 def test_iterator_is_deterministic_and_resumable():
