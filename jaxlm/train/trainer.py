@@ -1,5 +1,5 @@
-"""The one training loop. Every task (causal LM now; masked LM, classification, ... later)
-runs through :func:`train`; a task supplies data and a loss, nothing else changes."""
+"""The one training loop. Every task (causal and masked LM, text and image classification,
+seq2seq) runs through :func:`train`; a task supplies data and a loss, nothing else changes."""
 
 from __future__ import annotations
 
