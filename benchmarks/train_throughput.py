@@ -171,7 +171,8 @@ def main():
     import transformers
 
     peak = matmul_peak()
-    print(f"# {args.model}-{args.size} training, {os.cpu_count()} CPU cores "
+    name = {"gpt2": {"base": "gpt2-small"}, "bert": {"base": "bert-base"}}[args.model].get(args.size, f"{args.model}-tiny")
+    print(f"# {name} training, {os.cpu_count()} CPU cores "
           f"({platform.processor() or platform.machine()}), jax {jax.__version__}, torch {torch.__version__}, "
           f"transformers {transformers.__version__}")
     print(f"# measured float32 matmul peak: jax {peak['jax'] / 1e9:.1f} GFLOP/s, torch {peak['torch'] / 1e9:.1f} "
