@@ -102,7 +102,7 @@ def cmd_generate(args) -> int:
                    top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
                    num_beams=args.num_beams, length_penalty=args.length_penalty,
                    early_stopping={"true": True, "false": False}.get(args.early_stopping, args.early_stopping),
-                   eos_token_id=tokenizer.eos_id, seed=args.seed)
+                   eos_token_id=tokenizer.eos_id, seed=args.seed, num_return_sequences=args.num_return_sequences)
     if head_of(model) == "seq2seq":  # translate the prompt: the decoder writes the target at once
         from jaxlm.tasks.seq2seq import special_ids
 
@@ -111,11 +111,12 @@ def cmd_generate(args) -> int:
         if args.max_new_tokens is None and limit:
             options["max_new_tokens"] = min(64, limit - 1)
         options.update(eos_token_id=end, pad_token_id=pad, decoder_start_token_id=start)
-        tokens = generate(model, params, np.asarray([prompt]), **options)
-        print(tokenizer.decode(np.asarray(tokens)[0, 1:].tolist()))
+        rows = np.asarray(generate(model, params, np.asarray([prompt]), **options))
+        print("\n\n".join(tokenizer.decode(row[1:].tolist()) for row in rows))
         return 0
-    if args.num_beams > 1:
-        print(tokenizer.decode(np.asarray(generate(model, params, np.asarray([prompt]), **options)[0]).tolist()))
+    if args.num_beams > 1 or args.num_return_sequences > 1:  # printed at the end, one after another
+        rows = np.asarray(generate(model, params, np.asarray([prompt]), **options))
+        print("\n\n".join(tokenizer.decode(row.tolist()) for row in rows))
         return 0
     ids, shown = list(prompt), ""
     for chunk in generate_stream(model, params, np.asarray([prompt]), **options):
@@ -303,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--early-stopping", choices=("false", "true", "never"), default="false",
                    help="beam search: when to stop a prompt (see jaxlm.generate.GenerationOptions)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--num-return-sequences", type=int, default=1,
+                   help="print this many continuations: samples, or beam search's best (blank line between)")
     which_checkpoint(p)
     p.set_defaults(func=cmd_generate)
 

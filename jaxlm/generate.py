@@ -71,6 +71,9 @@ class GenerationOptions:
     """Fills a row after it stopped; defaults to the (first) eos id, else 0."""
     seed: int = 0
     """Seeds sampling; the same seed, inputs and options give the same tokens."""
+    num_return_sequences: int = 1
+    """Sequences returned per prompt, prompt by prompt (row ``i * n + j`` is prompt i's j-th): beam search's
+    ``n`` best hypotheses (``n <= num_beams``), or ``n`` independent samples."""
     decoder_start_token_id: int | None = None
     """Encoder-decoder models: the decoder's first token (required for them)."""
 
@@ -90,6 +93,15 @@ class GenerationOptions:
             raise JaxlmError(f"repetition_penalty must be > 0 (1.0 turns it off), got {self.repetition_penalty!r}")
         if not (isinstance(self.early_stopping, bool) or self.early_stopping == "never"):
             raise JaxlmError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
+        n = self.num_return_sequences
+        if not _is_int(n) or n < 1:
+            raise JaxlmError(f"num_return_sequences must be a positive integer, got {n!r}")
+        if n > 1 and self.num_beams == 1 and not self.do_sample:
+            raise JaxlmError(f"greedy decoding returns one sequence per prompt, not num_return_sequences={n}; "
+                             f"set do_sample=True or num_beams >= {n}")
+        if self.num_beams > 1 and n > self.num_beams:
+            raise JaxlmError(f"beam search keeps num_beams={self.num_beams} hypotheses per prompt, fewer than "
+                             f"num_return_sequences={n}; raise num_beams to at least {n}")
         if not _is_int(self.seed):
             raise JaxlmError(f"seed must be an integer, got {self.seed!r}")
         if self.decoder_start_token_id is not None and not _is_int(self.decoder_start_token_id):
@@ -368,7 +380,8 @@ def _is_seq2seq(model) -> bool:
 
 
 def _prepare(model, input_ids, attention_mask, options: dict):
-    """Check inputs and options (one-line :class:`JaxlmError` s): ``(ids, mask, plan, knobs)``."""
+    """Check inputs and options (one-line :class:`JaxlmError` s): ``(ids, mask, plan, knobs, options)``, the
+    prompts repeated ``num_return_sequences`` times when sampling."""
     names = [f.name for f in dataclasses.fields(GenerationOptions)]
     for name in options:
         if name not in names:
@@ -402,7 +415,9 @@ def _prepare(model, input_ids, attention_mask, options: dict):
     if limit is not None and not _is_seq2seq(model) and ids.shape[1] + opts.max_new_tokens > limit:
         raise JaxlmError(f"prompt ({ids.shape[1]} tokens) + max_new_tokens ({opts.max_new_tokens}) exceeds "
                          f"the model's {limit} positions; shorten the prompt or lower max_new_tokens")
-    return jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32), opts.plan(vocab), opts.knobs()
+    if opts.num_beams == 1:  # independent samples: each prompt repeated, as transformers expands them
+        ids, mask = (np.repeat(a, opts.num_return_sequences, axis=0) for a in (ids, mask))
+    return jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32), opts.plan(vocab), opts.knobs(), opts
 
 
 def _start(model, params, ids, mask, plan: _Plan, knobs: _Knobs) -> _State:
@@ -417,11 +432,12 @@ def generate(model, params, input_ids, attention_mask=None, **options) -> jax.Ar
     ``options`` are :class:`GenerationOptions` (transformers' names and defaults): greedy by default,
     ``do_sample`` with ``temperature`` / ``top_k`` / ``top_p``, ``repetition_penalty``, beam search with
     ``num_beams`` / ``length_penalty`` / ``early_stopping``, ``eos_token_id`` / ``pad_token_id``, ``seed``.
-    Beam search returns each row's best hypothesis. After a row's eos the rest of it is ``pad_token_id``.
+    Beam search returns each prompt's best hypothesis, or its ``num_return_sequences`` best (several samples
+    per prompt likewise), as consecutive rows. After a row's eos the rest of it is ``pad_token_id``.
     """
-    ids, mask, plan, knobs = _prepare(model, input_ids, attention_mask, options)
+    ids, mask, plan, knobs, opts = _prepare(model, input_ids, attention_mask, options)
     state = _advance(model, params, _start(model, params, ids, mask, plan, knobs), plan.max_new_tokens, plan, knobs)
-    return state.tokens if state.beams is None else state.beams.tokens[:, 0]
+    return _sequences(state, opts.num_return_sequences)
 
 
 def decode_seq2seq(model, params, input_ids: jax.Array, attention_mask: jax.Array,
@@ -431,7 +447,14 @@ def decode_seq2seq(model, params, input_ids: jax.Array, attention_mask: jax.Arra
     plan, knobs = options.plan(model.config.vocab_size), options.knobs()
     state = _prefill_seq2seq(model, params, input_ids, attention_mask, plan, knobs)
     state = _advance(model, params, state, plan.max_new_tokens, plan, knobs)
-    return state.tokens if state.beams is None else state.beams.tokens[:, 0]
+    return _sequences(state, 1)
+
+
+def _sequences(state: _State, n: int) -> jax.Array:
+    """The decoded rows: each prompt's best ``n`` finished hypotheses (best first) after beam search."""
+    if state.beams is None:
+        return state.tokens
+    return state.beams.tokens[:, :n].reshape(-1, state.tokens.shape[1])
 
 
 def generate_stream(model, params, input_ids, attention_mask=None, *, chunk_size: int = 8,
@@ -443,7 +466,7 @@ def generate_stream(model, params, input_ids, attention_mask=None, *, chunk_size
     """
     if not _is_int(chunk_size) or chunk_size < 1:
         raise JaxlmError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-    ids, mask, plan, knobs = _prepare(model, input_ids, attention_mask, options)
+    ids, mask, plan, knobs, _ = _prepare(model, input_ids, attention_mask, options)
     if plan.num_beams > 1:
         raise JaxlmError("beam search cannot stream (the best beam is known only at the end); "
                          "call generate() instead")

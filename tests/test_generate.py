@@ -69,6 +69,31 @@ def test_a_seed_reproduces_a_sample_and_other_seeds_differ(lm):
     assert (a >= 0).all() and (a < CFG.vocab_size).all()
 
 
+def test_num_return_sequences_samples_each_prompt_n_times(lm):
+    model, params = lm
+    ids, mask = left_padded(PROMPTS)
+    options = dict(max_new_tokens=12, do_sample=True, top_k=0, temperature=1.5, seed=2)
+    out = np.asarray(generate(model, params, ids, mask, num_return_sequences=3, **options))
+    prompt = ids.shape[1]
+    assert out.shape == (9, prompt + 12)
+    np.testing.assert_array_equal(out[:, :prompt], np.repeat(ids, 3, axis=0))  # prompt i's samples: rows 3i..3i+2
+    for row in range(3):
+        assert len({tuple(r) for r in out[3 * row:3 * row + 3, prompt:]}) == 3  # independent samples
+    greedy = np.asarray(generate(model, params, ids, mask, max_new_tokens=12))
+    top1 = generate(model, params, ids, mask, max_new_tokens=12, do_sample=True, top_k=1, num_return_sequences=2)
+    np.testing.assert_array_equal(top1, np.repeat(greedy, 2, axis=0))
+
+
+def test_num_return_sequences_of_beam_search_are_its_best_hypotheses(lm):
+    model, params = lm
+    ids, mask = left_padded(PROMPTS)
+    best = np.asarray(generate(model, params, ids, mask, max_new_tokens=10, num_beams=4))
+    top3 = np.asarray(generate(model, params, ids, mask, max_new_tokens=10, num_beams=4, num_return_sequences=3))
+    assert top3.shape == (9, best.shape[1])
+    np.testing.assert_array_equal(top3[::3], best)  # each prompt's first sequence is its best
+    assert all(len({tuple(r) for r in top3[3 * i:3 * i + 3]}) == 3 for i in range(3))
+
+
 def test_eos_stops_only_its_row_and_pads_it(lm):
     model, params = lm
     ids, mask = left_padded(PROMPTS)
@@ -138,6 +163,9 @@ def test_same_shapes_and_options_do_not_compile_again(lm):
     (dict(attention_mask=[[1, 1, 0]]), "prompts must be left-padded"),
     (dict(input_ids=[[1, 97, 2]]), "input_ids must be in [0, 97)"),
     (dict(num_beams=2, stream=True), "beam search cannot stream"),
+    (dict(num_return_sequences=2), "greedy decoding returns one sequence per prompt"),
+    (dict(num_return_sequences=3, num_beams=2), "raise num_beams to at least 3"),
+    (dict(num_return_sequences=0, do_sample=True), "num_return_sequences must be a positive integer"),
 ])
 def test_bad_inputs_and_options_raise_one_line_errors(lm, options, message):
     model, params = lm
@@ -196,6 +224,7 @@ PARITY = {
     "beams": dict(num_beams=4),
     "beams_early_stopping": dict(num_beams=3, early_stopping=True, length_penalty=0.7),
     "beams_never": dict(num_beams=2, early_stopping="never", length_penalty=2.0, repetition_penalty=1.2),
+    "beams_return_3": dict(num_beams=4, num_return_sequences=3, length_penalty=1.3),
 }
 
 
@@ -298,6 +327,8 @@ def bpe_checkpoint(tmp_path_factory):
      dict(do_sample=True, top_k=20, top_p=0.9, temperature=0.8, seed=5)),
     (["--num-beams", "3", "--early-stopping", "true", "--length-penalty", "0.5", "--repetition-penalty", "1.2"],
      dict(num_beams=3, early_stopping=True, length_penalty=0.5, repetition_penalty=1.2)),
+    (["--num-beams", "3", "--num-return-sequences", "2"], dict(num_beams=3, num_return_sequences=2)),
+    (["--do-sample", "--num-return-sequences", "3", "--seed", "1"], dict(do_sample=True, num_return_sequences=3, seed=1)),
 ])
 def test_cli_prints_the_text_of_generate(bpe_checkpoint, flags, options, capsys):
     from jaxlm.cli import main
@@ -308,7 +339,7 @@ def test_cli_prints_the_text_of_generate(bpe_checkpoint, flags, options, capsys)
     model, params = jaxlm.from_pretrained(directory)
     want = generate(model, params, np.array([tokenizer.encode(text)]), max_new_tokens=24,
                     eos_token_id=tokenizer.eos_id, **options)
-    assert capsys.readouterr().out == tokenizer.decode(np.asarray(want[0]).tolist()) + "\n"
+    assert capsys.readouterr().out == "\n\n".join(tokenizer.decode(row.tolist()) for row in np.asarray(want)) + "\n"
 
 
 @pytest.mark.torch

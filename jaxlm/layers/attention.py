@@ -165,9 +165,9 @@ class SelfAttention(nn.Module):
                           for n in names[1:])
         if not self.cross:
             return q, k_proj(x), v_proj(x)
-        if not (decode and kv is None):
-            if kv is None:
-                raise ValueError("cross-attention needs kv (the encoder output)")
+        if kv is None and not (decode and self.has_variable("cache", "cross_key")):
+            raise ValueError("cross-attention needs kv (the encoder output) except when decoding from its cache")
+        if kv is not None:
             k, v = k_proj(kv), v_proj(kv)
             if not decode:
                 return q, k, v

@@ -92,6 +92,20 @@ class TransformerVariants(BaseModel):
     norm_position: Literal["pre", "post"] = "pre"
     """``pre``: normalise each sublayer's input (GPT-2); ``post``: its residual sum (BERT)."""
 
+    head_fields: ClassVar[tuple[str, tuple[str, ...]]] = ("", ())
+    """The family's width field and its head-count fields (checked to divide evenly)."""
+
+    @model_validator(mode="after")
+    def _heads_divide(self):
+        width, counts = type(self).head_fields
+        for name in counts:
+            heads = getattr(self, name)
+            if getattr(self, width) % heads:
+                raise ValueError(f"model.{width}={getattr(self, width)} is not divisible by model.{name}={heads}")
+            if self.num_kv_heads and heads % self.num_kv_heads:
+                raise ValueError(f"model.{name}={heads} is not divisible by model.num_kv_heads={self.num_kv_heads}")
+        return self
+
     def variant_changes(self) -> list[str]:
         """``key=value`` for each variant that differs from this family's reference setting."""
         fields = type(self).model_fields

@@ -29,7 +29,6 @@ from typing import ClassVar, Literal
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from pydantic import model_validator
 
 from jaxlm.layers.attention import SelfAttention
 from jaxlm.layers.core import ACTIVATIONS, dense, embed, layer_norm, norm, zeros
@@ -64,20 +63,12 @@ class BertConfig(ModelConfig, TransformerVariants):
     norm_position: Literal["pre", "post"] = "post"
 
     layers_name: ClassVar[str] = "layer"
+    head_fields: ClassVar[tuple[str, tuple[str, ...]]] = ("hidden_size", ("num_attention_heads",))
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
-    @model_validator(mode="after")
-    def _heads(self):
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"hidden_size={self.hidden_size} is not divisible by "
-                             f"num_attention_heads={self.num_attention_heads}")
-        if self.num_kv_heads and self.num_attention_heads % self.num_kv_heads:
-            raise ValueError(f"num_attention_heads={self.num_attention_heads} is not divisible by "
-                             f"num_kv_heads={self.num_kv_heads}")
-        return self
 
 
 TORCH_KEY_MAP = TorchKeyMap(

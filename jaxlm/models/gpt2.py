@@ -20,7 +20,6 @@ from typing import ClassVar, Literal
 
 import flax.linen as nn
 import jax.numpy as jnp
-from pydantic import model_validator
 
 from jaxlm.layers.attention import SelfAttention
 from jaxlm.layers.core import ACTIVATIONS, dense, embed, norm
@@ -51,18 +50,12 @@ class GPT2Config(ModelConfig, TransformerVariants):
     eos_token_id: int = 50256
 
     layers_name: ClassVar[str] = "h"
+    head_fields: ClassVar[tuple[str, tuple[str, ...]]] = ("n_embd", ("n_head",))
 
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
-    @model_validator(mode="after")
-    def _heads(self):
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
-        if self.num_kv_heads and self.n_head % self.num_kv_heads:
-            raise ValueError(f"n_head={self.n_head} is not divisible by num_kv_heads={self.num_kv_heads}")
-        return self
 
 
 TORCH_KEY_MAP = TorchKeyMap(

@@ -22,11 +22,11 @@ unless tied.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import flax.linen as nn
 import jax.numpy as jnp
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from jaxlm.layers.attention import SelfAttention
 from jaxlm.layers.core import ACTIVATIONS, dense, embed, norm
@@ -63,17 +63,8 @@ class TransformerSeq2SeqConfig(ModelConfig, TransformerVariants):
     positions: PositionType = "sinusoidal"
     norm_position: Literal["pre", "post"] = "post"
 
-    @model_validator(mode="after")
-    def _heads_divide(self):
-        for side in ("encoder", "decoder"):
-            heads = getattr(self, f"{side}_attention_heads")
-            if self.d_model % heads:
-                raise ValueError(f"model.d_model={self.d_model} is not divisible by model.{side}_attention_heads="
-                                 f"{heads}")
-            if self.num_kv_heads and heads % self.num_kv_heads:
-                raise ValueError(f"model.{side}_attention_heads={heads} is not a multiple of model.num_kv_heads="
-                                 f"{self.num_kv_heads}")
-        return self
+    head_fields: ClassVar[tuple[str, tuple[str, ...]]] = ("d_model", ("encoder_attention_heads",
+                                                                      "decoder_attention_heads"))
 
 
 class CachedState(nn.Module):
