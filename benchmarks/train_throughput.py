@@ -1,17 +1,25 @@
 """Training tokens/s: jaxlm vs Hugging Face PyTorch, side by side, with CPU MFU.
 
-Both frameworks train the same architecture (random init, dropout on, AdamW with the same
-hyperparameters, global-norm clipping) at the same batch and sequence length, one after the
-other in this process: GPT-2 as a causal LM, BERT as a masked LM (15 % of positions scored;
-both compute the prediction head over every position, as transformers does).
+Both frameworks train the same architecture (random init, dropout ``--dropout``, AdamW with the
+same hyperparameters, global-norm clipping) at the same batch and sequence length in this
+process: GPT-2 as a causal LM, BERT as a masked LM (15 % of positions scored; both compute the
+prediction head over every position, as transformers does). After warm-up (jaxlm compiles
+there) the two alternate ``--rounds`` times, ``--steps`` steps a round, and each keeps its
+fastest round, so that load from elsewhere on the machine hits both alike.
 
-MFU = model FLOPs per second / the machine's measured float32 matmul peak (the faster of a
-jitted ``jnp.dot`` and ``torch.mm`` on 2048 x 2048 matrices). Model FLOPs per trained token:
-6 x (parameters used in matmuls, the tied output embedding included, position tables not)
-+ 12 x layers x sequence x width for attention scores and mixing (PaLM's count).
+``--precision bfloat16`` computes in bfloat16 with float32 master weights: jaxlm's
+``precision.compute``, and ``torch.autocast`` for PyTorch. On a GPU (jax's default backend;
+torch on CUDA) both run there.
 
-Usage: python benchmarks/train_throughput.py [--model gpt2|bert] [--size base|tiny]
-       [--batch 8] [--seq 128 | --seq 128 256 512 1024] [--steps 5]
+MFU = model FLOPs per second / the measured matmul peak in the compute dtype (the faster of
+a jitted ``jnp.dot`` and ``torch.mm``: 2048 x 2048 on CPU, 8192 x 8192 on GPU). Model FLOPs
+per trained token: 6 x (parameters used in matmuls, the tied output embedding included,
+position tables not) + 12 x layers x sequence x width for attention scores and mixing
+(PaLM's count).
+
+Usage: python benchmarks/train_throughput.py [--model gpt2|bert] [--size small|medium|tiny]
+       [--batch 8] [--seq 128 | --seq 128 256 512 1024] [--steps 3] [--rounds 3]
+       [--precision float32|bfloat16] [--dropout 0.1]
 With several ``--seq`` values the tokens per step stay fixed (batch x seq = --batch x the first
 length), so the rows show how the cost of a token grows with the context.
 """
@@ -36,14 +44,18 @@ from jaxlm.models.bert import BertConfig  # noqa: E402
 from jaxlm.models.gpt2 import GPT2Config  # noqa: E402
 from jaxlm.train.losses import cross_entropy_sum  # noqa: E402
 from jaxlm.train.optim import build_optimizer  # noqa: E402
-from jaxlm.train.precision import LossScale  # noqa: E402
+from jaxlm.train.precision import DTYPES, LossScale  # noqa: E402
 from jaxlm.train.step import TrainState, make_train_step  # noqa: E402
 
-SIZES = {
-    "gpt2": {"base": dict(n_embd=768, n_layer=12, n_head=12), "tiny": dict(n_embd=128, n_layer=4, n_head=4)},
-    "bert": {"base": {}, "tiny": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
-                                      intermediate_size=512)},
+SIZES = {  # the first is the default
+    "gpt2": {"small": {}, "medium": dict(n_embd=1024, n_layer=24, n_head=16),
+             "tiny": dict(n_embd=128, n_layer=4, n_head=4)},
+    "bert": {"base": {}, "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                                       intermediate_size=4096),
+             "tiny": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512)},
 }
+DROPOUT_FIELDS = {"gpt2": ("resid_pdrop", "embd_pdrop", "attn_pdrop"),
+                  "bert": ("hidden_dropout_prob", "attention_probs_dropout_prob")}
 LR, WD, BETAS = 6e-4, 0.1, (0.9, 0.95)
 MASK_RATE = 0.15
 POSITION_TABLES = ("wpe", "position_embeddings", "token_type_embeddings")
@@ -74,18 +86,16 @@ def make_batch(kind: str, vocab: int, batch: int, seq: int) -> dict[str, np.ndar
     return {"tokens": np.where(labels >= 0, 103, tokens).astype(np.int32), "labels": labels}
 
 
-def time_steps(step, warmup: int, steps: int) -> float:
-    for _ in range(warmup):
-        step()
+def mean_step_time(step, steps: int) -> float:
     start = time.perf_counter()
     for _ in range(steps):
         step()
     return (time.perf_counter() - start) / steps
 
 
-def bench_jaxlm(kind: str, cfg, batch: dict, warmup: int, steps: int) -> tuple[float, int]:
-    """Seconds per step and the number of parameters used in matmuls."""
-    model = build_model(cfg, "causal_lm" if kind == "gpt2" else "masked_lm")
+def jaxlm_step(kind: str, cfg, batch: dict, precision: str):
+    """A function that runs one jaxlm train step, and the number of parameters used in matmuls."""
+    model = build_model(cfg, "causal_lm" if kind == "gpt2" else "masked_lm", dtype=DTYPES[precision])
     tx, schedule = build_optimizer(
         OptimizerConfig(learning_rate=LR, weight_decay=WD, b1=BETAS[0], b2=BETAS[1], clip_norm=1.0),
         ScheduleConfig(name="constant"), 1000)
@@ -104,22 +114,30 @@ def bench_jaxlm(kind: str, cfg, batch: dict, warmup: int, steps: int) -> tuple[f
         holder[0], metrics = train_step(holder[0], device_batch)
         metrics["loss"].block_until_ready()
 
-    return time_steps(step, warmup, steps), matmul_params
+    return step, matmul_params
 
 
-def bench_torch(kind: str, cfg, batch: dict, warmup: int, steps: int) -> float:
+def torch_device() -> str:
+    import torch
+
+    return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
+def torch_step(kind: str, cfg, batch: dict, precision: str):
+    """A function that runs one train step of transformers' model in eager mode."""
     import torch
     import transformers
 
+    device = torch_device()
     if kind == "gpt2":
         model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**cfg.hf_dict()))
-        ids = torch.tensor(batch["tokens"][:, :-1], dtype=torch.long)
-        labels = torch.tensor(batch["tokens"][:, 1:], dtype=torch.long)
+        ids = torch.tensor(batch["tokens"][:, :-1], dtype=torch.long, device=device)
+        labels = torch.tensor(batch["tokens"][:, 1:], dtype=torch.long, device=device)
     else:
         model = transformers.BertForMaskedLM(transformers.BertConfig(**cfg.hf_dict()))
-        ids = torch.tensor(batch["tokens"], dtype=torch.long)
-        labels = torch.tensor(batch["labels"], dtype=torch.long)
-    model.train()
+        ids = torch.tensor(batch["tokens"], dtype=torch.long, device=device)
+        labels = torch.tensor(batch["labels"], dtype=torch.long, device=device)
+    model.to(device).train()
     no_decay = ("wte", "wpe", "embeddings", "bias", "LayerNorm", "ln_")
     decay = [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)]
     rest = [p for n, p in model.named_parameters() if any(k in n for k in no_decay)]
@@ -127,75 +145,94 @@ def bench_torch(kind: str, cfg, batch: dict, warmup: int, steps: int) -> float:
                             lr=LR, betas=BETAS)
 
     def step():
-        logits = model(ids).logits
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                                 ignore_index=-100)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+            logits = model(ids).logits
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                                     labels.reshape(-1), ignore_index=-100)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
 
-    return time_steps(step, warmup, steps)
+    return step
 
 
-def matmul_peak(n: int = 2048, repeats: int = 10) -> dict[str, float]:
-    """Measured float32 matmul FLOP/s of jax (jitted) and torch on this machine."""
+def matmul_peak(precision: str, repeats: int = 10) -> dict[str, float]:
+    """Measured matmul FLOP/s of jax (jitted) and torch on this machine, in the compute dtype."""
     import torch
 
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n))
+    n = 8192 if jax.default_backend() == "gpu" else 2048
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), DTYPES[precision])
     dot = jax.jit(jnp.dot)
-    dot(a, a).block_until_ready()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        dot(a, a).block_until_ready()
-    jax_time = (time.perf_counter() - start) / repeats
-    t = torch.randn(n, n)
-    torch.mm(t, t)
-    start = time.perf_counter()
-    for _ in range(repeats):
+    jax_time = mean_step_time(lambda: dot(a, a).block_until_ready(), 1)  # compiles
+    jax_time = mean_step_time(lambda: dot(a, a).block_until_ready(), repeats)
+    device = torch_device()
+    t = torch.randn(n, n, device=device, dtype=getattr(torch, precision))
+
+    def mm():
         torch.mm(t, t)
-    torch_time = (time.perf_counter() - start) / repeats
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    mm()
+    torch_time = mean_step_time(mm, repeats)
     return {"jax": 2 * n**3 / jax_time, "torch": 2 * n**3 / torch_time}
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", choices=SIZES, default="gpt2")
-    p.add_argument("--size", choices=["base", "tiny"], default="base")
+    p.add_argument("--size", help="gpt2: small (default), medium, tiny; bert: base (default), large, tiny")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, nargs="+", default=[128])
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=3, help="steps per timed round")
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds per framework, alternating; the fastest counts")
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--precision", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--dropout", type=float, default=0.1, help="every dropout probability of the model")
     args = p.parse_args()
     import torch
     import transformers
 
-    peak = matmul_peak()
-    name = {"gpt2": {"base": "gpt2-small"}, "bert": {"base": "bert-base"}}[args.model].get(args.size, f"{args.model}-tiny")
-    print(f"# {name} training, {os.cpu_count()} CPU cores "
-          f"({platform.processor() or platform.machine()}), jax {jax.__version__}, torch {torch.__version__}, "
-          f"transformers {transformers.__version__}")
-    print(f"# measured float32 matmul peak: jax {peak['jax'] / 1e9:.1f} GFLOP/s, torch {peak['torch'] / 1e9:.1f} "
-          f"GFLOP/s; MFU below is against the larger")
+    size = args.size or next(iter(SIZES[args.model]))
+    if size not in SIZES[args.model]:
+        p.error(f"--size {size} is not a {args.model} size; choose from {', '.join(SIZES[args.model])}")
+    peak = matmul_peak(args.precision)
+    device = jax.devices()[0].device_kind if jax.default_backend() == "gpu" else (
+        f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()})")
+    print(f"# {args.model}-{size} training in {args.precision}, dropout {args.dropout}, on {device}; "
+          f"jax {jax.__version__}, torch {torch.__version__}, transformers {transformers.__version__}")
+    print(f"# measured {args.precision} matmul peak: jax {peak['jax'] / 1e9:.1f} GFLOP/s, torch "
+          f"{peak['torch'] / 1e9:.1f} GFLOP/s; MFU below is against the larger")
     print("| seq | batch | jaxlm s/step | jaxlm tokens/s | PyTorch tokens/s | jaxlm / PyTorch | jaxlm MFU | "
           "PyTorch MFU |\n|---:|---:|---:|---:|---:|---:|---:|---:|")
     tokens_per_step = args.batch * args.seq[0]
     for seq in args.seq:
         batch_size = max(tokens_per_step // seq, 1)
+        dropout = dict.fromkeys(DROPOUT_FIELDS[args.model], args.dropout)
         if args.model == "gpt2":
-            cfg = GPT2Config(**SIZES["gpt2"][args.size], n_positions=max(1024, seq))
+            cfg = GPT2Config(**SIZES["gpt2"][size], **dropout, n_positions=max(1024, seq))
             layers, width = cfg.n_layer, cfg.n_embd
         else:
-            cfg = BertConfig(**SIZES["bert"][args.size], max_position_embeddings=max(512, seq))
+            cfg = BertConfig(**SIZES["bert"][size], **dropout, max_position_embeddings=max(512, seq))
             layers, width = cfg.num_hidden_layers, cfg.hidden_size
         batch = make_batch(args.model, cfg.vocab_size, batch_size, seq)
-        jax_sec, matmul_params = bench_jaxlm(args.model, cfg, batch, args.warmup, args.steps)
-        torch_sec = bench_torch(args.model, cfg, batch, args.warmup, args.steps)
+        jax_step, matmul_params = jaxlm_step(args.model, cfg, batch, args.precision)
+        steps = {"jaxlm": jax_step, "torch": torch_step(args.model, cfg, batch, args.precision)}
+        for step in steps.values():
+            mean_step_time(step, args.warmup)
+        best = dict.fromkeys(steps, float("inf"))
+        for _ in range(args.rounds):
+            for name, step in steps.items():
+                best[name] = min(best[name], mean_step_time(step, args.steps))
+        jax_sec, torch_sec = best["jaxlm"], best["torch"]
         n_tokens = batch_size * seq
         flops = n_tokens * (6 * matmul_params + 12 * layers * seq * width)
-        best = max(peak.values())
+        top = max(peak.values())
         print(f"| {seq} | {batch_size} | {jax_sec:.3f} | {n_tokens / jax_sec:.0f} | {n_tokens / torch_sec:.0f} | "
-              f"{torch_sec / jax_sec:.2f} | {flops / jax_sec / best:.1%} | {flops / torch_sec / best:.1%} |",
+              f"{torch_sec / jax_sec:.2f} | {flops / jax_sec / top:.1%} | {flops / torch_sec / top:.1%} |",
               flush=True)
 
 

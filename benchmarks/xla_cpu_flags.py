@@ -4,7 +4,7 @@ Runs ``benchmarks/train_throughput.py`` (jaxlm's step and PyTorch's, side by sid
 ``XLA_FLAGS`` setting, each in a fresh process (XLA reads the flags at start-up), and prints
 the jaxlm / PyTorch ratio of each. Flags that XLA does not know make the process fail; they
 are reported as such.
-Usage: python benchmarks/xla_cpu_flags.py [--model gpt2|bert] [--size base|tiny] [--steps 3]
+Usage: python benchmarks/xla_cpu_flags.py [--model gpt2|bert] [--size SIZE] [--steps 3]
 """
 
 from __future__ import annotations
@@ -28,15 +28,16 @@ SETTINGS = {
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="gpt2")
-    p.add_argument("--size", default="base")
+    p.add_argument("--size", help="as train_throughput.py's (default: the family's base size)")
     p.add_argument("--steps", type=int, default=3)
     args = p.parse_args()
     script = Path(__file__).with_name("train_throughput.py")
     print("| XLA_FLAGS | jaxlm tokens/s | PyTorch tokens/s | jaxlm / PyTorch |\n|---|---:|---:|---:|")
     for name, flags in SETTINGS.items():
         env = {**os.environ, "XLA_FLAGS": flags}
-        result = subprocess.run([sys.executable, str(script), "--model", args.model, "--size", args.size,
-                                 "--steps", str(args.steps)], env=env, capture_output=True, text=True)
+        size = ["--size", args.size] if args.size else []
+        result = subprocess.run([sys.executable, str(script), "--model", args.model, *size, "--steps", str(args.steps)],
+                                env=env, capture_output=True, text=True)
         row = next((line for line in result.stdout.splitlines() if re.match(r"\| \d+ \|", line)), None)
         if result.returncode or row is None:
             last = (result.stderr.strip().splitlines() or ["no output"])[-1]

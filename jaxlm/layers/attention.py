@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxlm.layers.core import dense
+from jaxlm.layers.core import Dropout, dense
 from jaxlm.layers.embeddings import apply_rotary
 
 Implementation = Literal["xla", "cudnn"] | None
@@ -137,7 +137,7 @@ class SelfAttention(nn.Module):
         weights = None
         if explicit:
             weights = attention_weights(q, k, mask)
-            probs = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
+            probs = Dropout(self.dropout_rate)(weights, deterministic=deterministic)
             out = jnp.einsum("bnqk,bknh->bqnh", probs, repeat_kv(v, self.num_heads))
         else:
             local = None if not (window and aligned) else (window - 1, 0 if self.causal else window - 1)

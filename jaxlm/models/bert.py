@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.layers.attention import SelfAttention
-from jaxlm.layers.core import ACTIVATIONS, dense, embed, layer_norm, norm, zeros
+from jaxlm.layers.core import ACTIVATIONS, Dropout, dense, embed, layer_norm, norm, zeros
 from jaxlm.layers.embeddings import add_positions
 from jaxlm.models.base import ModelConfig, TorchKeyMap, TransformerVariants
 from jaxlm.models.layout import apply_layers
@@ -111,7 +111,7 @@ class BertEmbeddings(nn.Module):
                       **kw)(token_type_ids)
         x = add_positions(x, position_ids, c.positions, c.max_position_embeddings, name="position_embeddings", **kw)
         x = norm(c.norm_type, c.layer_norm_eps, name="LayerNorm", dtype=self.dtype)(x)
-        return nn.Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic)
+        return Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic)
 
 
 class BertLayer(nn.Module):
@@ -135,11 +135,11 @@ class BertLayer(nn.Module):
             rope_theta=c.rope_theta if c.positions == "rotary" else None, sliding_window=c.sliding_window,
             implementation=c.attention_implementation, dtype=self.dtype, name="attention",
         )(ln_1(x) if pre else x, attention_mask, deterministic=deterministic, output_attentions=output_attentions)
-        x = x + nn.Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
+        x = x + Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
         x = x if pre else ln_1(x)
         h = dense(c.intermediate_size, ("embed", "mlp"), name="intermediate", **kw)(ln_2(x) if pre else x)
         h = dense(c.hidden_size, ("mlp", "embed"), name="output", **kw)(ACTIVATIONS[c.hidden_act](h))
-        x = x + nn.Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
+        x = x + Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
         x = x if pre else ln_2(x)
         return nn.with_logical_constraint(x, ("batch", "length", "embed")), weights
 
@@ -246,7 +246,7 @@ class _BertWithHead(nn.Module):
         """Dropout (``classifier_dropout``, else ``hidden_dropout_prob``) and a ``num_labels`` dense."""
         c = self.config
         rate = c.hidden_dropout_prob if c.classifier_dropout is None else c.classifier_dropout
-        x = nn.Dropout(rate)(x, deterministic=deterministic)
+        x = Dropout(rate)(x, deterministic=deterministic)
         return dense(c.num_labels, ("embed", None), std=c.initializer_range, name="classifier", dtype=self.dtype)(x)
 
 

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxlm.layers.attention import SelfAttention
-from jaxlm.layers.core import ACTIVATIONS, dense, embed, layer_norm, zeros
+from jaxlm.layers.core import ACTIVATIONS, Dropout, dense, embed, layer_norm, zeros
 from jaxlm.models.base import ModelConfig, TorchKeyMap
 from jaxlm.models.bert import embed_ids
 from jaxlm.models.outputs import ModelOutput
@@ -79,7 +79,7 @@ class DistilBertEmbeddings(nn.Module):
         positions = embed(c.max_position_embeddings, c.dim, (None, "embed"), name="position_embeddings", **kw)
         x = embed_ids(words, input_ids, c.pad_token_id) + positions(position_ids)
         x = layer_norm(LAYER_NORM_EPS, name="LayerNorm", dtype=self.dtype)(x)
-        return nn.Dropout(c.dropout)(x, deterministic=deterministic)
+        return Dropout(c.dropout)(x, deterministic=deterministic)
 
 
 class DistilBertLayer(nn.Module):
@@ -100,7 +100,7 @@ class DistilBertLayer(nn.Module):
         x = layer_norm(LAYER_NORM_EPS, name="sa_layer_norm", dtype=self.dtype)(x + h)
         h = dense(c.hidden_dim, ("embed", "mlp"), name="ffn_lin1", **kw)(x)
         h = dense(c.dim, ("mlp", "embed"), name="ffn_lin2", **kw)(ACTIVATIONS[c.activation](h))
-        h = nn.Dropout(c.dropout)(h, deterministic=deterministic)
+        h = Dropout(c.dropout)(h, deterministic=deterministic)
         x = layer_norm(LAYER_NORM_EPS, name="output_layer_norm", dtype=self.dtype)(x + h)
         return nn.with_logical_constraint(x, ("batch", "length", "embed")), weights
 
@@ -175,5 +175,5 @@ class DistilBertForSequenceClassification(_DistilBertWithHead):
         c = self.config
         kw = dict(std=c.initializer_range, dtype=self.dtype)
         x = dense(c.dim, ("embed", None), name="pre_classifier", **kw)(out.last_hidden_state[:, 0])
-        x = nn.Dropout(c.seq_classif_dropout)(nn.relu(x), deterministic=deterministic)
+        x = Dropout(c.seq_classif_dropout)(nn.relu(x), deterministic=deterministic)
         return out.replace(logits=dense(c.num_labels, ("embed", None), name="classifier", **kw)(x))

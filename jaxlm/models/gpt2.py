@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxlm.layers.attention import SelfAttention
-from jaxlm.layers.core import ACTIVATIONS, dense, embed, norm
+from jaxlm.layers.core import ACTIVATIONS, Dropout, dense, embed, norm
 from jaxlm.layers.embeddings import add_positions
 from jaxlm.models.base import ModelConfig, TorchKeyMap, TransformerVariants
 from jaxlm.models.layout import apply_layers
@@ -81,7 +81,7 @@ class GPT2MLP(nn.Module):
         h = ACTIVATIONS[c.activation_function](h)
         h = dense(c.n_embd, ("mlp", "embed"), std=c.initializer_range / math.sqrt(2 * c.n_layer),
                   name="c_proj", dtype=self.dtype)(h)
-        return nn.Dropout(c.resid_pdrop)(h, deterministic=deterministic)
+        return Dropout(c.resid_pdrop)(h, deterministic=deterministic)
 
 
 class GPT2Block(nn.Module):
@@ -101,7 +101,7 @@ class GPT2Block(nn.Module):
             implementation=c.attention_implementation, dtype=self.dtype, name="attn",
         )(ln_1(x) if pre else x, attention_mask, decode=decode, deterministic=deterministic,
           output_attentions=output_attentions)
-        x = x + nn.Dropout(c.resid_pdrop)(h, deterministic=deterministic)
+        x = x + Dropout(c.resid_pdrop)(h, deterministic=deterministic)
         x = x if pre else ln_1(x)
         x = x + GPT2MLP(c, dtype=self.dtype, name="mlp")(ln_2(x) if pre else x, deterministic)
         x = x if pre else ln_2(x)
@@ -127,7 +127,7 @@ class GPT2Model(nn.Module):
                           name="wpe", dtype=self.dtype)
         if token_type_ids is not None:  # GPT-2 reuses wte for token types, as transformers does
             x = x + wte(token_type_ids)
-        x = nn.Dropout(c.embd_pdrop)(x, deterministic=deterministic)
+        x = Dropout(c.embd_pdrop)(x, deterministic=deterministic)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
         block = c.remat_layer(GPT2Block, static_argnums=(3, 4, 5))

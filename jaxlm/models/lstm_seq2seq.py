@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from pydantic import Field, model_validator
 
-from jaxlm.layers.core import dense, embed, zeros
+from jaxlm.layers.core import Dropout, dense, embed, zeros
 from jaxlm.models.base import ModelConfig
 from jaxlm.models.outputs import EncoderOutput, ModelOutput
 from jaxlm.models.seq2seq import CachedState
@@ -88,10 +88,10 @@ class DecoderStep(nn.Module):
         new = []
         for i, carry in enumerate(carries):
             if i:
-                x = nn.Dropout(c.dropout)(x, deterministic=deterministic)
+                x = Dropout(c.dropout)(x, deterministic=deterministic)
             carry, x = lstm_cell(c, self.dtype, name=f"layer_{i}")(carry, x)
             new.append(carry)
-        x = nn.Dropout(c.dropout)(x, deterministic=deterministic)
+        x = Dropout(c.dropout)(x, deterministic=deterministic)
         if c.tie_word_embeddings:
             logits = x @ table.T.astype(self.dtype)
         else:
@@ -117,7 +117,7 @@ class LSTMSeq2Seq(nn.Module):
             self.source_embed, self.target_embed = make("source_embed"), make("target_embed")
         self.encoder = [nn.RNN(lstm_cell(c, self.dtype), return_carry=True, name=f"encoder_{i}")
                         for i in range(c.num_layers)]
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = Dropout(c.dropout)
         self.state = CachedState()
         self.decoder = nn.scan(DecoderStep, variable_broadcast="params", split_rngs={"params": False, "dropout": True},
                                in_axes=(1, nn.broadcast), out_axes=1)(c, dtype=self.dtype, name="decoder")

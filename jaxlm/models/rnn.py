@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from pydantic import Field
 
-from jaxlm.layers.core import zeros
+from jaxlm.layers.core import Dropout, zeros
 from jaxlm.models.outputs import ModelOutput
 from jaxlm.models.word_embeddings import WordEmbeddings, WordModelConfig, classifier_logits
 
@@ -54,7 +54,7 @@ class RNNForSequenceClassification(nn.Module):
         directions = ("forward", "backward") if c.bidirectional else ("forward",)
         for layer in range(c.num_layers):
             if layer:
-                x = nn.Dropout(c.dropout)(x, deterministic=deterministic)
+                x = Dropout(c.dropout)(x, deterministic=deterministic)
             x = jnp.concatenate([
                 nn.RNN(self._cell(), name=f"{d}_{layer}")(x, seq_lengths=lengths, reverse=d == "backward",
                                                          keep_order=True)

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from pydantic import Field
 
 from jaxlm.layers.attention import SelfAttention
-from jaxlm.layers.core import ACTIVATIONS, dense, embed, norm
+from jaxlm.layers.core import ACTIVATIONS, Dropout, dense, embed, norm
 from jaxlm.layers.embeddings import PositionType, add_positions
 from jaxlm.models.base import ModelConfig, TransformerVariants
 from jaxlm.models.outputs import EncoderOutput, ModelOutput
@@ -86,15 +86,15 @@ class FeedForward(nn.Module):
     def __call__(self, x, deterministic: bool):
         c = self.config
         h = dense(self.ffn_dim, ("embed", "mlp"), std=c.init_std, name="fc1", dtype=self.dtype)(x)
-        h = nn.Dropout(c.activation_dropout)(ACTIVATIONS[c.activation_function](h), deterministic=deterministic)
+        h = Dropout(c.activation_dropout)(ACTIVATIONS[c.activation_function](h), deterministic=deterministic)
         return dense(c.d_model, ("mlp", "embed"), std=c.init_std, name="fc2", dtype=self.dtype)(h)
 
 
 def residual(c: TransformerSeq2SeqConfig, x, f, layer_norm: nn.Module, deterministic: bool):
     """``f`` with dropout and a residual, normalised before (pre-LN) or after (post-LN)."""
     if c.norm_position == "pre":
-        return x + nn.Dropout(c.dropout)(f(layer_norm(x)), deterministic=deterministic)
-    return layer_norm(x + nn.Dropout(c.dropout)(f(x), deterministic=deterministic))
+        return x + Dropout(c.dropout)(f(layer_norm(x)), deterministic=deterministic)
+    return layer_norm(x + Dropout(c.dropout)(f(x), deterministic=deterministic))
 
 
 def attention(c: TransformerSeq2SeqConfig, heads: int, dtype, name: str, **kw) -> SelfAttention:
@@ -147,7 +147,7 @@ def _embed_tokens(c: TransformerSeq2SeqConfig, table, ids, positions, dtype, det
         x = x * math.sqrt(c.d_model)
     x = add_positions(x, positions, c.positions, c.max_position_embeddings, std=c.init_std, name="embed_positions",
                       dtype=dtype)
-    return nn.Dropout(c.dropout)(x, deterministic=deterministic)
+    return Dropout(c.dropout)(x, deterministic=deterministic)
 
 
 class Encoder(nn.Module):

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from pydantic import model_validator
 
 from jaxlm.layers.attention import SelfAttention
-from jaxlm.layers.core import ACTIVATIONS, dense, layer_norm, normal, zeros
+from jaxlm.layers.core import ACTIVATIONS, Dropout, dense, layer_norm, normal, zeros
 from jaxlm.models.base import ModelConfig, TorchKeyMap
 from jaxlm.models.layout import apply_layers
 from jaxlm.models.outputs import ModelOutput
@@ -115,7 +115,7 @@ class ViTEmbeddings(nn.Module):
                                (1, c.num_patches + 1, c.hidden_size))
         cls = jnp.broadcast_to(cls.astype(self.dtype), (x.shape[0], 1, c.hidden_size))
         x = jnp.concatenate([cls, x], axis=1) + positions.astype(self.dtype)
-        return nn.Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic)
+        return Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic)
 
 
 class ViTPatchEmbeddings(nn.Module):
@@ -150,11 +150,11 @@ class ViTLayer(nn.Module):
             init_std=c.initializer_range, out_init_std=c.initializer_range, qkv_names=("query", "key", "value"),
             out_name="output", implementation=c.attention_implementation, dtype=self.dtype, name="attention",
         )(h, None, deterministic=deterministic, output_attentions=output_attentions)
-        x = x + nn.Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
+        x = x + Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
         h = layer_norm(c.layer_norm_eps, name="layernorm_after", dtype=self.dtype)(x)
         h = dense(c.intermediate_size, ("embed", "mlp"), name="intermediate", **kw)(h)
         h = dense(c.hidden_size, ("mlp", "embed"), name="output", **kw)(ACTIVATIONS[c.hidden_act](h))
-        x = x + nn.Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
+        x = x + Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
         return nn.with_logical_constraint(x, ("batch", "length", "embed")), weights
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import model_validator
 
 from jaxlm.errors import DataError
-from jaxlm.layers.core import dense, normal
+from jaxlm.layers.core import Dropout, dense, normal
 from jaxlm.models.base import ModelConfig
 
 log = logging.getLogger("jaxlm")
@@ -83,7 +83,7 @@ class WordEmbeddings(nn.Module):
 
 def classifier_logits(config: WordModelConfig, features, deterministic: bool, dtype):
     """Dropout and a ``num_labels`` dense on pooled ``[batch, features]``."""
-    x = nn.Dropout(config.dropout)(features, deterministic=deterministic)
+    x = Dropout(config.dropout)(features, deterministic=deterministic)
     return dense(config.num_labels, ("mlp", None), std=config.initializer_range, name="classifier", dtype=dtype)(x)
 
 
