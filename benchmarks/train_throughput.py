@@ -5,9 +5,12 @@ same hyperparameters, global-norm clipping) at the same batch and sequence lengt
 process: GPT-2 as a causal LM, BERT as a masked LM (15 % of positions scored; both compute the
 prediction head over every position, as transformers does). After warm-up (jaxlm compiles
 there) the two alternate ``--rounds`` times, ``--steps`` steps a round, and each keeps its
-fastest round, so that load from elsewhere on the machine hits both alike.
+fastest round, so that load from elsewhere on the machine hits both alike. Each round runs
+in a fresh process: with both frameworks loaded in one process, jaxlm's step measured about
+20 % slower after torch had run (its thread pool competes with XLA's).
 
-``--precision bfloat16`` computes in bfloat16 with float32 master weights: jaxlm's
+``--precision bfloat16`` (for GPUs: torch's bfloat16 matmuls crawl on CPUs without bfloat16 units)
+computes in bfloat16 with float32 master weights: jaxlm's
 ``precision.compute``, and ``torch.autocast`` for PyTorch. On a GPU (jax's default backend;
 torch on CUDA) both run there.
 
@@ -27,8 +30,11 @@ length), so the rows show how the cost of a token grows with the context.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import subprocess
+import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -159,26 +165,59 @@ def torch_step(kind: str, cfg, batch: dict, precision: str):
     return step
 
 
-def matmul_peak(precision: str, repeats: int = 10) -> dict[str, float]:
-    """Measured matmul FLOP/s of jax (jitted) and torch on this machine, in the compute dtype."""
-    import torch
-
+def matmul_peak(framework: str, precision: str, repeats: int = 10) -> float:
+    """Measured matmul FLOP/s of one framework (jitted ``jnp.dot`` or ``torch.mm``) in the compute dtype."""
     n = 8192 if jax.default_backend() == "gpu" else 2048
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), DTYPES[precision])
-    dot = jax.jit(jnp.dot)
-    jax_time = mean_step_time(lambda: dot(a, a).block_until_ready(), 1)  # compiles
-    jax_time = mean_step_time(lambda: dot(a, a).block_until_ready(), repeats)
-    device = torch_device()
-    t = torch.randn(n, n, device=device, dtype=getattr(torch, precision))
+    if framework == "jaxlm":
+        a = jax.random.normal(jax.random.PRNGKey(0), (n, n), DTYPES[precision])
+        dot = jax.jit(jnp.dot)
 
-    def mm():
-        torch.mm(t, t)
-        if device == "cuda":
-            torch.cuda.synchronize()
+        def mm():
+            dot(a, a).block_until_ready()
+    else:
+        import torch
 
-    mm()
-    torch_time = mean_step_time(mm, repeats)
-    return {"jax": 2 * n**3 / jax_time, "torch": 2 * n**3 / torch_time}
+        device = torch_device()
+        t = torch.randn(n, n, device=device, dtype=getattr(torch, precision))
+
+        def mm():
+            torch.mm(t, t)
+            if device == "cuda":
+                torch.cuda.synchronize()
+
+    mm()  # jax compiles here
+    return 2 * n**3 / mean_step_time(mm, repeats)
+
+
+def model_config(kind: str, size: str, seq: int, dropout: float):
+    rates = dict.fromkeys(DROPOUT_FIELDS[kind], dropout)
+    if kind == "gpt2":
+        return GPT2Config(**SIZES["gpt2"][size], **rates, n_positions=max(1024, seq))
+    return BertConfig(**SIZES["bert"][size], **rates, max_position_embeddings=max(512, seq))
+
+
+def child(args) -> None:
+    """One framework in this fresh process: its matmul peak, then seconds per step after warm-up (JSON)."""
+    cfg = model_config(args.model, args.size, args.seq[0], args.dropout)
+    batch = make_batch(args.model, cfg.vocab_size, args.batch, args.seq[0])
+    out = {"peak": matmul_peak(args.child, args.precision)}
+    if args.child == "jaxlm":
+        step, out["matmul_params"] = jaxlm_step(args.model, cfg, batch, args.precision)
+    else:
+        step = torch_step(args.model, cfg, batch, args.precision)
+    mean_step_time(step, args.warmup)
+    out["sec"] = mean_step_time(step, args.steps)
+    print(json.dumps(out))
+
+
+def run_child(args, framework: str, seq: int, batch: int) -> dict:
+    command = [sys.executable, __file__, "--child", framework, "--model", args.model, "--size", args.size,
+               "--batch", str(batch), "--seq", str(seq), "--steps", str(args.steps), "--warmup", str(args.warmup),
+               "--precision", args.precision, "--dropout", str(args.dropout)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        sys.exit(f"{framework} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def main():
@@ -187,53 +226,51 @@ def main():
     p.add_argument("--size", help="gpt2: small (default), medium, tiny; bert: base (default), large, tiny")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, nargs="+", default=[128])
-    p.add_argument("--steps", type=int, default=3, help="steps per timed round")
-    p.add_argument("--rounds", type=int, default=3, help="timed rounds per framework, alternating; the fastest counts")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per round")
+    p.add_argument("--rounds", type=int, default=3, help="rounds per framework, alternating; the fastest counts")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--precision", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--dropout", type=float, default=0.1, help="every dropout probability of the model")
+    p.add_argument("--child", choices=["jaxlm", "torch"], help=argparse.SUPPRESS)
     args = p.parse_args()
+    args.size = args.size or next(iter(SIZES[args.model]))
+    if args.size not in SIZES[args.model]:
+        p.error(f"--size {args.size} is not a {args.model} size; choose from {', '.join(SIZES[args.model])}")
+    if args.child:
+        return child(args)
     import torch
     import transformers
 
-    size = args.size or next(iter(SIZES[args.model]))
-    if size not in SIZES[args.model]:
-        p.error(f"--size {size} is not a {args.model} size; choose from {', '.join(SIZES[args.model])}")
-    peak = matmul_peak(args.precision)
     device = jax.devices()[0].device_kind if jax.default_backend() == "gpu" else (
         f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()})")
-    print(f"# {args.model}-{size} training in {args.precision}, dropout {args.dropout}, on {device}; "
-          f"jax {jax.__version__}, torch {torch.__version__}, transformers {transformers.__version__}")
-    print(f"# measured {args.precision} matmul peak: jax {peak['jax'] / 1e9:.1f} GFLOP/s, torch "
-          f"{peak['torch'] / 1e9:.1f} GFLOP/s; MFU below is against the larger")
-    print("| seq | batch | jaxlm s/step | jaxlm tokens/s | PyTorch tokens/s | jaxlm / PyTorch | jaxlm MFU | "
-          "PyTorch MFU |\n|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"# {args.model}-{args.size} training in {args.precision}, dropout {args.dropout}, on {device}; "
+          f"jax {jax.__version__}, torch {torch.__version__}, transformers {transformers.__version__}; "
+          f"best of {args.rounds} alternating rounds of {args.steps} steps, each framework in its own process")
+    rows, peaks = [], {"jaxlm": 0.0, "torch": 0.0}
     tokens_per_step = args.batch * args.seq[0]
     for seq in args.seq:
         batch_size = max(tokens_per_step // seq, 1)
-        dropout = dict.fromkeys(DROPOUT_FIELDS[args.model], args.dropout)
-        if args.model == "gpt2":
-            cfg = GPT2Config(**SIZES["gpt2"][size], **dropout, n_positions=max(1024, seq))
-            layers, width = cfg.n_layer, cfg.n_embd
-        else:
-            cfg = BertConfig(**SIZES["bert"][size], **dropout, max_position_embeddings=max(512, seq))
-            layers, width = cfg.num_hidden_layers, cfg.hidden_size
-        batch = make_batch(args.model, cfg.vocab_size, batch_size, seq)
-        jax_step, matmul_params = jaxlm_step(args.model, cfg, batch, args.precision)
-        steps = {"jaxlm": jax_step, "torch": torch_step(args.model, cfg, batch, args.precision)}
-        for step in steps.values():
-            mean_step_time(step, args.warmup)
-        best = dict.fromkeys(steps, float("inf"))
+        best = {"jaxlm": float("inf"), "torch": float("inf")}
         for _ in range(args.rounds):
-            for name, step in steps.items():
-                best[name] = min(best[name], mean_step_time(step, args.steps))
-        jax_sec, torch_sec = best["jaxlm"], best["torch"]
+            for framework in best:
+                out = run_child(args, framework, seq, batch_size)
+                best[framework] = min(best[framework], out["sec"])
+                peaks[framework] = max(peaks[framework], out["peak"])
+                if framework == "jaxlm":
+                    matmul_params = out["matmul_params"]
+        cfg = model_config(args.model, args.size, seq, args.dropout)
+        layers, width = (cfg.n_layer, cfg.n_embd) if args.model == "gpt2" else (cfg.num_hidden_layers, cfg.hidden_size)
+        flops = batch_size * seq * (6 * matmul_params + 12 * layers * seq * width)
+        rows.append((seq, batch_size, best["jaxlm"], best["torch"], flops))
+    top = max(peaks.values())
+    print(f"# measured {args.precision} matmul peak: jax {peaks['jaxlm'] / 1e9:.1f} GFLOP/s, torch "
+          f"{peaks['torch'] / 1e9:.1f} GFLOP/s; MFU below is against the larger")
+    print("| seq | batch | jaxlm s/step | jaxlm tokens/s | PyTorch tokens/s | jaxlm / PyTorch | jaxlm MFU | "
+          "PyTorch MFU |\n|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for seq, batch_size, jax_sec, torch_sec, flops in rows:
         n_tokens = batch_size * seq
-        flops = n_tokens * (6 * matmul_params + 12 * layers * seq * width)
-        top = max(peak.values())
         print(f"| {seq} | {batch_size} | {jax_sec:.3f} | {n_tokens / jax_sec:.0f} | {n_tokens / torch_sec:.0f} | "
-              f"{torch_sec / jax_sec:.2f} | {flops / jax_sec / top:.1%} | {flops / torch_sec / top:.1%} |",
-              flush=True)
+              f"{torch_sec / jax_sec:.2f} | {flops / jax_sec / top:.1%} | {flops / torch_sec / top:.1%} |")
 
 
 if __name__ == "__main__":

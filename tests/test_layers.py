@@ -9,7 +9,7 @@ import pytest
 
 from jaxlm.interop.errors import InteropError
 from jaxlm.layers.attention import SelfAttention
-from jaxlm.layers.core import rms_norm
+from jaxlm.layers.core import Dropout, rms_norm
 from jaxlm.layers.embeddings import apply_rotary, sinusoidal
 from jaxlm.models import build_model
 from jaxlm.models.gpt2 import GPT2Config
@@ -183,3 +183,20 @@ def test_bert_variants_ignore_padding_and_do_not_export():
     np.testing.assert_allclose(padded[:, :5], short, atol=1e-5)
     with pytest.raises(InteropError, match="model.norm_position=pre"):
         save_pretrained(model, params, "unused")
+
+
+def test_dropout_rate_scale_and_determinism():
+    x = jnp.full((3, 1001), 2.0)  # an odd last axis: the last word's high half goes unused
+    apply = lambda rate, key, deterministic=False: Dropout(rate).apply(  # noqa: E731
+        {}, x, deterministic=deterministic, rngs={"dropout": jax.random.key(key)})
+    y = apply(0.1, 0)
+    threshold = round(0.9 * 2**16)
+    kept = y != 0
+    assert abs(float(kept.mean()) - 0.9) < 0.01
+    np.testing.assert_allclose(y[kept], 2.0 * 2**16 / threshold, rtol=1e-6)  # exactly unbiased: E[y] = x
+    np.testing.assert_array_equal(apply(0.1, 0), y)  # the same key, the same mask
+    assert not np.array_equal(apply(0.1, 1), y)
+    np.testing.assert_array_equal(apply(0.1, 0, deterministic=True), x)
+    np.testing.assert_array_equal(apply(1.0, 0), jnp.zeros_like(x))
+    big = Dropout(0.25).apply({}, jnp.ones((1000, 1000)), deterministic=False, rngs={"dropout": jax.random.key(2)})
+    assert abs(float((big == 0).mean()) - 0.25) < 0.002  # 1M draws: within ~5 standard deviations

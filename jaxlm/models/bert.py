@@ -70,7 +70,6 @@ class BertConfig(ModelConfig, TransformerVariants):
         return self.hidden_size // self.num_attention_heads
 
 
-
 TORCH_KEY_MAP = TorchKeyMap(
     prefix="bert",
     renames=(

@@ -57,7 +57,6 @@ class GPT2Config(ModelConfig, TransformerVariants):
         return self.n_embd // self.n_head
 
 
-
 TORCH_KEY_MAP = TorchKeyMap(
     prefix="transformer",
     renames=((r"\bh_(\d+)\.", r"h.\1."),),
