@@ -103,7 +103,8 @@ def cmd_generate(args) -> int:
                    num_beams=args.num_beams, length_penalty=args.length_penalty,
                    early_stopping={"true": True, "false": False}.get(args.early_stopping, args.early_stopping),
                    eos_token_id=tokenizer.eos_id, seed=args.seed, num_return_sequences=args.num_return_sequences)
-    if head_of(model) == "seq2seq":  # translate the prompt: the decoder writes the target at once
+    seq2seq = head_of(model) == "seq2seq"
+    if seq2seq:  # translate the prompt: the decoder writes the target at once
         from jaxlm.tasks.seq2seq import special_ids
 
         pad, start, end = special_ids(tokenizer)
@@ -111,12 +112,10 @@ def cmd_generate(args) -> int:
         if args.max_new_tokens is None and limit:
             options["max_new_tokens"] = min(64, limit - 1)
         options.update(eos_token_id=end, pad_token_id=pad, decoder_start_token_id=start)
+    if seq2seq or args.num_beams > 1 or args.num_return_sequences > 1:  # printed at the end, one after another
         rows = np.asarray(generate(model, params, np.asarray([prompt]), **options))
-        print("\n\n".join(tokenizer.decode(row[1:].tolist()) for row in rows))
-        return 0
-    if args.num_beams > 1 or args.num_return_sequences > 1:  # printed at the end, one after another
-        rows = np.asarray(generate(model, params, np.asarray([prompt]), **options))
-        print("\n\n".join(tokenizer.decode(row.tolist()) for row in rows))
+        skip = 1 if seq2seq else 0  # the decoder's start token
+        print("\n\n".join(tokenizer.decode(row[skip:].tolist()) for row in rows))
         return 0
     ids, shown = list(prompt), ""
     for chunk in generate_stream(model, params, np.asarray([prompt]), **options):
