@@ -5,10 +5,10 @@ same hyperparameters, global-norm clipping) at the same batch and sequence lengt
 prediction head over every position, as transformers does). After warm-up (jaxlm compiles
 there) the two alternate ``--rounds`` times, ``--steps`` steps a round, and each keeps its
 fastest round, so that load from elsewhere on the machine hits both alike. Each round runs
-in a fresh process: with both frameworks loaded in one process, jaxlm's step measured about
-20 % slower after torch had run (its thread pool competes with XLA's).
+in a fresh process: with both frameworks loaded in one process, jaxlm's step ran slower after
+torch had run (its thread pool competes with XLA's).
 
-``--precision bfloat16`` (for GPUs: torch's bfloat16 matmuls crawl on CPUs without bfloat16 units)
+``--precision bfloat16`` (meant for GPUs; on CPUs without bfloat16 units it is very slow)
 computes in bfloat16 with float32 master weights: jaxlm's
 ``precision.compute``, and ``torch.autocast`` for PyTorch. On a GPU (jax's default backend;
 torch on CUDA) both run there.
