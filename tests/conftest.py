@@ -3,6 +3,14 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache for every test process (xdist workers and the subprocesses
+# that tests launch inherit it): the suite compiles the same tiny train steps many times over.
+# jax's default threshold keeps it to programs that took a second or more to compile; caching
+# every eager op as well made the suite slower, not faster.
+# A size limit turns on jax's file lock, so concurrent processes never read a half-written entry.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), ".pytest_cache", "jax-compilation"))
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))
 
 import pytest  # noqa: E402
 
