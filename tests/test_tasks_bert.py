@@ -113,7 +113,10 @@ def test_classify_early_stop_predict_and_eval(tmp_path, capsys):
     stop = {"trainer.eval_every": 1, "trainer.max_steps": 50, "trainer.early_stopping.patience": 2,
             "trainer.early_stopping.min_delta": 2.0, "checkpoint.every": 50}
     assert train("bert-classify", run, **stop) == 0
-    final = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    printed = capsys.readouterr().out.strip().splitlines()
+    final = json.loads(printed[-1])
+    progress = [line for line in printed if line.startswith("step 1: ")]  # the matrix stays out of the log
+    assert len(progress) == 1 and "eval_accuracy=" in progress[0] and "eval_confusion" not in progress[0]
     evals = [r for r in read_metrics(run) if "eval_accuracy" in r]
     assert [r["step"] for r in evals] == [1, 2, 3]
     assert {"eval_loss", "eval_accuracy", "eval_precision", "eval_recall", "eval_f1", "eval_f1_macro",

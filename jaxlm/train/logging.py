@@ -31,6 +31,15 @@ class MetricsLogger:
             self.tb.close()
 
 
+def console_summary(metrics: dict[str, float]) -> str:
+    """``key=value`` pairs for the progress log; a confusion matrix's entries (one per pair of
+    labels, ``*_confusion_i_j``) stay in ``metrics.jsonl`` and the final JSON line."""
+    shown = [f"{k}={v:.4f}" for k, v in metrics.items() if "_confusion_" not in k]
+    if len(shown) < len(metrics):
+        shown.append("(confusion matrix: metrics.jsonl)")
+    return "  ".join(shown)
+
+
 def _plain(v):
     v = float(v)
     return v if math.isfinite(v) else str(v)

@@ -27,7 +27,7 @@ from jaxlm.models.state import split_variables
 from jaxlm.parallel.mesh import batch_sharding, data_parallel_size, make_mesh, param_shardings, rules_for
 from jaxlm.tasks import Task, build_task
 from jaxlm.train.early_stopping import EarlyStopping, LoopPosition
-from jaxlm.train.logging import MetricsLogger, rewind_metrics
+from jaxlm.train.logging import MetricsLogger, console_summary, rewind_metrics
 from jaxlm.train.optim import build_optimizer
 from jaxlm.train.precision import DTYPES, LossScale, cast_floats, skip_nonfinite
 from jaxlm.train.step import TrainState, make_eval_step, make_train_step
@@ -205,7 +205,7 @@ def train(config: Config) -> dict[str, float]:
                 logger.log(step, evaluated)
                 last.update(evaluated)
                 if is_main:
-                    bar.write(f"step {step}: " + "  ".join(f"{k}={v:.4f}" for k, v in evaluated.items()))
+                    bar.write(f"step {step}: {console_summary(evaluated)}")
                 improved = stopping.update(evaluated)
             preempted = guard.reached(step)
             # An early-stopping run checkpoints every new best, so the best is always kept.
