@@ -1,12 +1,13 @@
 """Training tokens/s: jaxlm vs Hugging Face PyTorch, side by side, with CPU MFU.
 
 Both frameworks train the same architecture (random init, dropout ``--dropout``, AdamW with the
-same hyperparameters, global-norm clipping) at the same batch and sequence length: GPT-2 as a causal LM, BERT as a masked LM (15 % of positions scored; both compute the
-prediction head over every position, as transformers does). After warm-up (jaxlm compiles
+same hyperparameters, global-norm clipping) at the same batch and sequence length: GPT-2 as a
+causal LM, BERT as a masked LM (15 % of positions scored; both compute the prediction head over
+every position, as transformers does). After warm-up (jaxlm compiles
 there) the two alternate ``--rounds`` times, ``--steps`` steps a round, and each keeps its
 fastest round, so that load from elsewhere on the machine hits both alike. Each round runs
 in a fresh process: with both frameworks loaded in one process, jaxlm's step ran slower after
-torch had run (its thread pool competes with XLA's).
+torch had run.
 
 ``--precision bfloat16`` (meant for GPUs; on CPUs without bfloat16 units it is very slow)
 computes in bfloat16 with float32 master weights: jaxlm's

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from tensorboardX import SummaryWriter
 
+from jaxlm.train.metrics import CONFUSION
+
 
 class MetricsLogger:
     def __init__(self, run_dir: Path, enabled: bool = True):
@@ -34,7 +36,7 @@ class MetricsLogger:
 def console_summary(metrics: dict[str, float]) -> str:
     """``key=value`` pairs for the progress log; a confusion matrix's entries (one per pair of
     labels, ``*_confusion_i_j``) stay in ``metrics.jsonl`` and the final JSON line."""
-    shown = [f"{k}={v:.4f}" for k, v in metrics.items() if "_confusion_" not in k]
+    shown = [f"{k}={v:.4f}" for k, v in metrics.items() if CONFUSION not in k]
     if len(shown) < len(metrics):
         shown.append("(confusion matrix: metrics.jsonl)")
     return "  ".join(shown)

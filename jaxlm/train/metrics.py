@@ -15,6 +15,9 @@ def _divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide(a, b, out=np.zeros_like(a, dtype=float), where=b > 0)
 
 
+CONFUSION = "confusion_"  # the prefix of the matrix's entries, ``confusion_i_j``
+
+
 def classification_metrics(confusion: np.ndarray) -> dict[str, float]:
     """Accuracy; per-class precision, recall and F1 averaged over classes (``*_macro``); and
     ``precision`` / ``recall`` / ``f1``: of class 1 for two classes (binary), else the macro
@@ -32,5 +35,5 @@ def classification_metrics(confusion: np.ndarray) -> dict[str, float]:
     else:
         out.update(precision=out["precision_macro"], recall=out["recall_macro"], f1=out["f1_macro"])
     n = len(confusion)
-    out.update({f"confusion_{i}_{j}": float(confusion[i, j]) for i in range(n) for j in range(n)})
+    out.update({f"{CONFUSION}{i}_{j}": float(confusion[i, j]) for i in range(n) for j in range(n)})
     return out
