@@ -149,6 +149,24 @@ def test_same_shapes_and_options_do_not_compile_again(lm):
     assert compiles == []
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+def test_the_decoding_loop_updates_the_kv_cache_in_place(lm, batch):
+    """Greedy / sampling: the compiled loop copies no layer's K / V cache; each token writes its keys and
+    values into the donated cache in place (XLA once copied every cache a few times per token at batch 1).
+    Beam search reorders the cache by a gather at every step, which this does not cover."""
+    from jaxlm import generate as decoding
+
+    model, params = lm
+    ids, mask, plan, knobs, _ = decoding._prepare(model, np.ones((batch, 5), np.int32), None,
+                                                  dict(max_new_tokens=8))
+    state = decoding._start(model, params, ids, mask, plan, knobs)
+    hlo = decoding._advance.lower(model, params, state, plan.max_new_tokens, plan, knobs).compile().as_text()
+    cache_shapes = {f"f32[{','.join(map(str, x.shape))}]" for x in jax.tree.leaves(state.cache) if x.ndim == 4}
+    copies = [line.strip() for line in hlo.splitlines() if " copy(" in line and
+              any(f"= {shape}" in line for shape in cache_shapes)]
+    assert len(cache_shapes) == 1 and copies == []
+
+
 @pytest.mark.parametrize("options, message", [
     (dict(top_p=0.0), "top_p must be in (0, 1]"),
     (dict(top_p=1.5), "top_p must be in (0, 1]"),

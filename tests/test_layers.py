@@ -142,15 +142,18 @@ def test_gpt2_variants_decode_with_the_kv_cache_exactly(variant):
     params = _init(model, ids)
     full = jax.jit(model.apply)({"params": params}, ids).logits
     cache = model.init(jax.random.PRNGKey(1), ids, decode=True)["cache"]
-    step = jax.jit(lambda variables, ids, positions: model.apply(variables, ids, position_ids=positions, decode=True,
-                                                                 mutable=["cache"]))
     positions = jnp.broadcast_to(jnp.arange(9), ids.shape)
-    out, mutated = step({"params": params, "cache": cache}, ids[:, :5], positions[:, :5])
-    steps = [out.logits]
-    for t in range(5, 9):
-        out, mutated = step({"params": params, **mutated}, ids[:, t:t + 1], positions[:, t:t + 1])
-        steps.append(out.logits)
-    np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=1e-5)
+    for weights in (False, True):  # output_attentions attends over the updated cache, the other path apart
+        step = jax.jit(lambda variables, ids, positions: model.apply(
+            variables, ids, position_ids=positions, decode=True, output_attentions=weights, mutable=["cache"]))
+        out, mutated = step({"params": params, "cache": cache}, ids[:, :5], positions[:, :5])
+        steps = [out.logits]
+        for t in range(5, 9):
+            out, mutated = step({"params": params, **mutated}, ids[:, t:t + 1], positions[:, t:t + 1])
+            steps.append(out.logits)
+        np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=1e-5)
+    full_weights = model.apply({"params": params}, ids, output_attentions=True).attentions
+    np.testing.assert_allclose(out.attentions[-1][:, :, 0, :9], full_weights[-1][:, :, -1], atol=1e-6)
     if config.positions == "rotary":
         assert "wpe" not in params["transformer"]
     with pytest.raises(InteropError, match="reference layer settings"):

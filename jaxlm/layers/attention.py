@@ -118,8 +118,13 @@ class SelfAttention(nn.Module):
             q_positions = index.value + q_positions
         if self.rope_theta is not None and not self.cross:
             q, k = apply_rotary(q, q_positions, self.rope_theta), apply_rotary(k, q_positions, self.rope_theta)
+        past = None  # the cache before this call, when attention reads it apart from this call's k / v
         if caching:
-            k, v = self._update_cache(k, v, index)
+            past = self._cache(k, v)
+            if past is not None and output_attentions:  # the weights span the whole updated cache
+                k, v = self._write_cache(k, v, index, past)
+                past = None
+        kv_len = k.shape[1] if past is None else past[0].shape[-1]
 
         explicit = (output_attentions or (not deterministic and self.dropout_rate > 0)
                     # XLA:CPU cannot lower the float16 backward pass of dot_product_attention
@@ -131,11 +136,14 @@ class SelfAttention(nn.Module):
         window = self.sliding_window if not self.cross else None
         mask = combine_masks(
             padding_mask(attention_mask),
-            causal_mask(q_positions, k.shape[1]) if self.causal and not is_causal else None,
-            window_mask(q_positions, k.shape[1], window, self.causal) if window and not aligned else None,
+            causal_mask(q_positions, kv_len) if self.causal and not is_causal else None,
+            window_mask(q_positions, kv_len, window, self.causal) if window and not aligned else None,
         )
         weights = None
-        if explicit:
+        if past is not None:
+            out, (k, v) = attend_past_and_new(q, *past, k, v, mask, index.value)
+            self._write_cache(k, v, index, past)
+        elif explicit:
             weights = attention_weights(q, k, mask)
             probs = Dropout(self.dropout_rate)(weights, deterministic=deterministic)
             out = jnp.einsum("bnqk,bknh->bqnh", probs, repeat_kv(v, self.num_heads))
@@ -177,20 +185,67 @@ class SelfAttention(nn.Module):
             cached_k.value, cached_v.value = k, v
         return q, cached_k.value, cached_v.value
 
-    def _update_cache(self, k, v, index):
-        # Stored [batch, heads, head_dim, length], the layout XLA's attention matmuls read when
-        # decoding: [batch, length, heads, head_dim] would be transposed whole at every token.
+    def _cache(self, k, v) -> tuple[jax.Array, jax.Array] | None:
+        """The cached keys and values ``[batch, kv_heads, head_dim, length]``; ``None`` on the first,
+        shape-only call, which creates them (zeros as long as ``k``: the maximum total length).
+
+        This layout is the one XLA's attention matmuls read when decoding: ``[batch, length, heads,
+        head_dim]`` would be transposed whole at every token.
+        """
         initialized = self.has_variable("cache", "cached_key")
         cached_k = self.variable("cache", "cached_key", jnp.zeros, _to_cache(k).shape, k.dtype)
         cached_v = self.variable("cache", "cached_value", jnp.zeros, _to_cache(v).shape, v.dtype)
-        if not initialized:  # shapes only; the first real call writes from position 0
-            return k, v
+        return (cached_k.value, cached_v.value) if initialized else None
+
+    def _write_cache(self, k, v, index, past):
+        """Write this call's ``k`` / ``v`` into the ``past`` cache at ``index`` and advance it; returns
+        the updated cache as ``[batch, length, kv_heads, head_dim]`` keys and values."""
         i = index.value
-        for cached, new in ((cached_k, k), (cached_v, v)):
-            cached.value = jax.lax.dynamic_update_slice(cached.value, _to_cache(new).astype(cached.value.dtype),
-                                                        (0, 0, 0, i))
+        updated = [jax.lax.dynamic_update_slice(old, _to_cache(new).astype(old.dtype), (0, 0, 0, i))
+                   for old, new in zip(past, (k, v))]
+        self.put_variable("cache", "cached_key", updated[0])
+        self.put_variable("cache", "cached_value", updated[1])
         index.value = i + k.shape[1]
-        return _from_cache(cached_k.value), _from_cache(cached_v.value)
+        return _from_cache(updated[0]), _from_cache(updated[1])
+
+
+def attend_past_and_new(q, past_k, past_v, k, v, mask, start):
+    """Attention of ``q`` ``[batch, t, heads, head_dim]`` over a KV cache as it was before this call
+    (``past_k`` / ``past_v`` ``[batch, kv_heads, head_dim, length]``, written below ``start``) and
+    over this call's own ``k`` / ``v`` ``[batch, t, kv_heads, head_dim]`` (positions ``start ...``);
+    ``mask`` (head axis 1) spans the cache's length. Returns ``(out, (k, v))``: ``k`` / ``v`` to write
+    into the cache, made to depend on the reads of ``past_k`` / ``past_v``.
+
+    The same attention as over the updated cache, but written so that XLA updates the cache in place:
+    when the updated cache fed the attention, XLA duplicated the update for each reader, and when
+    nothing ordered the reads before the update, it copied the cache first; either way every
+    layer's cache was copied a few times per decoded token. Softmax in float32, like
+    :func:`attention_weights`.
+    """
+    batch, t, heads, dim = q.shape
+    kv_heads, length = past_k.shape[1], past_k.shape[-1]
+    q = q.reshape(batch, t, kv_heads, heads // kv_heads, dim)  # query head n reads kv head n // groups
+    # dot_generals with the operands in this order read the cache as stored (einsum may transpose it)
+    past_scores = jax.lax.dot_general(q, past_k, (((4,), (2,)), ((0, 2), (0, 1))))  # [b, kv, t, g, length]
+    new_scores = jnp.einsum("btkgh,bskh->bktgs", q, k)
+    scores = jnp.concatenate([past_scores, new_scores], axis=-1) / math.sqrt(dim)
+    keys = jnp.arange(length + t)
+    visible = jnp.where(keys < length, keys < start, True)  # the cache's unwritten tail holds no keys
+    if mask is not None:
+        mask = jnp.concatenate([mask, jax.lax.dynamic_slice_in_dim(mask, start, t, axis=-1)], axis=-1)
+        visible = (mask & visible)[:, :, :, None]  # [batch, 1, t, 1, length + t]
+    scores = jnp.where(visible, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    past_out = jax.lax.dot_general(past_v, probs[..., :length], (((3,), (4,)), ((0, 1), (0, 1))))  # [b, kv, h, t, g]
+    out = past_out.transpose(0, 3, 1, 4, 2) + jnp.einsum("bktgs,bskh->btkgh", probs[..., length:], v)
+    return out.reshape(batch, t, heads, dim), (_after(k, past_scores), _after(v, past_out))
+
+
+def _after(x: jax.Array, read: jax.Array) -> jax.Array:
+    """``x``, as a value XLA computes only after ``read``: NaN wherever ``read``'s first element is
+    NaN (it then poisons the attention output anyway). Used to order a cache read before the cache's
+    in-place update; ``jax.lax.optimization_barrier`` does not survive to XLA:CPU's copy insertion."""
+    return jnp.where(jnp.isnan(read.reshape(-1)[0]), jnp.asarray(jnp.nan, x.dtype), x)
 
 
 def _to_cache(x: jax.Array) -> jax.Array:
