@@ -20,9 +20,13 @@ per trained token: 6 x (parameters used in matmuls, the tied output embedding in
 position tables not) + 12 x layers x sequence x width for attention scores and mixing
 (PaLM's count).
 
+jaxlm's process keeps freed host memory for reuse (``jaxlm.host_memory``), as the ``jaxlm``
+command does; ``--malloc both`` gives PyTorch's process the same glibc settings, ``--malloc
+default`` neither.
+
 Usage: python benchmarks/train_throughput.py [--model gpt2|bert] [--size small|medium|tiny]
        [--batch 8] [--seq 128 | --seq 128 256 512 1024] [--steps 3] [--rounds 3]
-       [--precision float32|bfloat16] [--dropout 0.1]
+       [--precision float32|bfloat16] [--dropout 0.1] [--malloc jaxlm|both|default]
 With several ``--seq`` values the tokens per step stay fixed (batch x seq = --batch x the first
 length), so the rows show how the cost of a token grows with the context.
 """
@@ -45,6 +49,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxlm.config import OptimizerConfig, ScheduleConfig  # noqa: E402
+from jaxlm.host_memory import keep_freed_memory  # noqa: E402
 from jaxlm.models import build_model  # noqa: E402
 from jaxlm.models.bert import BertConfig  # noqa: E402
 from jaxlm.models.gpt2 import GPT2Config  # noqa: E402
@@ -198,6 +203,8 @@ def model_config(kind: str, size: str, seq: int, dropout: float):
 
 def child(args) -> None:
     """One framework in this fresh process: its matmul peak, then seconds per step after warm-up (JSON)."""
+    if args.malloc == "both" or (args.malloc == "jaxlm" and args.child == "jaxlm"):
+        keep_freed_memory()  # before jax or torch starts its threads
     cfg = model_config(args.model, args.size, args.seq[0], args.dropout)
     batch = make_batch(args.model, cfg.vocab_size, args.batch, args.seq[0])
     out = {"peak": matmul_peak(args.child, args.precision)}
@@ -213,7 +220,7 @@ def child(args) -> None:
 def run_child(args, framework: str, seq: int, batch: int) -> dict:
     command = [sys.executable, __file__, "--child", framework, "--model", args.model, "--size", args.size,
                "--batch", str(batch), "--seq", str(seq), "--steps", str(args.steps), "--warmup", str(args.warmup),
-               "--precision", args.precision, "--dropout", str(args.dropout)]
+               "--precision", args.precision, "--dropout", str(args.dropout), "--malloc", args.malloc]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode:
         sys.exit(f"{framework} failed:\n{result.stderr[-3000:]}")
@@ -231,6 +238,9 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--precision", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--dropout", type=float, default=0.1, help="every dropout probability of the model")
+    p.add_argument("--malloc", choices=["jaxlm", "both", "default"], default="jaxlm",
+                   help="which processes keep freed host memory (jaxlm.host_memory, as the jaxlm command does): "
+                        "jaxlm's only (default), both frameworks', or neither")
     p.add_argument("--child", choices=["jaxlm", "torch"], help=argparse.SUPPRESS)
     args = p.parse_args()
     args.size = args.size or next(iter(SIZES[args.model]))
@@ -245,7 +255,8 @@ def main():
         f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()})")
     print(f"# {args.model}-{args.size} training in {args.precision}, dropout {args.dropout}, on {device}; "
           f"jax {jax.__version__}, torch {torch.__version__}, transformers {transformers.__version__}; "
-          f"best of {args.rounds} alternating rounds of {args.steps} steps, each framework in its own process")
+          f"best of {args.rounds} alternating rounds of {args.steps} steps, each framework in its own process; "
+          f"freed host memory kept by: {dict(jaxlm='jaxlm', both='both', default='neither')[args.malloc]}")
     rows, peaks = [], {"jaxlm": 0.0, "torch": 0.0}
     tokens_per_step = args.batch * args.seq[0]
     for seq in args.seq:

@@ -364,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from jaxlm.host_memory import keep_freed_memory
+
+    keep_freed_memory()  # before jax starts: XLA:CPU steps then reuse their buffers instead of faulting them in
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("jax", "orbax"):

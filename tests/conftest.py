@@ -14,6 +14,10 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))
 
 import pytest  # noqa: E402
 
+from jaxlm.host_memory import keep_freed_memory  # noqa: E402
+
+keep_freed_memory()  # as the jaxlm command does, before jax starts its CPU backend
+
 TINY_MODEL = {"type": "gpt2", "vocab_size": 300, "n_positions": 32, "n_embd": 32, "n_layer": 2, "n_head": 4,
               "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from jaxlm.interop.errors import InteropError
-from jaxlm.layers.attention import SelfAttention
+from jaxlm.layers.attention import (SelfAttention, attend_past_and_new, attention_weights, causal_mask, padding_mask,
+                                   repeat_kv)
 from jaxlm.layers.core import Dropout, rms_norm
 from jaxlm.layers.embeddings import apply_rotary, sinusoidal
 from jaxlm.models import build_model
@@ -112,6 +113,27 @@ def test_cross_attention_reads_kv_masks_its_padding_and_caches_it_for_decoding()
     rest, _ = attn.apply({"params": params, **mutated}, x[:, 1:], attention_mask=mask, decode=True,
                          mutable=["cache"])
     np.testing.assert_allclose(jnp.concatenate([first[0], rest[0]], axis=1), out, atol=1e-6)
+
+
+@pytest.mark.parametrize("t, kv_heads", [(1, 4), (3, 2), (2, 1)])
+def test_attending_past_and_new_equals_attending_over_the_updated_cache(t, kv_heads):
+    """The decoding step's attention (the cache before the write plus the step's own keys / values)
+    is attention over the cache with them written in, for any step length and grouped heads."""
+    keys = jax.random.split(jax.random.PRNGKey(0), 5)
+    batch, heads, dim, length, start = 2, 4, 8, 10, 4
+    q = jax.random.normal(keys[0], (batch, t, heads, dim))
+    k, v = (jax.random.normal(key, (batch, t, kv_heads, dim)) for key in keys[1:3])
+    # the cache [batch, kv_heads, head_dim, length], with garbage beyond what was written
+    past_k, past_v = (jax.random.normal(key, (batch, kv_heads, dim, length)) for key in keys[3:5])
+    mask = padding_mask(jnp.array([[1] * length, [0, 0] + [1] * (length - 2)])) & causal_mask(
+        start + jnp.arange(t), length)
+    out, (k_written, v_written) = attend_past_and_new(q, past_k, past_v, k, v, mask, jnp.int32(start))
+    full_k, full_v = (jax.lax.dynamic_update_slice(c, x.transpose(0, 2, 3, 1), (0, 0, 0, start)).transpose(0, 3, 1, 2)
+                      for c, x in ((past_k, k), (past_v, v)))
+    want = jnp.einsum("bnqk,bknh->bqnh", attention_weights(q, full_k, mask), repeat_kv(full_v, heads))
+    np.testing.assert_allclose(out, want, atol=1e-5)
+    np.testing.assert_array_equal(k_written, k)
+    np.testing.assert_array_equal(v_written, v)
 
 
 def test_rms_norm_scales_by_the_root_mean_square():
