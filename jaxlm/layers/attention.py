@@ -243,8 +243,8 @@ def attend_past_and_new(q, past_k, past_v, k, v, mask, start):
 
 
 def _after(x: jax.Array, read: jax.Array) -> jax.Array:
-    """``x``, as a value XLA computes only after ``read``: NaN wherever ``read``'s first element is
-    NaN (it then poisons the attention output anyway). Used to order a cache read before the cache's
+    """``x``, or NaN throughout if ``read``'s first element is NaN (the attention output is NaN then
+    anyway): a value XLA can compute only after ``read``. It orders a cache read before the cache's
     in-place update; ``jax.lax.optimization_barrier`` does not survive to XLA:CPU's copy insertion."""
     return jnp.where(jnp.isnan(read.reshape(-1)[0]), jnp.asarray(jnp.nan, x.dtype), x)
 
