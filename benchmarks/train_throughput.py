@@ -256,7 +256,7 @@ def main():
     print(f"# {args.model}-{args.size} training in {args.precision}, dropout {args.dropout}, on {device}; "
           f"jax {jax.__version__}, torch {torch.__version__}, transformers {transformers.__version__}; "
           f"best of {args.rounds} alternating rounds of {args.steps} steps, each framework in its own process; "
-          f"freed host memory kept by: {dict(jaxlm='jaxlm', both='both', default='neither')[args.malloc]}")
+          f"freed host memory kept by: {'neither' if args.malloc == 'default' else args.malloc}")
     rows, peaks = [], {"jaxlm": 0.0, "torch": 0.0}
     tokens_per_step = args.batch * args.seq[0]
     for seq in args.seq:
