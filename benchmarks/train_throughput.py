@@ -37,6 +37,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -213,7 +214,11 @@ def child(args) -> None:
     else:
         step = torch_step(args.model, cfg, batch, args.precision)
     mean_step_time(step, args.warmup)
+    before = resource.getrusage(resource.RUSAGE_SELF)
     out["sec"] = mean_step_time(step, args.steps)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    out["faults"] = (after.ru_minflt - before.ru_minflt) / args.steps
+    out["kernel_sec"] = (after.ru_stime - before.ru_stime) / args.steps
     print(json.dumps(out))
 
 
@@ -257,7 +262,7 @@ def main():
           f"jax {jax.__version__}, torch {torch.__version__}, transformers {transformers.__version__}; "
           f"best of {args.rounds} alternating rounds of {args.steps} steps, each framework in its own process; "
           f"freed host memory kept by: {'neither' if args.malloc == 'default' else args.malloc}")
-    rows, peaks = [], {"jaxlm": 0.0, "torch": 0.0}
+    rows, peaks, faults = [], {"jaxlm": 0.0, "torch": 0.0}, {}
     tokens_per_step = args.batch * args.seq[0]
     for seq in args.seq:
         batch_size = max(tokens_per_step // seq, 1)
@@ -267,6 +272,7 @@ def main():
                 out = run_child(args, framework, seq, batch_size)
                 best[framework] = min(best[framework], out["sec"])
                 peaks[framework] = max(peaks[framework], out["peak"])
+                faults[framework] = out["faults"], out["kernel_sec"]
                 if framework == "jaxlm":
                     matmul_params = out["matmul_params"]
         cfg = model_config(args.model, args.size, seq, args.dropout)
@@ -282,6 +288,9 @@ def main():
         n_tokens = batch_size * seq
         print(f"| {seq} | {batch_size} | {jax_sec:.3f} | {n_tokens / jax_sec:.0f} | {n_tokens / torch_sec:.0f} | "
               f"{torch_sec / jax_sec:.2f} | {flops / jax_sec / top:.1%} | {flops / torch_sec / top:.1%} |")
+    print("# per timed step of the last round: " + ", ".join(
+        f"{name} {faults[key][0]:.0f} page faults, {faults[key][1]:.2f} s in the kernel"
+        for key, name in (("jaxlm", "jaxlm"), ("torch", "PyTorch"))))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,4 @@
 import os
-import platform
 import subprocess
 import sys
 
@@ -7,11 +6,11 @@ import pytest
 
 from jaxlm import host_memory
 
-glibc = pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+glibc = pytest.mark.skipif(not host_memory._on_glibc(), reason="glibc's mallopt")
 
 # Allocates, fills and frees a 256 MB block 5 times; prints the page faults of the last 4 rounds.
 FAULTS = """
-import resource, sys
+import resource
 from jaxlm.host_memory import keep_freed_memory
 applied = keep_freed_memory()
 import numpy as np

@@ -95,10 +95,10 @@ class Dropout(nn.Module):
     One 32-bit threefry word decides two elements, halving the generator's work: on CPU the
     masks over attention probabilities cost as much as the arithmetic at long context (the
     gpt2-small step at 1 x 1024 takes 21 % less time: ``benchmarks/dropout_masks.py``). An
-    element is kept iff its 16 bits fall below ``t = round((1 - rate) * 2**16)``, and kept values are scaled by ``2**16 / t``,
-    so the output is exactly unbiased and the rate is met to within 2**-17. Masks are
-    threefry bits, so a mesh change leaves them unchanged. Written here because neither flax
-    nor optax offers a cheaper mask.
+    element is kept iff its 16 bits fall below ``t = round((1 - rate) * 2**16)``, and kept
+    values are scaled by ``2**16 / t``, so the output is exactly unbiased and the rate is met
+    to within 2**-17. Masks are threefry bits, so a mesh change leaves them unchanged. Written
+    here because neither flax nor optax offers a cheaper mask.
     """
 
     rate: float
