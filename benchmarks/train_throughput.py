@@ -2,8 +2,10 @@
 
 Both frameworks train the same architecture (random init, dropout ``--dropout``, AdamW with the
 same hyperparameters, global-norm clipping) at the same batch and sequence length: GPT-2 as a
-causal LM, BERT as a masked LM (15 % of positions scored; both compute the prediction head over
-every position, as transformers does). After warm-up (jaxlm compiles
+causal LM, BERT as a masked LM (15 % of positions scored, chosen by jaxlm's masker). jaxlm
+runs its prediction head over the scored positions only, as its ``mlm`` task does
+(``jaxlm.tasks.mlm.ScoredPositions``); transformers' ``BertForMaskedLM`` runs it over every
+position, and so does jaxlm with ``--full-head``. After warm-up (jaxlm compiles
 there) the two alternate ``--rounds`` times, ``--steps`` steps a round, and each keeps its
 fastest round, so that load from elsewhere on the machine hits both alike. Each round runs
 in a fresh process: with both frameworks loaded in one process, jaxlm's step ran slower after
@@ -18,7 +20,9 @@ MFU = model FLOPs per second / the measured matmul peak in the compute dtype (th
 a jitted ``jnp.dot`` and ``torch.mm``: 2048 x 2048 on CPU, 8192 x 8192 on GPU). Model FLOPs
 per trained token: 6 x (parameters used in matmuls, the tied output embedding included,
 position tables not) + 12 x layers x sequence x width for attention scores and mixing
-(PaLM's count).
+(PaLM's count). BERT's prediction head (its transform and the tied decoder) counts at the scored
+positions only, the work the loss needs (with ``--full-head``, at every position), for both
+frameworks.
 
 jaxlm's process keeps freed host memory for reuse (``jaxlm.host_memory``), as the ``jaxlm``
 command does; ``--malloc both`` gives PyTorch's process the same glibc settings, ``--malloc
@@ -26,7 +30,7 @@ default`` neither.
 
 Usage: python benchmarks/train_throughput.py [--model gpt2|bert] [--size small|medium|tiny]
        [--batch 8] [--seq 128 | --seq 128 256 512 1024] [--steps 3] [--rounds 3]
-       [--precision float32|bfloat16] [--dropout 0.1] [--malloc jaxlm|both|default]
+       [--precision float32|bfloat16] [--dropout 0.1] [--malloc jaxlm|both|default] [--full-head]
 With several ``--seq`` values the tokens per step stay fixed (batch x seq = --batch x the first
 length), so the rows show how the cost of a token grows with the context.
 """
@@ -53,7 +57,9 @@ from jaxlm.config import OptimizerConfig, ScheduleConfig  # noqa: E402
 from jaxlm.host_memory import keep_freed_memory  # noqa: E402
 from jaxlm.models import build_model  # noqa: E402
 from jaxlm.models.bert import BertConfig  # noqa: E402
+from jaxlm.data.masking import Masker  # noqa: E402
 from jaxlm.models.gpt2 import GPT2Config  # noqa: E402
+from jaxlm.tasks.mlm import ScoredPositions  # noqa: E402
 from jaxlm.train.losses import cross_entropy_sum  # noqa: E402
 from jaxlm.train.optim import build_optimizer  # noqa: E402
 from jaxlm.train.precision import DTYPES, LossScale  # noqa: E402
@@ -69,24 +75,31 @@ SIZES = {  # the first is the default
 DROPOUT_FIELDS = {"gpt2": ("resid_pdrop", "embd_pdrop", "attn_pdrop"),
                   "bert": ("hidden_dropout_prob", "attention_probs_dropout_prob")}
 LR, WD, BETAS = 6e-4, 0.1, (0.9, 0.95)
-MASK_RATE = 0.15
+BERT_SPECIAL = (0, 101, 102, 103)  # [PAD] [CLS] [SEP] [MASK] in BERT's vocabulary
 POSITION_TABLES = ("wpe", "position_embeddings", "token_type_embeddings")
 
 
 class Objective:
     """The benchmark's task: the loss of a token batch (``tokens`` and, for BERT, ``labels``)."""
 
-    def __init__(self, kind: str):
-        self.kind = kind
+    def __init__(self, kind: str, head_positions: int = 0):
+        self.kind, self.head_positions = kind, head_positions  # BERT's prediction head runs at this many a row
 
     def loss(self, model, params, batch, dropout_rng, label_smoothing=0.0):
         rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
         if self.kind == "gpt2":
             logits = model.apply({"params": params}, batch["tokens"][:, :-1], rngs=rngs).logits
             return cross_entropy_sum(logits, batch["tokens"][:, 1:], jnp.ones_like(batch["tokens"][:, 1:]))
-        logits = model.apply({"params": params}, batch["tokens"], rngs=rngs).logits
         labels = batch["labels"]
-        return cross_entropy_sum(logits, jnp.maximum(labels, 0), labels >= 0)
+        scored = ScoredPositions.of(labels, jnp.ones_like(labels), self.head_positions)
+        logits = model.apply({"params": params}, batch["tokens"], masked_positions=scored.positions, rngs=rngs).logits
+        return scored.checked(cross_entropy_sum(logits, scored.targets, scored.weights))
+
+
+def bert_masker(vocab: int) -> Masker:
+    special = np.zeros(max(vocab, max(BERT_SPECIAL) + 1), bool)
+    special[list(BERT_SPECIAL)] = True
+    return Masker(mask_id=103, special=special)
 
 
 def make_batch(kind: str, vocab: int, batch: int, seq: int) -> dict[str, np.ndarray]:
@@ -94,8 +107,8 @@ def make_batch(kind: str, vocab: int, batch: int, seq: int) -> dict[str, np.ndar
     if kind == "gpt2":
         return {"tokens": rng.randint(0, vocab, (batch, seq + 1)).astype(np.int32)}
     tokens = rng.randint(1, vocab, (batch, seq)).astype(np.int32)
-    labels = np.where(rng.rand(batch, seq) < MASK_RATE, tokens, -100).astype(np.int32)
-    return {"tokens": np.where(labels >= 0, 103, tokens).astype(np.int32), "labels": labels}
+    corrupted, labels = bert_masker(vocab)(tokens, [np.random.default_rng([0, row]) for row in range(batch)])
+    return {"tokens": corrupted.astype(np.int32), "labels": labels.astype(np.int32)}
 
 
 def mean_step_time(step, steps: int) -> float:
@@ -105,8 +118,9 @@ def mean_step_time(step, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def jaxlm_step(kind: str, cfg, batch: dict, precision: str):
-    """A function that runs one jaxlm train step, and the number of parameters used in matmuls."""
+def jaxlm_step(kind: str, cfg, batch: dict, precision: str, full_head: bool = False):
+    """A function that runs one jaxlm train step, the number of parameters used in matmuls, and how
+    many of those are BERT's prediction head (its transform and the tied decoder; 0 for GPT-2)."""
     model = build_model(cfg, "causal_lm" if kind == "gpt2" else "masked_lm", dtype=DTYPES[precision])
     tx, schedule = build_optimizer(
         OptimizerConfig(learning_rate=LR, weight_decay=WD, b1=BETAS[0], b2=BETAS[1], clip_norm=1.0),
@@ -115,9 +129,15 @@ def jaxlm_step(kind: str, cfg, batch: dict, precision: str):
     params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), jnp.asarray(inputs)))["params"]
     matmul_params = sum(x.size for path, x in jax.tree_util.tree_leaves_with_path(params)
                         if x.ndim >= 2 and not any(getattr(k, "key", None) in POSITION_TABLES for k in path))
+    head_params, head_positions = 0, 0
+    if kind == "bert":
+        head_params = (params["cls"]["predictions"]["transform"]["kernel"].size
+                       + params["bert"]["embeddings"]["word_embeddings"]["embedding"].size)
+        seq = batch["tokens"].shape[1]
+        head_positions = seq if full_head else bert_masker(cfg.vocab_size).most_selected(seq)
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.PRNGKey(1),
                        LossScale.create("float32", 1.0, 1))
-    train_step = jax.jit(make_train_step(model, Objective(kind), tx, schedule, 1, 0.0, dropout=True),
+    train_step = jax.jit(make_train_step(model, Objective(kind, head_positions), tx, schedule, 1, 0.0, dropout=True),
                          donate_argnums=0)
     device_batch = {k: jnp.asarray(v) for k, v in batch.items()}
     holder = [state]
@@ -126,7 +146,7 @@ def jaxlm_step(kind: str, cfg, batch: dict, precision: str):
         holder[0], metrics = train_step(holder[0], device_batch)
         metrics["loss"].block_until_ready()
 
-    return step, matmul_params
+    return step, matmul_params, head_params
 
 
 def torch_device() -> str:
@@ -210,7 +230,8 @@ def child(args) -> None:
     batch = make_batch(args.model, cfg.vocab_size, args.batch, args.seq[0])
     out = {"peak": matmul_peak(args.child, args.precision)}
     if args.child == "jaxlm":
-        step, out["matmul_params"] = jaxlm_step(args.model, cfg, batch, args.precision)
+        step, out["matmul_params"], out["head_params"] = jaxlm_step(args.model, cfg, batch, args.precision,
+                                                                    args.full_head)
     else:
         step = torch_step(args.model, cfg, batch, args.precision)
     mean_step_time(step, args.warmup)
@@ -226,6 +247,7 @@ def run_child(args, framework: str, seq: int, batch: int) -> dict:
     command = [sys.executable, __file__, "--child", framework, "--model", args.model, "--size", args.size,
                "--batch", str(batch), "--seq", str(seq), "--steps", str(args.steps), "--warmup", str(args.warmup),
                "--precision", args.precision, "--dropout", str(args.dropout), "--malloc", args.malloc]
+    command += ["--full-head"] if args.full_head else []
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode:
         sys.exit(f"{framework} failed:\n{result.stderr[-3000:]}")
@@ -246,6 +268,8 @@ def main():
     p.add_argument("--malloc", choices=["jaxlm", "both", "default"], default="jaxlm",
                    help="which processes keep freed host memory (jaxlm.host_memory, as the jaxlm command does): "
                         "jaxlm's only (default), both frameworks', or neither")
+    p.add_argument("--full-head", action="store_true",
+                   help="BERT: jaxlm runs its prediction head over every position, as transformers does")
     p.add_argument("--child", choices=["jaxlm", "torch"], help=argparse.SUPPRESS)
     args = p.parse_args()
     args.size = args.size or next(iter(SIZES[args.model]))
@@ -261,7 +285,9 @@ def main():
     print(f"# {args.model}-{args.size} training in {args.precision}, dropout {args.dropout}, on {device}; "
           f"jax {jax.__version__}, torch {torch.__version__}, transformers {transformers.__version__}; "
           f"best of {args.rounds} alternating rounds of {args.steps} steps, each framework in its own process; "
-          f"freed host memory kept by: {'neither' if args.malloc == 'default' else args.malloc}")
+          f"freed host memory kept by: {'neither' if args.malloc == 'default' else args.malloc}"
+          + ("" if args.model != "bert" else "; jaxlm's prediction head runs at "
+             + ("every position" if args.full_head else "the scored positions")))
     rows, peaks, faults = [], {"jaxlm": 0.0, "torch": 0.0}, {}
     tokens_per_step = args.batch * args.seq[0]
     for seq in args.seq:
@@ -274,10 +300,14 @@ def main():
                 peaks[framework] = max(peaks[framework], out["peak"])
                 faults[framework] = out["faults"], out["kernel_sec"]
                 if framework == "jaxlm":
-                    matmul_params = out["matmul_params"]
+                    matmul_params, head_params = out["matmul_params"], out["head_params"]
         cfg = model_config(args.model, args.size, seq, args.dropout)
         layers, width = (cfg.n_layer, cfg.n_embd) if args.model == "gpt2" else (cfg.num_hidden_layers, cfg.hidden_size)
-        flops = batch_size * seq * (6 * matmul_params + 12 * layers * seq * width)
+        head_tokens = batch_size * seq
+        if args.model == "bert" and not args.full_head:
+            head_tokens = int((make_batch("bert", cfg.vocab_size, batch_size, seq)["labels"] >= 0).sum())
+        flops = (batch_size * seq * (6 * (matmul_params - head_params) + 12 * layers * seq * width)
+                 + head_tokens * 6 * head_params)
         rows.append((seq, batch_size, best["jaxlm"], best["torch"], flops))
     top = max(peaks.values())
     print(f"# measured {args.precision} matmul peak: jax {peaks['jaxlm'] / 1e9:.1f} GFLOP/s, torch "

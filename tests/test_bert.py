@@ -55,6 +55,33 @@ def test_head_outputs_and_logical_axes(cfg, head):
         np.testing.assert_array_equal(out.start_logits, out.logits[..., 0])
 
 
+MASKED_HEADS = [(cfg, head) for cfg, head in HEADS if getattr(build_model(cfg, head), "scores_tokens", False)]
+
+
+@pytest.mark.parametrize("cfg,head", MASKED_HEADS, ids=[f"{c.type}-{h}" for c, h in MASKED_HEADS])
+def test_masked_positions_give_the_logits_at_those_positions(cfg, head):
+    model = build_model(cfg, head)
+    params = nn.meta.unbox(init(model))
+    positions = jnp.array([[4, 0, 4], [1, 5, 2]])
+    full = model.apply(params, ids())
+    some = model.apply(params, ids(), masked_positions=positions)
+    assert some.logits.shape == (B, 3, 50)
+    np.testing.assert_allclose(some.logits, jnp.take_along_axis(full.logits, positions[..., None], 1), rtol=1e-6,
+                               atol=1e-6)
+    if head == "pretraining":  # the pair head reads the [CLS] state, not the gathered ones
+        np.testing.assert_array_equal(some.seq_relationship_logits, full.seq_relationship_logits)
+
+
+NO_TOKEN_HEADS = [(c, h) for c, h in HEADS if (c, h) not in MASKED_HEADS and h not in ("base", "question_answering")]
+
+
+@pytest.mark.parametrize("cfg,head", NO_TOKEN_HEADS, ids=[f"{c.type}-{h}" for c, h in NO_TOKEN_HEADS])
+def test_heads_that_predict_no_tokens_refuse_masked_positions(cfg, head):
+    model = build_model(cfg, head)
+    with pytest.raises(ValueError, match="predicts no tokens: call it without masked_positions"):
+        model.init(jax.random.key(0), ids(), masked_positions=jnp.zeros((B, 2), int))
+
+
 def test_heads_share_the_trunk_and_tie_the_decoder():
     variables = nn.meta.unbox(init(BertForPreTraining(BERT)))["params"]
     assert set(variables) == {"bert", "cls"}

@@ -64,6 +64,19 @@ def test_selection_and_corruption_rates(corpus, unit):
     assert not m.special[corrupted[selected & (corrupted != m.mask_id)]].any(), "a special token drawn as random"
 
 
+@pytest.mark.parametrize("unit", ["token", "whole_word", "span"])
+@pytest.mark.parametrize("probability", [0.15, 0.5])
+def test_no_row_has_more_selected_positions_than_most_selected(corpus, unit, probability):
+    tok, ids = corpus
+    m = masker(tok, unit=unit, probability=probability)
+    most = m.most_selected(ids.shape[1])
+    assert most == {0.15: 20, 0.5: 64}[probability]
+    per_row = [(mask(m, ids, epoch)[1] != IGNORE).sum(1).max() for epoch in range(3)]
+    assert max(per_row) <= most
+    if unit == "token":  # the fullest row's budget is reached: 126 candidates besides [CLS] and [SEP]
+        assert max(per_row) == np.ceil(probability * (~m.special[ids]).sum(1).max())
+
+
 def test_rates_are_configurable(corpus):
     tok, ids = corpus
     m = masker(tok, probability=0.3, mask_fraction=0.5, random_fraction=0.25)

@@ -19,7 +19,9 @@ from jaxlm.data.sets import generate
 from jaxlm.data.tokenizer import train_wordpiece
 from jaxlm.errors import ConfigError, DataError
 from jaxlm.tasks.classification import ClassificationTask
+from jaxlm.tasks.mlm import ScoredPositions
 from jaxlm.train.early_stopping import EarlyStopping
+from jaxlm.train.losses import cross_entropy_sum
 from jaxlm.train.logging import read_metrics
 
 TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
@@ -278,6 +280,32 @@ def test_chinese_set_tokenizes_by_character(tmp_path):
 
 
 # --- mlm, init_from, fill-mask -----------------------------------------------------------
+
+
+def scored_loss(model, params, labels, most):
+    scored = ScoredPositions.of(labels, jnp.ones_like(labels), most)
+    logits = model.apply({"params": params}, jnp.ones_like(labels), masked_positions=scored.positions).logits
+    return scored.checked(cross_entropy_sum(logits, scored.targets, scored.weights))
+
+
+def test_scoring_only_the_masked_positions_gives_the_full_heads_loss_and_gradients():
+    import jax
+
+    from jaxlm.models.bert import BertConfig, BertForMaskedLM
+
+    model = BertForMaskedLM(BertConfig(**TINY_BERT))
+    labels = jnp.full((3, 16), -100).at[0, [2, 9, 15]].set(7).at[1, 0].set(299)  # row 2 scores nothing
+    params = model.init(jax.random.key(0), jnp.ones_like(labels))["params"]
+    (full, count), full_grads = jax.value_and_grad(scored_loss, argnums=1, has_aux=True)(model, params, labels, 16)
+    assert ScoredPositions.of(labels, jnp.ones_like(labels), 16).positions is None
+    (some, some_count), some_grads = jax.value_and_grad(scored_loss, argnums=1, has_aux=True)(model, params,
+                                                                                              labels, 3)
+    assert count == some_count == 4
+    np.testing.assert_allclose(some, full, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(full_grads), jax.tree.leaves(some_grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    loss, _ = scored_loss(model, params, labels, 2)  # row 0 has 3 scored positions: not silently dropped
+    assert np.isnan(loss)
 
 
 @pytest.fixture(scope="module")

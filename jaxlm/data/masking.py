@@ -22,6 +22,7 @@ with the batch iterator's saved position.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
@@ -91,6 +92,11 @@ class Masker:
             corrupted[row, chosen[:n_mask]] = self.mask_id
             corrupted[row, chosen[n_mask:n_mask + n_random]] = rng.choice(normal, n_random)
         return corrupted, labels
+
+    def most_selected(self, length: int) -> int:
+        """The most positions :meth:`select` picks in a row of ``length`` tokens: the largest budget,
+        ``probability x length`` rounded up (no unit overshoots its budget)."""
+        return min(length, math.ceil(self.probability * length))
 
     def select(self, ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Sorted positions to predict in one row."""

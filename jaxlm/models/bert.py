@@ -35,7 +35,7 @@ from jaxlm.layers.core import ACTIVATIONS, Dropout, dense, embed, layer_norm, no
 from jaxlm.layers.embeddings import add_positions
 from jaxlm.models.base import ModelConfig, TorchKeyMap, TransformerVariants
 from jaxlm.models.layout import apply_layers
-from jaxlm.models.outputs import ModelOutput
+from jaxlm.models.outputs import ModelOutput, at_positions, check_masked_positions
 
 
 class BertConfig(ModelConfig, TransformerVariants):
@@ -225,21 +225,27 @@ class _BertWithHead(nn.Module):
     dtype: jnp.dtype = jnp.float32
     add_pooling_layer: ClassVar[bool] = True
 
+    scores_tokens: ClassVar[bool] = False
+    """The head predicts tokens, so it takes ``masked_positions``."""
+
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
-                 output_hidden_states: bool = False, output_attentions: bool = False) -> ModelOutput:
+                 output_hidden_states: bool = False, output_attentions: bool = False,
+                 masked_positions=None) -> ModelOutput:
+        check_masked_positions(self, masked_positions)
         trunk = BertModel(self.config, add_pooling_layer=self.add_pooling_layer, dtype=self.dtype, name="bert")
         out = trunk(input_ids, attention_mask, token_type_ids, position_ids,
                     output_hidden_states=output_hidden_states, output_attentions=output_attentions)
-        return self.head(out, trunk, deterministic=not self.has_rng("dropout"))
+        return self.head(out, trunk, deterministic=not self.has_rng("dropout"), masked_positions=masked_positions)
 
-    def head(self, out: ModelOutput, trunk: BertModel, deterministic: bool) -> ModelOutput:
+    def head(self, out: ModelOutput, trunk: BertModel, deterministic: bool, masked_positions=None) -> ModelOutput:
         raise NotImplementedError
 
-    def pretraining_heads(self, out: ModelOutput, trunk: BertModel, masked_lm: bool, next_sentence: bool):
+    def pretraining_heads(self, out: ModelOutput, trunk: BertModel, masked_lm: bool, next_sentence: bool,
+                          masked_positions=None):
         words = nn.meta.unbox(trunk.variables["params"]["embeddings"]["word_embeddings"]["embedding"])
         return BertPreTrainingHeads(self.config, masked_lm, next_sentence, dtype=self.dtype, name="cls")(
-            out.last_hidden_state, out.extra.get("pooler_output"), words)
+            at_positions(out.last_hidden_state, masked_positions), out.extra.get("pooler_output"), words)
 
     def classify(self, x, deterministic: bool):
         """Dropout (``classifier_dropout``, else ``hidden_dropout_prob``) and a ``num_labels`` dense."""
@@ -250,27 +256,33 @@ class _BertWithHead(nn.Module):
 
 
 class BertForMaskedLM(_BertWithHead):
-    """``logits``: ``[batch, length, vocab]``."""
+    """``logits``: ``[batch, length, vocab]``, or ``[batch, P, vocab]`` at ``masked_positions [batch, P]``."""
 
     add_pooling_layer: ClassVar[bool] = False
+    scores_tokens: ClassVar[bool] = True
 
-    def head(self, out, trunk, deterministic):
-        logits, _ = self.pretraining_heads(out, trunk, masked_lm=True, next_sentence=False)
+    def head(self, out, trunk, deterministic, masked_positions=None):
+        logits, _ = self.pretraining_heads(out, trunk, masked_lm=True, next_sentence=False,
+                                           masked_positions=masked_positions)
         return out.replace(logits=logits)
 
 
 class BertForPreTraining(_BertWithHead):
-    """``logits`` = ``prediction_logits`` ``[batch, length, vocab]``; ``seq_relationship_logits`` ``[batch, 2]``."""
+    """``logits`` = ``prediction_logits`` ``[batch, length, vocab]`` (``[batch, P, vocab]`` at
+    ``masked_positions [batch, P]``); ``seq_relationship_logits`` ``[batch, 2]``."""
 
-    def head(self, out, trunk, deterministic):
-        mlm, nsp = self.pretraining_heads(out, trunk, masked_lm=True, next_sentence=True)
+    scores_tokens: ClassVar[bool] = True
+
+    def head(self, out, trunk, deterministic, masked_positions=None):
+        mlm, nsp = self.pretraining_heads(out, trunk, masked_lm=True, next_sentence=True,
+                                          masked_positions=masked_positions)
         return out.replace(logits=mlm, extra={**out.extra, "prediction_logits": mlm, "seq_relationship_logits": nsp})
 
 
 class BertForNextSentencePrediction(_BertWithHead):
     """``logits``: ``[batch, 2]`` (0: B continues A, 1: B is random)."""
 
-    def head(self, out, trunk, deterministic):
+    def head(self, out, trunk, deterministic, masked_positions=None):
         _, nsp = self.pretraining_heads(out, trunk, masked_lm=False, next_sentence=True)
         return out.replace(logits=nsp)
 
@@ -278,7 +290,7 @@ class BertForNextSentencePrediction(_BertWithHead):
 class BertForSequenceClassification(_BertWithHead):
     """``logits``: ``[batch, num_labels]`` from the dropped-out pooler output."""
 
-    def head(self, out, trunk, deterministic):
+    def head(self, out, trunk, deterministic, masked_positions=None):
         return out.replace(logits=self.classify(out.pooler_output, deterministic))
 
 
@@ -287,7 +299,7 @@ class BertForTokenClassification(_BertWithHead):
 
     add_pooling_layer: ClassVar[bool] = False
 
-    def head(self, out, trunk, deterministic):
+    def head(self, out, trunk, deterministic, masked_positions=None):
         return out.replace(logits=self.classify(out.last_hidden_state, deterministic))
 
 
@@ -296,7 +308,7 @@ class BertForQuestionAnswering(_BertWithHead):
 
     add_pooling_layer: ClassVar[bool] = False
 
-    def head(self, out, trunk, deterministic):
+    def head(self, out, trunk, deterministic, masked_positions=None):
         c = self.config
         if c.num_labels != 2:
             raise ValueError(f"BertForQuestionAnswering needs num_labels=2 (start and end), not {c.num_labels}")

@@ -16,7 +16,7 @@ PyTorch names (``TORCH_KEY_MAP``) -> jaxlm params, ``distilbert.`` inside head m
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -25,7 +25,7 @@ from jaxlm.layers.attention import SelfAttention
 from jaxlm.layers.core import ACTIVATIONS, Dropout, dense, embed, layer_norm, zeros
 from jaxlm.models.base import ModelConfig, TorchKeyMap
 from jaxlm.models.bert import embed_ids
-from jaxlm.models.outputs import ModelOutput
+from jaxlm.models.outputs import ModelOutput, at_positions, check_masked_positions
 
 LAYER_NORM_EPS = 1e-12
 
@@ -142,25 +142,33 @@ class _DistilBertWithHead(nn.Module):
     config: DistilBertConfig
     dtype: jnp.dtype = jnp.float32
 
+    scores_tokens: ClassVar[bool] = False
+    """The head predicts tokens, so it takes ``masked_positions``."""
+
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
-                 output_hidden_states: bool = False, output_attentions: bool = False) -> ModelOutput:
+                 output_hidden_states: bool = False, output_attentions: bool = False,
+                 masked_positions=None) -> ModelOutput:
+        check_masked_positions(self, masked_positions)
         trunk = DistilBertModel(self.config, dtype=self.dtype, name="distilbert")
         out = trunk(input_ids, attention_mask, token_type_ids, position_ids,
                     output_hidden_states=output_hidden_states, output_attentions=output_attentions)
-        return self.head(out, trunk, deterministic=not self.has_rng("dropout"))
+        return self.head(out, trunk, deterministic=not self.has_rng("dropout"), masked_positions=masked_positions)
 
-    def head(self, out: ModelOutput, trunk: DistilBertModel, deterministic: bool) -> ModelOutput:
+    def head(self, out: ModelOutput, trunk: DistilBertModel, deterministic: bool,
+             masked_positions=None) -> ModelOutput:
         raise NotImplementedError
 
 
 class DistilBertForMaskedLM(_DistilBertWithHead):
-    """``logits``: ``[batch, length, vocab]``."""
+    """``logits``: ``[batch, length, vocab]``, or ``[batch, P, vocab]`` at ``masked_positions [batch, P]``."""
 
-    def head(self, out, trunk, deterministic):
+    scores_tokens: ClassVar[bool] = True
+
+    def head(self, out, trunk, deterministic, masked_positions=None):
         c = self.config
         x = dense(c.dim, ("embed", None), std=c.initializer_range, name="vocab_transform",
-                  dtype=self.dtype)(out.last_hidden_state)
+                  dtype=self.dtype)(at_positions(out.last_hidden_state, masked_positions))
         x = layer_norm(LAYER_NORM_EPS, name="vocab_layer_norm", dtype=self.dtype)(ACTIVATIONS[c.activation](x))
         words = nn.meta.unbox(trunk.variables["params"]["embeddings"]["word_embeddings"]["embedding"])
         bias = self.param("vocab_projector_bias", zeros(("vocab",)), (c.vocab_size,))
@@ -171,7 +179,7 @@ class DistilBertForMaskedLM(_DistilBertWithHead):
 class DistilBertForSequenceClassification(_DistilBertWithHead):
     """``logits``: ``[batch, num_labels]`` from the first token's final hidden state."""
 
-    def head(self, out, trunk, deterministic):
+    def head(self, out, trunk, deterministic, masked_positions=None):
         c = self.config
         kw = dict(std=c.initializer_range, dtype=self.dtype)
         x = dense(c.dim, ("embed", None), name="pre_classifier", **kw)(out.last_hidden_state[:, 0])

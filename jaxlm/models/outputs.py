@@ -6,6 +6,7 @@ from typing import Any
 
 import flax.struct
 import jax
+import jax.numpy as jnp
 
 
 @flax.struct.dataclass
@@ -39,3 +40,17 @@ class EncoderOutput:
     hidden: jax.Array
     mask: jax.Array
     state: Any = None
+
+
+def check_masked_positions(model, masked_positions) -> None:
+    """Only heads that predict tokens (``scores_tokens``) take ``masked_positions``."""
+    if masked_positions is not None and not model.scores_tokens:
+        raise ValueError(f"{type(model).__name__} predicts no tokens: call it without masked_positions")
+
+
+def at_positions(hidden: jax.Array, positions: jax.Array | None) -> jax.Array:
+    """``hidden [batch, length, features]`` at ``positions [batch, P]`` (all of it for ``None``):
+    a masked-LM head then predicts only the scored positions, as BERT's pretraining did."""
+    if positions is None:
+        return hidden
+    return jnp.take_along_axis(hidden, positions[..., None], axis=1)
