@@ -38,9 +38,9 @@ VALID_PAIRS_STREAM = 2
 class ScoredPositions:
     """The positions a masked-LM loss scores, with their ``targets`` and ``weights`` (``[batch, P]``).
 
-    The prediction head then runs over ``P`` positions a row instead of all of them: at BERT's 15 %
-    that skips 85 % of the vocabulary projection, its logits and their gradients: 18 % of
-    bert-base's training FLOPs at 128 tokens, 16 % of its step time (docs/benchmarks.md). ``P`` is a
+    The prediction head then runs over ``P`` positions a row instead of all of them. At BERT's 15 %
+    that skips 85 % of the vocabulary projection, its logits and their gradients (18 % of
+    bert-base's training FLOPs at 128 tokens, 16 % of its step time: docs/benchmarks.md). ``P`` is a
     bound on the scored positions of any row (:meth:`Masker.most_selected`); rows with fewer are
     padded with weightless positions. With ``positions=None`` (``P`` would be the whole row) every
     position is scored.
