@@ -296,15 +296,15 @@ def test_scoring_only_the_masked_positions_gives_the_full_heads_loss_and_gradien
     model = BertForMaskedLM(BertConfig(**TINY_BERT))
     labels = jnp.full((3, 16), -100).at[0, [2, 9, 15]].set(7).at[1, 0].set(299)  # row 2 scores nothing
     params = model.init(jax.random.key(0), jnp.ones_like(labels))["params"]
-    (full, count), full_grads = jax.value_and_grad(scored_loss, argnums=1, has_aux=True)(model, params, labels, 16)
+    loss_and_grads = jax.jit(jax.value_and_grad(scored_loss, argnums=1, has_aux=True), static_argnums=(0, 3))
+    (full, count), full_grads = loss_and_grads(model, params, labels, 16)
     assert ScoredPositions.of(labels, jnp.ones_like(labels), 16).positions is None
-    (some, some_count), some_grads = jax.value_and_grad(scored_loss, argnums=1, has_aux=True)(model, params,
-                                                                                              labels, 3)
+    (some, some_count), some_grads = loss_and_grads(model, params, labels, 3)
     assert count == some_count == 4
     np.testing.assert_allclose(some, full, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(full_grads), jax.tree.leaves(some_grads)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-    loss, _ = scored_loss(model, params, labels, 2)  # row 0 has 3 scored positions: not silently dropped
+    loss, _ = jax.jit(scored_loss, static_argnums=(0, 3))(model, params, labels, 2)  # row 0 scores 3: not dropped
     assert np.isnan(loss)
 
 
