@@ -54,10 +54,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxlm.config import OptimizerConfig, ScheduleConfig  # noqa: E402
+from jaxlm.data.masking import Masker  # noqa: E402
 from jaxlm.host_memory import keep_freed_memory  # noqa: E402
 from jaxlm.models import build_model  # noqa: E402
 from jaxlm.models.bert import BertConfig  # noqa: E402
-from jaxlm.data.masking import Masker  # noqa: E402
 from jaxlm.models.gpt2 import GPT2Config  # noqa: E402
 from jaxlm.tasks.mlm import ScoredPositions  # noqa: E402
 from jaxlm.train.losses import cross_entropy_sum  # noqa: E402
@@ -119,8 +119,9 @@ def mean_step_time(step, steps: int) -> float:
 
 
 def jaxlm_step(kind: str, cfg, batch: dict, precision: str, full_head: bool = False):
-    """A function that runs one jaxlm train step, the number of parameters used in matmuls, and how
-    many of those are BERT's prediction head (its transform and the tied decoder; 0 for GPT-2)."""
+    """A function that runs one jaxlm train step, and what its model FLOPs count: the parameters used
+    in matmuls, how many of those are BERT's prediction head (its transform and the tied decoder; 0
+    for GPT-2), and the tokens a step runs that head at (the scored ones, or every one)."""
     model = build_model(cfg, "causal_lm" if kind == "gpt2" else "masked_lm", dtype=DTYPES[precision])
     tx, schedule = build_optimizer(
         OptimizerConfig(learning_rate=LR, weight_decay=WD, b1=BETAS[0], b2=BETAS[1], clip_norm=1.0),
@@ -129,12 +130,14 @@ def jaxlm_step(kind: str, cfg, batch: dict, precision: str, full_head: bool = Fa
     params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), jnp.asarray(inputs)))["params"]
     matmul_params = sum(x.size for path, x in jax.tree_util.tree_leaves_with_path(params)
                         if x.ndim >= 2 and not any(getattr(k, "key", None) in POSITION_TABLES for k in path))
-    head_params, head_positions = 0, 0
+    counts = {"matmul_params": matmul_params, "head_params": 0, "head_tokens": 0}
+    head_positions = 0
     if kind == "bert":
-        head_params = (params["cls"]["predictions"]["transform"]["kernel"].size
-                       + params["bert"]["embeddings"]["word_embeddings"]["embedding"].size)
+        counts["head_params"] = (params["cls"]["predictions"]["transform"]["kernel"].size
+                                 + params["bert"]["embeddings"]["word_embeddings"]["embedding"].size)
         seq = batch["tokens"].shape[1]
         head_positions = seq if full_head else bert_masker(cfg.vocab_size).most_selected(seq)
+        counts["head_tokens"] = batch["tokens"].size if full_head else int((batch["labels"] >= 0).sum())
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.PRNGKey(1),
                        LossScale.create("float32", 1.0, 1))
     train_step = jax.jit(make_train_step(model, Objective(kind, head_positions), tx, schedule, 1, 0.0, dropout=True),
@@ -146,7 +149,7 @@ def jaxlm_step(kind: str, cfg, batch: dict, precision: str, full_head: bool = Fa
         holder[0], metrics = train_step(holder[0], device_batch)
         metrics["loss"].block_until_ready()
 
-    return step, matmul_params, head_params
+    return step, counts
 
 
 def torch_device() -> str:
@@ -230,8 +233,8 @@ def child(args) -> None:
     batch = make_batch(args.model, cfg.vocab_size, args.batch, args.seq[0])
     out = {"peak": matmul_peak(args.child, args.precision)}
     if args.child == "jaxlm":
-        step, out["matmul_params"], out["head_params"] = jaxlm_step(args.model, cfg, batch, args.precision,
-                                                                    args.full_head)
+        step, counts = jaxlm_step(args.model, cfg, batch, args.precision, args.full_head)
+        out.update(counts)
     else:
         step = torch_step(args.model, cfg, batch, args.precision)
     mean_step_time(step, args.warmup)
@@ -300,14 +303,11 @@ def main():
                 peaks[framework] = max(peaks[framework], out["peak"])
                 faults[framework] = out["faults"], out["kernel_sec"]
                 if framework == "jaxlm":
-                    matmul_params, head_params = out["matmul_params"], out["head_params"]
+                    counts = out
         cfg = model_config(args.model, args.size, seq, args.dropout)
         layers, width = (cfg.n_layer, cfg.n_embd) if args.model == "gpt2" else (cfg.num_hidden_layers, cfg.hidden_size)
-        head_tokens = batch_size * seq
-        if args.model == "bert" and not args.full_head:
-            head_tokens = int((make_batch("bert", cfg.vocab_size, batch_size, seq)["labels"] >= 0).sum())
-        flops = (batch_size * seq * (6 * (matmul_params - head_params) + 12 * layers * seq * width)
-                 + head_tokens * 6 * head_params)
+        flops = (batch_size * seq * (6 * (counts["matmul_params"] - counts["head_params"]) + 12 * layers * seq * width)
+                 + counts["head_tokens"] * 6 * counts["head_params"])
         rows.append((seq, batch_size, best["jaxlm"], best["torch"], flops))
     top = max(peaks.values())
     print(f"# measured {args.precision} matmul peak: jax {peaks['jaxlm'] / 1e9:.1f} GFLOP/s, torch "
