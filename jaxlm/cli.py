@@ -102,7 +102,8 @@ def cmd_generate(args) -> int:
                    top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
                    num_beams=args.num_beams, length_penalty=args.length_penalty,
                    early_stopping={"true": True, "false": False}.get(args.early_stopping, args.early_stopping),
-                   eos_token_id=tokenizer.eos_id, seed=args.seed, num_return_sequences=args.num_return_sequences)
+                   eos_token_id=tokenizer.eos_id, seed=args.seed, num_return_sequences=args.num_return_sequences,
+                   prompt_lookup_num_tokens=args.prompt_lookup_num_tokens)
     seq2seq = head_of(model) == "seq2seq"
     if seq2seq:  # translate the prompt: the decoder writes the target at once
         from jaxlm.tasks.seq2seq import special_ids
@@ -305,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--num-return-sequences", type=int, default=1,
                    help="print this many continuations: samples, or beam search's best (blank line between)")
+    p.add_argument("--prompt-lookup-num-tokens", type=int,
+                   help="greedy: propose up to this many tokens per step from the text so far (same tokens)")
     which_checkpoint(p)
     p.set_defaults(func=cmd_generate)
 

@@ -76,6 +76,12 @@ class GenerationOptions:
     ``n`` best hypotheses (``n <= num_beams``), or ``n`` independent samples."""
     decoder_start_token_id: int | None = None
     """Encoder-decoder models: the decoder's first token (required for them)."""
+    prompt_lookup_num_tokens: int | None = None
+    """Greedy decoding only: prompt lookup decoding (transformers' option of this name). Each step proposes up
+    to this many tokens, those that followed the latest n-gram's earliest earlier occurrence in the row, and one
+    forward pass checks them all; the tokens are exactly greedy decoding's, but a step may write several."""
+    max_matching_ngram_size: int = 2
+    """Prompt lookup: the longest n-gram matched (shorter ones are tried where it has no earlier occurrence)."""
 
     def __post_init__(self):
         if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
@@ -106,6 +112,17 @@ class GenerationOptions:
             raise JaxlmError(f"seed must be an integer, got {self.seed!r}")
         if self.decoder_start_token_id is not None and not _is_int(self.decoder_start_token_id):
             raise JaxlmError(f"decoder_start_token_id must be an integer, got {self.decoder_start_token_id!r}")
+        lookup = self.prompt_lookup_num_tokens
+        if lookup is not None:
+            if not _is_int(lookup) or lookup < 1:
+                raise JaxlmError(f"prompt_lookup_num_tokens must be a positive integer (None turns it off), got "
+                                 f"{lookup!r}")
+            if not _is_int(self.max_matching_ngram_size) or self.max_matching_ngram_size < 1:
+                raise JaxlmError(f"max_matching_ngram_size must be a positive integer, got "
+                                 f"{self.max_matching_ngram_size!r}")
+            if self.do_sample or self.num_beams > 1:
+                raise JaxlmError("prompt_lookup_num_tokens speeds up greedy decoding only; drop it, or set "
+                                 "do_sample=False and num_beams=1")
         if not all(_is_int(i) for i in self.eos_ids) or not _is_int(self.pad):
             raise JaxlmError(f"eos_token_id and pad_token_id must be integers, got {self.eos_token_id!r} and "
                              f"{self.pad_token_id!r}")
@@ -127,7 +144,9 @@ class GenerationOptions:
             max_new_tokens=self.max_new_tokens, num_beams=self.num_beams, do_sample=bool(self.do_sample),
             top_k=min(max(self.top_k, min_keep), vocab_size) if self.do_sample and self.top_k else 0,
             top_p=bool(self.do_sample and self.top_p < 1), min_keep=min_keep,
-            repetition_penalty=self.repetition_penalty != 1, early_stopping=self.early_stopping if beam else False)
+            repetition_penalty=self.repetition_penalty != 1, early_stopping=self.early_stopping if beam else False,
+            lookahead=self.prompt_lookup_num_tokens or 0,
+            ngram=self.max_matching_ngram_size if self.prompt_lookup_num_tokens else 0)
 
     def knobs(self) -> _Knobs:
         # transformers divides float32 scores by Python floats (float64 math, rounded to float32): so do we.
@@ -157,6 +176,12 @@ class _Plan:
     min_keep: int
     repetition_penalty: bool
     early_stopping: bool | str
+    lookahead: int = 0  # prompt lookup: the tokens proposed per step (0: off); the buffers have this many more
+    ngram: int = 0  # prompt lookup: the longest n-gram matched
+
+    def prompt_length(self, tokens: jax.Array) -> int:
+        """The prompt's length in a ``[rows, prompt + max_new_tokens + lookahead]`` token buffer."""
+        return tokens.shape[1] - self.max_new_tokens - self.lookahead
 
 
 class _Knobs(NamedTuple):
@@ -183,8 +208,9 @@ class _Beams(NamedTuple):
 
 class _State(NamedTuple):
     step: jax.Array  # new tokens written so far
+    passes: jax.Array  # the loop's forward passes so far (fewer than ``step`` where prompt lookup kept several)
     halt: jax.Array  # nothing can change any more (every row finished)
-    tokens: jax.Array  # [rows, total]: prompt, new tokens, pad; rows = batch * num_beams (the running beams)
+    tokens: jax.Array  # [rows, total]: prompt, new tokens, pad (and lookahead slots); rows = batch * num_beams
     cache: Any
     first: jax.Array  # [rows] index of the first real prompt token (left padding before it)
     done: jax.Array | None  # [batch] greedy / sampling: rows that emitted eos
@@ -237,17 +263,21 @@ def _process(scores, tokens, first, length, plan: _Plan, knobs: _Knobs) -> jax.A
     return scores
 
 
-def _forward(model, params, s: _State, index):
-    """Feed ``tokens[:, index]`` (its K/V land in the cache): next-token logits ``[rows, vocab]`` and the cache."""
-    token = jax.lax.dynamic_slice_in_dim(s.tokens, index, 1, axis=1)
+def _forward(model, params, s: _State, index, count: int = 1):
+    """Feed ``tokens[:, index:index + count]`` (their K/V land in the cache): the logits after each,
+    ``[rows, count, vocab]`` float32, and the cache."""
+    fed = jax.lax.dynamic_slice_in_dim(s.tokens, index, count, axis=1)
     if s.encoded is not None:
-        out, variables = model.apply({"params": params, "cache": s.cache}, token, s.encoded, decode=True,
+        out, variables = model.apply({"params": params, "cache": s.cache}, fed, s.encoded, decode=True,
                                      mutable=["cache"], method="decode")
-        return out.logits[:, -1].astype(jnp.float32), variables["cache"]
-    out, variables = model.apply({"params": params, "cache": s.cache}, token,
-                                 attention_mask=_mask(s.first, s.tokens.shape[1]),
-                                 position_ids=(index - s.first)[:, None], decode=True, mutable=["cache"])
-    return out.logits[:, -1].astype(jnp.float32), variables["cache"]
+        return out.logits.astype(jnp.float32), variables["cache"]
+    positions = (index - s.first)[:, None] + jnp.arange(count)
+    if model.config.max_positions:  # lookahead slots past the last position: any real one (their logits are unused)
+        positions = jnp.minimum(positions, model.config.max_positions - 1)
+    out, variables = model.apply({"params": params, "cache": s.cache}, fed,
+                                 attention_mask=_mask(s.first, s.tokens.shape[1]), position_ids=positions,
+                                 decode=True, mutable=["cache"])
+    return out.logits.astype(jnp.float32), variables["cache"]
 
 
 def _is_eos(token, knobs: _Knobs) -> jax.Array:
@@ -256,9 +286,9 @@ def _is_eos(token, knobs: _Knobs) -> jax.Array:
 
 def _token_step(model, params, plan: _Plan, knobs: _Knobs, s: _State) -> _State:
     """Greedy / sampling: one token per row (transformers' ``_sample``)."""
-    prompt, i = s.tokens.shape[1] - plan.max_new_tokens, s.step
+    prompt, i = plan.prompt_length(s.tokens), s.step
     logits, cache = _forward(model, params, s, prompt - 1 + i)
-    scores = _process(logits, s.tokens, s.first, prompt + i, plan, knobs)
+    scores = _process(logits[:, -1], s.tokens, s.first, prompt + i, plan, knobs)
     if plan.do_sample:
         token = jax.random.categorical(jax.random.fold_in(knobs.key, i), scores)
     else:
@@ -276,7 +306,7 @@ def _beam_step(model, params, plan: _Plan, knobs: _Knobs, s: _State) -> _State:
     total = s.tokens.shape[1]
     prompt, i = total - plan.max_new_tokens, s.step
     logits, cache = _forward(model, params, s, prompt - 1 + i)
-    log_probs = _process(jax.nn.log_softmax(logits), s.tokens, s.first, prompt + i, plan, knobs)
+    log_probs = _process(jax.nn.log_softmax(logits[:, -1]), s.tokens, s.first, prompt + i, plan, knobs)
     vocab = log_probs.shape[-1]
     scores = (log_probs.reshape(batch, beams, vocab) + b.scores[..., None]).reshape(batch, beams * vocab)
 
@@ -319,12 +349,67 @@ def _beam_step(model, params, plan: _Plan, knobs: _Knobs, s: _State) -> _State:
                       beams=_Beams(running_scores, finished_tokens, finished_scores, finished, improvable))
 
 
+def _lookup_step(model, params, plan: _Plan, knobs: _Knobs, s: _State, stop) -> _State:
+    """Greedy decoding by prompt lookup: up to ``lookahead`` proposed tokens fed with the last one; the
+    longest run of them that greedy decoding would have chosen is kept, plus the token after it (transformers'
+    ``_assisted_decoding`` with its ``PromptLookupCandidateGenerator``). Rows share the cache's write index,
+    so each keeps as many tokens as the row that agreed least (rows that finished do not count); the keys and
+    values of the rest stay in the cache past its index, unread, until later tokens overwrite them."""
+    k, i = plan.lookahead, s.step
+    last = plan.prompt_length(s.tokens) - 1 + i  # the last token written, not yet in the cache
+    proposed, real = _proposals(s.tokens, s.first, last, plan)
+    fed = jax.lax.dynamic_update_slice(s.tokens, proposed, (0, last + 1))
+    logits, cache = _forward(model, params, s._replace(tokens=fed), last, 1 + k)
+    lengths = last + 1 + jnp.arange(1 + k)  # the row's length when each logit's token is chosen
+    scores = jax.vmap(lambda x, n: _process(x, fed, s.first, n, plan, knobs), in_axes=(1, 0), out_axes=1)(
+        logits, lengths)
+    chosen = jnp.argmax(scores, axis=-1).astype(s.tokens.dtype)  # [rows, 1 + k]: greedy after each fed token
+    agreed = jnp.cumprod((chosen[:, :-1] == proposed) & (jnp.arange(k) < real[:, None]), axis=1).sum(1)
+    kept = jnp.minimum(jnp.min(jnp.where(s.done, k, agreed)), stop - 1 - i)  # tokens written: kept + 1
+    eos = _is_eos(chosen, knobs)
+    ended = s.done[:, None] | (jnp.cumsum(eos, axis=1) - eos > 0)  # an eos came before (exclusive)
+    written = jnp.arange(1 + k) <= kept
+    new = jnp.where(written & ~ended, chosen, knobs.pad)
+    done = s.done | jnp.any(written & eos, axis=1)
+    tokens = jax.lax.dynamic_update_slice(s.tokens, new, (0, last + 1))
+    return s._replace(step=i + kept + 1, halt=jnp.all(done), tokens=tokens, cache=_rewind(cache, last + 1 + kept),
+                      done=done)
+
+
+def _proposals(tokens, first, last, plan: _Plan) -> tuple[jax.Array, jax.Array]:
+    """Prompt lookup's proposals for each row: the ``lookahead`` tokens after the earliest earlier occurrence
+    of the row's last n tokens (``n = ngram ... 1``, the longest that occurs), ``[rows, lookahead]``, and how
+    many of them are real tokens of the row ``[rows]`` (0 where nothing matched); ``last`` is the last token's
+    index."""
+    rows, length = tokens.shape
+    position = jnp.arange(length)[None, :]
+    end = jnp.full((rows,), -1)  # where the chosen occurrence ends
+    for n in range(plan.ngram, 0, -1):
+        gram = jax.lax.dynamic_slice_in_dim(tokens, last - n + 1, n, axis=1)
+        # an occurrence ending at e < last covers tokens e - n + 1 ... e, all real ones
+        match = (position < last) & (position >= first[:, None] + n - 1)
+        for d in range(n):
+            match &= jnp.roll(tokens, d, axis=1) == gram[:, n - 1 - d:n - d]
+        end = jnp.where((end < 0) & jnp.any(match, axis=1), jnp.argmax(match, axis=1), end)
+    ahead = jnp.arange(plan.lookahead)
+    real = jnp.where(end >= 0, jnp.minimum(plan.lookahead, last - end), 0)
+    index = jnp.where(ahead < real[:, None], end[:, None] + 1 + ahead, last)  # the rest: the last token (a real id)
+    return jnp.take_along_axis(tokens, index, axis=1), real
+
+
+def _rewind(cache, index):
+    """The cache with every attention layer's write index set to ``index``: keys and values past it are
+    never read (attention sees positions below the index only) and later tokens overwrite them."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: jnp.full_like(x, index) if getattr(path[-1], "key", None) == "index" else x, cache)
+
+
 @partial(jax.jit, static_argnames=("model", "plan"))
 def _prefill(model, params, input_ids, first, plan: _Plan, knobs: _Knobs) -> _State:
     """Cache the prompt's K/V but for its last token, which the first step feeds."""
     batch, prompt = input_ids.shape
-    total = prompt + plan.max_new_tokens
-    tokens = jnp.concatenate([input_ids, jnp.full((batch, plan.max_new_tokens), knobs.pad, input_ids.dtype)], 1)
+    total = prompt + plan.max_new_tokens + plan.lookahead
+    tokens = jnp.concatenate([input_ids, jnp.full((batch, total - prompt), knobs.pad, input_ids.dtype)], 1)
     cache = init_cache(model, batch, total)
     if prompt > 1:
         positions = jnp.maximum(jnp.arange(prompt - 1)[None, :] - first[:, None], 0)
@@ -332,8 +417,8 @@ def _prefill(model, params, input_ids, first, plan: _Plan, knobs: _Knobs) -> _St
                                    attention_mask=_mask(first, total), position_ids=positions, decode=True,
                                    mutable=["cache"])
         cache = variables["cache"]
-    state = _State(step=jnp.zeros((), jnp.int32), halt=jnp.zeros((), bool), tokens=tokens, cache=cache,
-                   first=first, done=jnp.zeros((batch,), bool), beams=None)
+    state = _State(step=jnp.zeros((), jnp.int32), passes=jnp.zeros((), jnp.int32), halt=jnp.zeros((), bool),
+                   tokens=tokens, cache=cache, first=first, done=jnp.zeros((batch,), bool), beams=None)
     return _with_beams(model, state, plan)
 
 
@@ -346,8 +431,9 @@ def _prefill_seq2seq(model, params, input_ids, attention_mask, plan: _Plan, knob
     tokens = jnp.concatenate([jnp.full((batch, 1), knobs.start, input_ids.dtype),
                               jnp.full((batch, plan.max_new_tokens), knobs.pad, input_ids.dtype)], axis=1)
     _, variables = model.apply({"params": params}, tokens, encoded, decode=True, mutable=["cache"], method="decode")
-    state = _State(step=jnp.zeros((), jnp.int32), halt=jnp.zeros((), bool), tokens=tokens, cache=variables["cache"],
-                   first=jnp.zeros((batch,), jnp.int32), done=jnp.zeros((batch,), bool), beams=None, encoded=encoded)
+    state = _State(step=jnp.zeros((), jnp.int32), passes=jnp.zeros((), jnp.int32), halt=jnp.zeros((), bool),
+                   tokens=tokens, cache=variables["cache"], first=jnp.zeros((batch,), jnp.int32),
+                   done=jnp.zeros((batch,), bool), beams=None, encoded=encoded)
     return _with_beams(model, state, plan)
 
 
@@ -370,9 +456,9 @@ def _with_beams(model, state: _State, plan: _Plan) -> _State:
 @partial(jax.jit, static_argnames=("model", "plan"), donate_argnames=("state",))
 def _advance(model, params, state: _State, stop, plan: _Plan, knobs: _Knobs) -> _State:
     """Decode until ``stop`` new tokens are written or nothing can change (the cache is updated in place)."""
-    step = _beam_step if plan.num_beams > 1 else _token_step
+    step = _beam_step if plan.num_beams > 1 else partial(_lookup_step, stop=stop) if plan.lookahead else _token_step
     return jax.lax.while_loop(lambda s: (s.step < stop) & ~s.halt,
-                              lambda s: step(model, params, plan, knobs, s), state)
+                              lambda s: step(model, params, plan, knobs, s)._replace(passes=s.passes + 1), state)
 
 
 def _is_seq2seq(model) -> bool:
@@ -391,6 +477,8 @@ def _prepare(model, input_ids, attention_mask, options: dict):
     if head_of(model) not in ("causal_lm", "seq2seq"):
         raise JaxlmError(f"{type(model).__name__} is not a causal language model; generate needs one "
                          f"(e.g. GPT2LMHeadModel) or an encoder-decoder (a seq2seq head)")
+    if _is_seq2seq(model) and opts.prompt_lookup_num_tokens:
+        raise JaxlmError("prompt_lookup_num_tokens needs a decoder-only model; drop it for an encoder-decoder")
     if _is_seq2seq(model) and opts.decoder_start_token_id is None:
         raise JaxlmError("an encoder-decoder needs decoder_start_token_id (the id of <s>, say) to start decoding")
     ids = np.asarray(input_ids)
@@ -437,7 +525,7 @@ def generate(model, params, input_ids, attention_mask=None, **options) -> jax.Ar
     """
     ids, mask, plan, knobs, opts = _prepare(model, input_ids, attention_mask, options)
     state = _advance(model, params, _start(model, params, ids, mask, plan, knobs), plan.max_new_tokens, plan, knobs)
-    return _sequences(state, opts.num_return_sequences)
+    return _sequences(state, opts.num_return_sequences, plan)
 
 
 def decode_seq2seq(model, params, input_ids: jax.Array, attention_mask: jax.Array,
@@ -447,13 +535,13 @@ def decode_seq2seq(model, params, input_ids: jax.Array, attention_mask: jax.Arra
     plan, knobs = options.plan(model.config.vocab_size), options.knobs()
     state = _prefill_seq2seq(model, params, input_ids, attention_mask, plan, knobs)
     state = _advance(model, params, state, plan.max_new_tokens, plan, knobs)
-    return _sequences(state, 1)
+    return _sequences(state, 1, plan)
 
 
-def _sequences(state: _State, n: int) -> jax.Array:
+def _sequences(state: _State, n: int, plan: _Plan) -> jax.Array:
     """The decoded rows: each prompt's best ``n`` finished hypotheses (best first) after beam search."""
     if state.beams is None:
-        return state.tokens
+        return state.tokens[:, :state.tokens.shape[1] - plan.lookahead]
     return state.beams.tokens[:, :n].reshape(-1, state.tokens.shape[1])
 
 
@@ -474,7 +562,7 @@ def generate_stream(model, params, input_ids, attention_mask=None, *, chunk_size
 
 
 def _chunks(model, params, state: _State, chunk_size: int, plan: _Plan, knobs: _Knobs) -> Iterator[np.ndarray]:
-    prompt, written = state.tokens.shape[1] - plan.max_new_tokens, 0
+    prompt, written = plan.prompt_length(state.tokens), 0
     while written < plan.max_new_tokens:
         state = _advance(model, params, state, min(written + chunk_size, plan.max_new_tokens), plan, knobs)
         step = int(state.step)

@@ -109,6 +109,64 @@ def test_eos_stops_only_its_row_and_pads_it(lm):
     assert (stopped[0, prompt + 4:] == -1).all()
 
 
+def loop_state(model, params, prompts, **options):
+    """The decoding loop's final state (``passes``: its forward passes) for left-padded ``prompts``."""
+    from jaxlm import generate as decoding
+
+    ids, mask = left_padded(prompts)
+    ids, mask, plan, knobs, _ = decoding._prepare(model, ids, mask, options)
+    state = decoding._start(model, params, ids, mask, plan, knobs)
+    return decoding._advance(model, params, state, plan.max_new_tokens, plan, knobs)
+
+
+@pytest.mark.parametrize("options", [
+    dict(prompt_lookup_num_tokens=1, max_matching_ngram_size=1),
+    dict(prompt_lookup_num_tokens=4),
+    dict(prompt_lookup_num_tokens=10, max_matching_ngram_size=3, repetition_penalty=1.3),
+    dict(prompt_lookup_num_tokens=4, eos_token_id=2, pad_token_id=-1),
+])
+def test_prompt_lookup_decodes_the_greedy_tokens_in_fewer_passes(lm, options):
+    model, params = lm
+    prompts = PROMPTS + [[1, 2, 3, 1, 2, 3, 1, 2]]
+    ids, mask = left_padded(prompts)
+    greedy = dict(options, prompt_lookup_num_tokens=None)
+    np.testing.assert_array_equal(generate(model, params, ids, mask, max_new_tokens=40, **options),
+                                  generate(model, params, ids, mask, max_new_tokens=40, **greedy))
+    # this tiny model repeats the prompt [11] for a while, so the row's proposals are right
+    state = loop_state(model, params, [[11]], max_new_tokens=40, **options)
+    assert int(state.step) == 40 and int(state.passes) < (30 if options["prompt_lookup_num_tokens"] == 1 else 20)
+
+
+def test_prompt_lookup_proposes_what_followed_the_earliest_occurrence_of_the_longest_matching_ngram():
+    from jaxlm.generate import _proposals
+
+    plan = GenerationOptions(prompt_lookup_num_tokens=3, max_matching_ngram_size=2).plan(100)
+    #              pad pad  ... "7 8" at 2, "8" alone at 5, last tokens "7 8"
+    tokens = np.array([[0, 0, 7, 8, 5, 8, 6, 7, 8, 0, 0, 0],
+                       [9, 4, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0],   # "4" at 1 and 5 (last): 1-gram, from index 1
+                       [9, 9, 1, 2, 3, 5, 0, 0, 0, 0, 0, 0]])  # "5" never occurred before: nothing
+    last = np.array(8)
+    first = np.array([2, 0, 0])
+    # rows 1 and 2 end at index 5: shift them right so that every row's last token is at `last`
+    tokens[1:] = np.roll(tokens[1:], 3, axis=1)
+    first[1:] += 3
+    proposed, real = (np.asarray(x) for x in _proposals(jnp.asarray(tokens), jnp.asarray(first), last, plan))
+    np.testing.assert_array_equal(real, [3, 3, 0])
+    np.testing.assert_array_equal(proposed[0], [5, 8, 6])  # after the "7 8" at 2-3, not after the "8" at 5
+    np.testing.assert_array_equal(proposed[1], [1, 2, 3])  # after the "4" at index 4 (1 before the shift)
+    np.testing.assert_array_equal(proposed[2], [5, 5, 5])  # no proposal: the last token, never kept
+
+
+def test_prompt_lookup_streams_chunks_of_at_most_chunk_size(lm):
+    model, params = lm
+    ids, mask = left_padded(PROMPTS)
+    options = dict(max_new_tokens=30, prompt_lookup_num_tokens=5)
+    whole = np.asarray(generate(model, params, ids, mask, **options))[:, ids.shape[1]:]
+    chunks = list(generate_stream(model, params, ids, mask, chunk_size=4, **options))
+    assert all(c.shape[1] <= 4 for c in chunks)
+    np.testing.assert_array_equal(np.concatenate(chunks, axis=1), whole)
+
+
 @pytest.mark.parametrize("options", [dict(), dict(do_sample=True, top_p=0.9, temperature=0.8, seed=4),
                                      dict(repetition_penalty=1.5, eos_token_id=7)])
 def test_streamed_chunks_are_exactly_generate(lm, options):
@@ -150,15 +208,16 @@ def test_same_shapes_and_options_do_not_compile_again(lm):
 
 
 @pytest.mark.parametrize("batch", [1, 3])
-def test_the_decoding_loop_updates_the_kv_cache_in_place(lm, batch):
-    """Greedy / sampling: the compiled loop copies no layer's K / V cache; each token writes its keys and
-    values into the donated cache in place (XLA once copied every cache a few times per token at batch 1).
-    Beam search reorders the cache by a gather at every step, which this does not cover."""
+@pytest.mark.parametrize("options", [dict(), dict(prompt_lookup_num_tokens=4)])
+def test_the_decoding_loop_updates_the_kv_cache_in_place(lm, batch, options):
+    """Greedy / sampling (and prompt lookup): the compiled loop copies no layer's K / V cache; each token
+    writes its keys and values into the donated cache in place (XLA once copied every cache a few times per
+    token at batch 1). Beam search reorders the cache by a gather at every step, which this does not cover."""
     from jaxlm import generate as decoding
 
     model, params = lm
     ids, mask, plan, knobs, _ = decoding._prepare(model, np.ones((batch, 5), np.int32), None,
-                                                  dict(max_new_tokens=8))
+                                                  dict(max_new_tokens=8, **options))
     state = decoding._start(model, params, ids, mask, plan, knobs)
     hlo = decoding._advance.lower(model, params, state, plan.max_new_tokens, plan, knobs).compile().as_text()
     cache_shapes = {f"f32[{','.join(map(str, x.shape))}]" for x in jax.tree.leaves(state.cache) if x.ndim == 4}
@@ -184,6 +243,10 @@ def test_the_decoding_loop_updates_the_kv_cache_in_place(lm, batch):
     (dict(num_return_sequences=2), "greedy decoding returns one sequence per prompt"),
     (dict(num_return_sequences=3, num_beams=2), "raise num_beams to at least 3"),
     (dict(num_return_sequences=0, do_sample=True), "num_return_sequences must be a positive integer"),
+    (dict(prompt_lookup_num_tokens=0), "prompt_lookup_num_tokens must be a positive integer"),
+    (dict(prompt_lookup_num_tokens=3, max_matching_ngram_size=0), "max_matching_ngram_size must be a positive"),
+    (dict(prompt_lookup_num_tokens=3, do_sample=True), "prompt_lookup_num_tokens speeds up greedy decoding only"),
+    (dict(prompt_lookup_num_tokens=3, num_beams=2), "set do_sample=False and num_beams=1"),
 ])
 def test_bad_inputs_and_options_raise_one_line_errors(lm, options, message):
     model, params = lm
@@ -261,6 +324,21 @@ def test_exactly_the_tokens_of_transformers_generate(hf_pair, name):
                                   hf_generate(hf, ids, mask, 64, **options))
 
 
+@pytest.mark.torch
+@pytest.mark.parametrize("options", [dict(), dict(repetition_penalty=1.3)])
+def test_prompt_lookup_gives_exactly_the_tokens_of_transformers(hf_pair, options):
+    """Greedy tokens of transformers for a left-padded batch, and of its own prompt lookup (batch 1 only there)."""
+    model, params, hf = hf_pair
+    ids, mask = left_padded([[p % 98 for p in prompt] for prompt in PROMPTS])
+    options = dict(options, do_sample=False, pad_token_id=1, eos_token_id=98)
+    lookup = dict(prompt_lookup_num_tokens=5, max_matching_ngram_size=2)
+    np.testing.assert_array_equal(jaxlm_generate(model, params, ids, mask, 64, **options, **lookup),
+                                  hf_generate(hf, ids, mask, 64, **options))
+    one = np.array([PROMPTS[0]])
+    np.testing.assert_array_equal(jaxlm_generate(model, params, one, np.ones_like(one), 64, **options, **lookup),
+                                  hf_generate(hf, one, np.ones_like(one), 64, **options, **lookup))
+
+
 def hf_processors(options, prompt_ignore_length):
     """The processors transformers' ``generate`` builds for ``options`` (greedy / sampling, one beam)."""
     from transformers.generation import logits_process as lp
@@ -314,7 +392,7 @@ def test_gpt2_124m_greedy_and_beam_match_transformers(tmp_path):
     model, params = jaxlm.from_pretrained(directory)
     hf = transformers.GPT2LMHeadModel.from_pretrained(directory, attn_implementation="eager").eval()
     ids, mask = left_padded([[464, 1330, 2643, 318, 257], [40, 588]])
-    for options in (dict(), dict(num_beams=2)):
+    for options in (dict(), dict(num_beams=2), dict(prompt_lookup_num_tokens=10)):
         options = dict(options, do_sample=False, pad_token_id=50256, eos_token_id=50256)
         np.testing.assert_array_equal(jaxlm_generate(model, params, ids, mask, 64, **options),
                                       hf_generate(hf, ids, mask, 64, **options))
@@ -347,6 +425,7 @@ def bpe_checkpoint(tmp_path_factory):
      dict(num_beams=3, early_stopping=True, length_penalty=0.5, repetition_penalty=1.2)),
     (["--num-beams", "3", "--num-return-sequences", "2"], dict(num_beams=3, num_return_sequences=2)),
     (["--do-sample", "--num-return-sequences", "3", "--seed", "1"], dict(do_sample=True, num_return_sequences=3, seed=1)),
+    (["--prompt-lookup-num-tokens", "4"], {}),
 ])
 def test_cli_prints_the_text_of_generate(bpe_checkpoint, flags, options, capsys):
     from jaxlm.cli import main

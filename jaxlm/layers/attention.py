@@ -83,7 +83,7 @@ class SelfAttention(nn.Module):
     from ``kv`` (an encoder's output; ``attention_mask`` then masks ``kv``'s padding).
 
     ``decode=True`` reads and writes a KV cache in the ``cache`` collection: initialise it
-    with an input of the maximum total length, then feed the prompt and one token at a time.
+    with an input of the maximum total length, then feed the prompt and any number of tokens at a time.
     Cross-attention caches the projected ``kv`` on the first decoding call; later calls may
     pass ``kv=None``.
     """
@@ -118,11 +118,10 @@ class SelfAttention(nn.Module):
             q_positions = index.value + q_positions
         if self.rope_theta is not None and not self.cross:
             q, k = apply_rotary(q, q_positions, self.rope_theta), apply_rotary(k, q_positions, self.rope_theta)
-        past = None  # the cache before a one-token step, which attends to it apart from its own k / v
+        past = None  # the cache before this call's tokens, which attend to it apart from their own k / v
         if caching:
             past = self._cache(k, v)
-            if past is not None and (x.shape[1] > 1 or output_attentions):
-                # a prompt (the attention kernel may run), or weights over the whole updated cache
+            if past is not None and output_attentions:  # weights over the whole updated cache
                 k, v = self._write_cache(k, v, index, past)
                 past = None
         kv_len = k.shape[1] if past is None else past[0].shape[-1]
