@@ -6,8 +6,15 @@ of ``--prompt`` tokens at each batch size. The first call of each shape is a war
 compiles there; its time is reported apart); then the two alternate ``--repeats`` times and each
 keeps its best time. tokens/s counts new tokens, prefill included; a random model practically
 never emits eos (a warning says so if it does).
+
+``--prompt-lookup K`` runs both with ``prompt_lookup_num_tokens=K`` (transformers: batch 1 only)
+and reports jaxlm's new tokens per forward pass. A random model does not repeat its context,
+so its proposals are rarely right; ``--run DIR`` measures a trained jaxlm run instead (its
+config and tokenizer, prompts from the embedded corpus), jaxlm greedy against jaxlm prompt
+lookup, since transformers cannot load every jaxlm model (rotary positions, say).
 Usage: python benchmarks/generate_throughput.py [--size small|tiny] [--batch 1 8] [--new-tokens 128]
-Prints a markdown table with the jaxlm / transformers ratio and whether the tokens agree.
+       [--prompt-lookup K] | --run runs/gpt2-tiny --prompt-lookup K [--prompts 8]
+Prints a markdown table with the speed ratio and whether the tokens agree.
 """
 
 from __future__ import annotations
@@ -44,6 +51,55 @@ def processor() -> str:
         return platform.processor() or platform.machine()
 
 
+def passes(model, params, ids, **options) -> int:
+    """The forward passes of jaxlm's decoding loop for ``ids`` (fewer than the new tokens with prompt lookup)."""
+    from jaxlm import generate as decoding
+
+    ids, mask, plan, knobs, _ = decoding._prepare(model, ids, None, options)
+    state = decoding._start(model, params, ids, mask, plan, knobs)
+    return int(decoding._advance(model, params, state, plan.max_new_tokens, plan, knobs).passes)
+
+
+def best_of(repeats: int, *runs) -> list[float]:
+    """Each run's best time over ``repeats`` rounds, the runs alternating so that other load hits them alike."""
+    best = [float("inf")] * len(runs)
+    for _ in range(repeats):
+        best = [min(b, timed(run)[0]) for b, run in zip(best, runs)]
+    return best
+
+
+def header(what: str, args) -> str:
+    return (f"# {what}, {os.cpu_count()} CPU cores ({processor()}), jax {jax.__version__}, torch {torch.__version__}, "
+            f"transformers {transformers.__version__}; 1-minute load average {args.load_before:.1f} before, "
+            f"{os.getloadavg()[0]:.1f} after")
+
+
+def trained_run(args):
+    """jaxlm greedy against jaxlm prompt lookup on a trained run, prompts from the embedded corpus."""
+    from jaxlm.cli import load_for_inference
+    from jaxlm.data.corpus import embedded_corpus
+
+    model, params, tokenizer = load_for_inference(args.run, None)
+    documents = [ids for ids in map(tokenizer.encode, embedded_corpus()) if len(ids) >= args.prompt]
+    picked = np.random.default_rng(0).choice(len(documents), args.prompts, replace=False)
+    options = dict(max_new_tokens=args.new_tokens, eos_token_id=tokenizer.eos_id)
+    lookup = dict(options, prompt_lookup_num_tokens=args.prompt_lookup)
+    rows = []
+    for d in picked:
+        ids = np.array([documents[d][:args.prompt]])
+        runs = [lambda o=o: np.asarray(jaxlm.generate(model, params, ids, **o)) for o in (options, lookup)]
+        (_, greedy), (_, looked_up) = timed(runs[0]), timed(runs[1])  # warm-up: compiles
+        rows.append((d, *best_of(args.repeats, *runs), passes(model, params, ids, **lookup),
+                     np.array_equal(greedy, looked_up)))
+    print(header(f"{args.run} greedy generation, prompt {args.prompt} + {args.new_tokens} new tokens, batch 1, "
+                 f"prompt_lookup_num_tokens={args.prompt_lookup}", args))
+    print("| corpus document | greedy s | prompt lookup s | passes | new tokens / pass | speed-up | same tokens |\n"
+          "|---|---|---|---|---|---|---|")
+    for d, plain, looked, n, same in rows:
+        print(f"| {d} | {plain:.3f} | {looked:.3f} | {n} | {args.new_tokens / n:.2f} | {plain / looked:.2f} "
+              f"| {'yes' if same else 'no'} |")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", choices=("small", "tiny"), default="small")
@@ -51,47 +107,55 @@ def main():
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--prompt", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--prompt-lookup", type=int, help="prompt_lookup_num_tokens for both frameworks (batch 1)")
+    p.add_argument("--run", help="a trained jaxlm run: greedy against --prompt-lookup, jaxlm only")
+    p.add_argument("--prompts", type=int, default=8, help="--run: how many corpus documents to prompt with")
     args = p.parse_args()
-    load_before = os.getloadavg()[0]
+    args.load_before = os.getloadavg()[0]
+    if args.prompt_lookup is not None and args.batch != [1] and not args.run:
+        p.error("--prompt-lookup runs at batch 1 only (transformers' limit): add --batch 1")
+    if args.run:
+        if args.prompt_lookup is None:
+            p.error("--run compares greedy with prompt lookup: add --prompt-lookup K")
+        return trained_run(args)
 
     with tempfile.TemporaryDirectory() as directory:
         random_checkpoint("GPT2LMHeadModel", directory, tiny=args.size == "tiny")
         model, params = jaxlm.from_pretrained(directory)
         hf = transformers.GPT2LMHeadModel.from_pretrained(directory).eval()
     vocab, eos = model.config.vocab_size, model.config.eos_token_id
+    lookup = {} if args.prompt_lookup is None else dict(prompt_lookup_num_tokens=args.prompt_lookup)
     rows = []
     for batch in args.batch:
         ids = np.random.default_rng(batch).integers(0, vocab, (batch, args.prompt))
 
         def run_jaxlm():
-            return np.asarray(jaxlm.generate(model, params, ids, max_new_tokens=args.new_tokens, eos_token_id=eos))
+            return np.asarray(jaxlm.generate(model, params, ids, max_new_tokens=args.new_tokens, eos_token_id=eos,
+                                             **lookup))
 
         def run_hf():
             with torch.inference_mode():
                 return hf.generate(torch.tensor(ids), attention_mask=torch.ones(ids.shape, dtype=torch.long),
                                    max_new_tokens=args.new_tokens, do_sample=False, num_beams=1,
-                                   eos_token_id=eos, pad_token_id=eos).numpy()
+                                   eos_token_id=eos, pad_token_id=eos, **lookup).numpy()
 
         (j_first, j_tokens), (_, h_tokens) = timed(run_jaxlm), timed(run_hf)  # warm-up; jaxlm compiles
-        # Alternate the two so that other load on the machine hits both alike; keep each one's best.
-        j_best = h_best = float("inf")
-        for _ in range(args.repeats):
-            j_best, h_best = min(j_best, timed(run_jaxlm)[0]), min(h_best, timed(run_hf)[0])
+        j_best, h_best = best_of(args.repeats, run_jaxlm, run_hf)
         if h_tokens.shape[1] < ids.shape[1] + args.new_tokens or (j_tokens[:, ids.shape[1]:] == eos).any():
             print(f"warning: batch {batch} emitted eos: fewer than {args.new_tokens} real new tokens per row")
         new = batch * args.new_tokens
+        per_pass = f" | {args.new_tokens / passes(model, params, ids, max_new_tokens=args.new_tokens, **lookup):.2f}"
         rows.append((batch, j_first, j_best, new / j_best, h_best, new / h_best, h_best / j_best,
-                     np.array_equal(j_tokens, h_tokens)))
+                     np.array_equal(j_tokens, h_tokens), per_pass if lookup else ""))
 
-    print(f"# gpt2-{args.size} greedy generation, prompt {args.prompt} + {args.new_tokens} new tokens, "
-          f"{os.cpu_count()} CPU cores ({processor()}), jax {jax.__version__}, torch {torch.__version__}, "
-          f"transformers {transformers.__version__}; 1-minute load average {load_before:.1f} before, "
-          f"{os.getloadavg()[0]:.1f} after")
+    what = f", prompt_lookup_num_tokens={args.prompt_lookup}" if lookup else ""
+    print(header(f"gpt2-{args.size} greedy generation, prompt {args.prompt} + {args.new_tokens} new tokens{what}", args))
+    extra = (" jaxlm new tokens / pass |", "---|") if lookup else ("", "")
     print("| batch | jaxlm first call s (compile) | jaxlm s | jaxlm tokens/s | transformers s | transformers tokens/s "
-          "| jaxlm / transformers | same tokens |\n|---|---|---|---|---|---|---|---|")
-    for batch, j_first, j_best, j_rate, h_best, h_rate, ratio, same in rows:
+          f"| jaxlm / transformers | same tokens |{extra[0]}\n|---|---|---|---|---|---|---|---|{extra[1]}")
+    for batch, j_first, j_best, j_rate, h_best, h_rate, ratio, same, per_pass in rows:
         print(f"| {batch} | {j_first:.1f} | {j_best:.2f} | {j_rate:.1f} | {h_best:.2f} | {h_rate:.1f} | {ratio:.2f} "
-              f"| {'yes' if same else 'no'} |")
+              f"| {'yes' if same else 'no'}{per_pass} |")
 
 
 if __name__ == "__main__":
