@@ -3,7 +3,8 @@
 Greedy decoding of one row reads every weight once per token. This times that read alone: a
 jitted chain of matrix-vector products shaped like gpt2-small's (per layer 768x2304, 768x768,
 768x3072, 3072x768; then the 768x50257 LM head) in jax and in torch, in float32 and, for jax,
-bfloat16 / float16 weights; and a plain jitted sum over as many bytes (the memory read rate).
+bfloat16 / float16 weights and int8 weights with a scale per column; and a plain jitted sum over
+as many bytes (the memory read rate).
 Prints a markdown table: milliseconds per chain, GB/s, and the tokens/s it allows.
 
 Usage: python benchmarks/decode_bandwidth.py [--repeats 5]
@@ -50,6 +51,16 @@ def main():
 
         seconds = best_time(lambda: chain(x, ws).block_until_ready(), args.repeats)
         rows.append((f"jax, {jnp.dtype(dtype).name} weights", seconds, sum(w.nbytes for w in ws)))
+    # int8 weights with a float32 scale per output column (weight-only quantisation), widened in the product
+    scales = [jnp.abs(w).max(0) / 127 for w in weights]
+    qs = [jnp.round(w / s).astype(jnp.int8) for w, s in zip(weights, scales)]
+
+    @jax.jit
+    def int8_chain(x, qs, scales):
+        return sum((jnp.dot(x[:, :q.shape[0]], q.astype(jnp.float32)) * s).sum() for q, s in zip(qs, scales))
+
+    seconds = best_time(lambda: int8_chain(x, qs, scales).block_until_ready(), args.repeats)
+    rows.append(("jax, int8 weights, float32 scales", seconds, sum(q.nbytes + s.nbytes for q, s in zip(qs, scales))))
     tw, tx = [torch.tensor(np.asarray(w)) for w in weights], torch.ones(1, 3072)
 
     def torch_chain():

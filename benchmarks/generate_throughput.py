@@ -8,7 +8,7 @@ keeps its best time. tokens/s counts new tokens, prefill included; a random mode
 never emits eos (a warning says so if it does).
 
 ``--prompt-lookup K`` runs both with ``prompt_lookup_num_tokens=K`` (transformers: batch 1 only)
-and reports jaxlm's new tokens per forward pass. A random model does not repeat its context,
+and reports jaxlm's new tokens per forward pass and what one pass over 1, 2 and 1 + K tokens costs. A random model does not repeat its context,
 so its proposals are rarely right; ``--run DIR`` measures a trained jaxlm run instead (its
 config and tokenizer, prompts from the embedded corpus), jaxlm greedy against jaxlm prompt
 lookup, since transformers cannot load every jaxlm model (rotary positions, say).
@@ -25,10 +25,12 @@ import platform
 import subprocess
 import tempfile
 import time
+from functools import partial
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
@@ -58,6 +60,36 @@ def passes(model, params, ids, **options) -> int:
     ids, mask, plan, knobs, _ = decoding._prepare(model, ids, None, options)
     state = decoding._start(model, params, ids, mask, plan, knobs)
     return int(decoding._advance(model, params, state, plan.max_new_tokens, plan, knobs).passes)
+
+
+def pass_times(model, params, prompt: int, counts, repeats: int) -> list[float]:
+    """jaxlm's best time for one cached forward pass at batch 1 over each of ``counts`` new tokens after a
+    ``prompt``-token cache, as the decoding loop runs it (the cache donated, updated in place, its index
+    set back after each pass)."""
+    from jaxlm import generate as decoding
+
+    total = prompt + max(counts)
+    mask = jnp.ones((1, total), jnp.int32)
+
+    @partial(jax.jit, donate_argnums=1)
+    def forward(params, cache, fed):
+        positions = prompt + jnp.arange(fed.shape[1])[None, :]
+        out, variables = model.apply({"params": params, "cache": cache}, fed, attention_mask=mask,
+                                     position_ids=positions, decode=True, mutable=["cache"])
+        return out.logits.sum(), decoding._rewind(variables["cache"], prompt)  # every logit, as the loop needs
+
+    cache = decoding._rewind(decoding.init_cache(model, 1, total), prompt)
+    best = []
+    for count in counts:
+        fed = jnp.ones((1, count), jnp.int32)
+        seconds = float("inf")
+        for _ in range(repeats + 1):  # the first compiles
+            start = time.perf_counter()
+            total_logit, cache = forward(params, cache, fed)
+            total_logit.block_until_ready()
+            seconds = min(seconds, time.perf_counter() - start)
+        best.append(seconds)
+    return best
 
 
 def best_of(repeats: int, *runs) -> list[float]:
@@ -98,6 +130,14 @@ def trained_run(args):
     for d, plain, looked, n, same in rows:
         print(f"| {d} | {plain:.3f} | {looked:.3f} | {n} | {args.new_tokens / n:.2f} | {plain / looked:.2f} "
               f"| {'yes' if same else 'no'} |")
+    print_pass_times(model, params, args)
+
+
+def print_pass_times(model, params, args):
+    counts = sorted({1, 2, 1 + args.prompt_lookup})
+    times = pass_times(model, params, args.prompt, counts, 10 * args.repeats)
+    print(f"\njaxlm's forward pass at batch 1 after a {args.prompt}-token prompt: "
+          + ", ".join(f"{t * 1e3:.2f} ms over {c} token{'s' if c > 1 else ''}" for c, t in zip(counts, times)))
 
 
 def main():
@@ -156,6 +196,8 @@ def main():
     for batch, j_first, j_best, j_rate, h_best, h_rate, ratio, same, per_pass in rows:
         print(f"| {batch} | {j_first:.1f} | {j_best:.2f} | {j_rate:.1f} | {h_best:.2f} | {h_rate:.1f} | {ratio:.2f} "
               f"| {'yes' if same else 'no'}{per_pass} |")
+    if lookup:
+        print_pass_times(model, params, args)
 
 
 if __name__ == "__main__":
