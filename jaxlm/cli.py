@@ -96,6 +96,8 @@ def cmd_generate(args) -> int:
 
     from jaxlm.models import head_of
 
+    if args.max_matching_ngram_size is not None and args.prompt_lookup_num_tokens is None:
+        raise JaxlmError("--max-matching-ngram-size tunes prompt lookup: add --prompt-lookup-num-tokens K, or drop it")
     model, params, tokenizer = load_for_inference(args.run, args.model, args.step, args.best)
     prompt = tokenizer.encode(args.prompt) or [tokenizer.eos_id]
     options = dict(max_new_tokens=args.max_new_tokens or 64, do_sample=args.do_sample, temperature=args.temperature,
@@ -103,7 +105,8 @@ def cmd_generate(args) -> int:
                    num_beams=args.num_beams, length_penalty=args.length_penalty,
                    early_stopping={"true": True, "false": False}.get(args.early_stopping, args.early_stopping),
                    eos_token_id=tokenizer.eos_id, seed=args.seed, num_return_sequences=args.num_return_sequences,
-                   prompt_lookup_num_tokens=args.prompt_lookup_num_tokens)
+                   prompt_lookup_num_tokens=args.prompt_lookup_num_tokens,
+                   max_matching_ngram_size=2 if args.max_matching_ngram_size is None else args.max_matching_ngram_size)
     seq2seq = head_of(model) == "seq2seq"
     if seq2seq:  # translate the prompt: the decoder writes the target at once
         from jaxlm.tasks.seq2seq import special_ids
@@ -308,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print this many continuations: samples, or beam search's best (blank line between)")
     p.add_argument("--prompt-lookup-num-tokens", type=int,
                    help="greedy: propose up to this many tokens per step from the text so far (same tokens)")
+    p.add_argument("--max-matching-ngram-size", type=int,
+                   help="prompt lookup: the longest n-gram of the text's end matched earlier in it (default 2)")
     which_checkpoint(p)
     p.set_defaults(func=cmd_generate)
 

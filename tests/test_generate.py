@@ -430,6 +430,7 @@ def bpe_checkpoint(tmp_path_factory):
     (["--num-beams", "3", "--num-return-sequences", "2"], dict(num_beams=3, num_return_sequences=2)),
     (["--do-sample", "--num-return-sequences", "3", "--seed", "1"], dict(do_sample=True, num_return_sequences=3, seed=1)),
     (["--prompt-lookup-num-tokens", "4"], {}),
+    (["--prompt-lookup-num-tokens", "3", "--max-matching-ngram-size", "1"], {}),
 ])
 def test_cli_prints_the_text_of_generate(bpe_checkpoint, flags, options, capsys):
     from jaxlm.cli import main
@@ -450,3 +451,9 @@ def test_cli_bad_option_is_a_one_line_error(bpe_checkpoint, capsys):
     directory, _ = bpe_checkpoint
     assert main(["generate", "--model", str(directory), "--prompt", "x", "--do-sample", "--top-p", "1.5"]) == 2
     assert capsys.readouterr().err == "jaxlm generate: error: top_p must be in (0, 1], got 1.5\n"
+    assert main(["generate", "--model", str(directory), "--prompt", "x", "--max-matching-ngram-size", "3"]) == 2
+    assert capsys.readouterr().err == ("jaxlm generate: error: --max-matching-ngram-size tunes prompt lookup: add "
+                                       "--prompt-lookup-num-tokens K, or drop it\n")
+    assert main(["generate", "--model", str(directory), "--prompt", "x", "--prompt-lookup-num-tokens", "3",
+                 "--max-matching-ngram-size", "0"]) == 2
+    assert capsys.readouterr().err.startswith("jaxlm generate: error: max_matching_ngram_size must be a positive")
