@@ -8,8 +8,8 @@ keeps its best time. tokens/s counts new tokens, prefill included; a random mode
 never emits eos (a warning says so if it does).
 
 ``--prompt-lookup K`` runs both with ``prompt_lookup_num_tokens=K`` (transformers: batch 1 only)
-and reports jaxlm's new tokens per forward pass and what one pass over 1, 2 and 1 + K tokens costs. A random model does not repeat its context,
-so its proposals are rarely right; ``--run DIR`` measures a trained jaxlm run instead (its
+and reports jaxlm's new tokens per forward pass and what one pass over 1, 2 and 1 + K tokens
+costs. A random model does not repeat its context, so its proposals are rarely right; ``--run DIR`` measures a trained jaxlm run instead (its
 config and tokenizer, prompts from the embedded corpus), jaxlm greedy against jaxlm prompt
 lookup, since transformers cannot load every jaxlm model (rotary positions, say).
 Usage: python benchmarks/generate_throughput.py [--size small|tiny] [--batch 1 8] [--new-tokens 128]
@@ -53,13 +53,15 @@ def processor() -> str:
         return platform.processor() or platform.machine()
 
 
-def passes(model, params, ids, **options) -> int:
-    """The forward passes of jaxlm's decoding loop for ``ids`` (fewer than the new tokens with prompt lookup)."""
+def tokens_per_pass(model, params, ids, **options) -> tuple[float, int]:
+    """The new tokens per forward pass of jaxlm's decoding loop for ``ids`` (more than 1 with prompt
+    lookup; eos ends the count), and the passes."""
     from jaxlm import generate as decoding
 
     ids, mask, plan, knobs, _ = decoding._prepare(model, ids, None, options)
     state = decoding._start(model, params, ids, mask, plan, knobs)
-    return int(decoding._advance(model, params, state, plan.max_new_tokens, plan, knobs).passes)
+    state = decoding._advance(model, params, state, plan.max_new_tokens, plan, knobs)
+    return int(state.step) / int(state.passes), int(state.passes)
 
 
 def pass_times(model, params, prompt: int, counts, repeats: int) -> list[float]:
@@ -79,16 +81,17 @@ def pass_times(model, params, prompt: int, counts, repeats: int) -> list[float]:
         return out.logits.sum(), decoding._rewind(variables["cache"], prompt)  # every logit, as the loop needs
 
     cache = decoding._rewind(decoding.init_cache(model, 1, total), prompt)
+
+    def one_pass(fed):
+        nonlocal cache
+        total_logit, cache = forward(params, cache, fed)
+        return total_logit.block_until_ready()
+
     best = []
     for count in counts:
-        fed = jnp.ones((1, count), jnp.int32)
-        seconds = float("inf")
-        for _ in range(repeats + 1):  # the first compiles
-            start = time.perf_counter()
-            total_logit, cache = forward(params, cache, fed)
-            total_logit.block_until_ready()
-            seconds = min(seconds, time.perf_counter() - start)
-        best.append(seconds)
+        run = partial(one_pass, jnp.ones((1, count), jnp.int32))
+        run()  # compiles
+        best.extend(best_of(repeats, run))
     return best
 
 
@@ -121,14 +124,14 @@ def trained_run(args):
         ids = np.array([documents[d][:args.prompt]])
         runs = [lambda o=o: np.asarray(jaxlm.generate(model, params, ids, **o)) for o in (options, lookup)]
         (_, greedy), (_, looked_up) = timed(runs[0]), timed(runs[1])  # warm-up: compiles
-        rows.append((d, *best_of(args.repeats, *runs), passes(model, params, ids, **lookup),
+        rows.append((d, *best_of(args.repeats, *runs), *tokens_per_pass(model, params, ids, **lookup),
                      np.array_equal(greedy, looked_up)))
     print(header(f"{args.run} greedy generation, prompt {args.prompt} + {args.new_tokens} new tokens, batch 1, "
                  f"prompt_lookup_num_tokens={args.prompt_lookup}", args))
     print("| corpus document | greedy s | prompt lookup s | passes | new tokens / pass | speed-up | same tokens |\n"
           "|---|---|---|---|---|---|---|")
-    for d, plain, looked, n, same in rows:
-        print(f"| {d} | {plain:.3f} | {looked:.3f} | {n} | {args.new_tokens / n:.2f} | {plain / looked:.2f} "
+    for d, plain, looked, per_pass, n, same in rows:
+        print(f"| {d} | {plain:.3f} | {looked:.3f} | {n} | {per_pass:.2f} | {plain / looked:.2f} "
               f"| {'yes' if same else 'no'} |")
     print_pass_times(model, params, args)
 
@@ -184,7 +187,7 @@ def main():
         if h_tokens.shape[1] < ids.shape[1] + args.new_tokens or (j_tokens[:, ids.shape[1]:] == eos).any():
             print(f"warning: batch {batch} emitted eos: fewer than {args.new_tokens} real new tokens per row")
         new = batch * args.new_tokens
-        per_pass = f" | {args.new_tokens / passes(model, params, ids, max_new_tokens=args.new_tokens, **lookup):.2f}"
+        per_pass = f" | {tokens_per_pass(model, params, ids, max_new_tokens=args.new_tokens, **lookup)[0]:.2f}"
         rows.append((batch, j_first, j_best, new / j_best, h_best, new / h_best, h_best / j_best,
                      np.array_equal(j_tokens, h_tokens), per_pass if lookup else ""))
 

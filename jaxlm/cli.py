@@ -105,8 +105,9 @@ def cmd_generate(args) -> int:
                    num_beams=args.num_beams, length_penalty=args.length_penalty,
                    early_stopping={"true": True, "false": False}.get(args.early_stopping, args.early_stopping),
                    eos_token_id=tokenizer.eos_id, seed=args.seed, num_return_sequences=args.num_return_sequences,
-                   prompt_lookup_num_tokens=args.prompt_lookup_num_tokens,
-                   max_matching_ngram_size=2 if args.max_matching_ngram_size is None else args.max_matching_ngram_size)
+                   prompt_lookup_num_tokens=args.prompt_lookup_num_tokens)
+    if args.max_matching_ngram_size is not None:
+        options["max_matching_ngram_size"] = args.max_matching_ngram_size
     seq2seq = head_of(model) == "seq2seq"
     if seq2seq:  # translate the prompt: the decoder writes the target at once
         from jaxlm.tasks.seq2seq import special_ids
