@@ -12,8 +12,10 @@ and reports jaxlm's new tokens per forward pass and what one pass over 1, 2 and 
 costs. A random model does not repeat its context, so its proposals are rarely right; ``--run DIR`` measures a trained jaxlm run instead (its
 config and tokenizer, prompts from the embedded corpus), jaxlm greedy against jaxlm prompt
 lookup, since transformers cannot load every jaxlm model (rotary positions, say).
+``--prefill N`` times jaxlm's prefill of an N-token prompt as shipped and with
+``attend_past_and_new`` (which decoding steps use), and nothing else.
 Usage: python benchmarks/generate_throughput.py [--size small|tiny] [--batch 1 8] [--new-tokens 128]
-       [--prompt-lookup K] | --run runs/gpt2-tiny --prompt-lookup K [--prompts 8]
+       [--prompt-lookup K] | --run runs/gpt2-tiny --prompt-lookup K [--prompts 8] | --prefill 512
 Prints a markdown table with the speed ratio and whether the tokens agree.
 """
 
@@ -95,6 +97,36 @@ def pass_times(model, params, prompt: int, counts, repeats: int) -> list[float]:
     return best
 
 
+def prefill_times(model, params, length: int, repeats: int) -> list[float]:
+    """jaxlm's best time to cache a ``length``-token prompt at batch 1, as shipped (a call of more than
+    ``PAST_AND_NEW_MAX_TOKENS`` tokens writes the cache first) and with the prompt attending to the
+    cache before it and to its own keys and values apart, as decoding steps do."""
+    from jaxlm.generate import init_cache
+    from jaxlm.layers import attention
+
+    ids = jnp.ones((1, length), jnp.int32)
+    shipped, best = attention.PAST_AND_NEW_MAX_TOKENS, []
+    try:
+        for limit in (shipped, length):
+            attention.PAST_AND_NEW_MAX_TOKENS = limit
+
+            @jax.jit  # defined anew for each limit, so that it is traced with it
+            def prefill(params, ids):
+                _, variables = model.apply({"params": params, "cache": init_cache(model, 1, length)}, ids,
+                                           attention_mask=jnp.ones_like(ids), position_ids=jnp.arange(length)[None],
+                                           decode=True, mutable=["cache"])
+                return variables["cache"]
+
+            def run():
+                return jax.block_until_ready(prefill(params, ids))
+
+            run()  # compiles
+            best.extend(best_of(repeats, run))
+    finally:
+        attention.PAST_AND_NEW_MAX_TOKENS = shipped
+    return best
+
+
 def best_of(repeats: int, *runs) -> list[float]:
     """Each run's best time over ``repeats`` rounds, the runs alternating so that other load hits them alike."""
     best = [float("inf")] * len(runs)
@@ -153,6 +185,7 @@ def main():
     p.add_argument("--prompt-lookup", type=int, help="prompt_lookup_num_tokens for both frameworks (batch 1)")
     p.add_argument("--run", help="a trained jaxlm run: greedy against --prompt-lookup, jaxlm only")
     p.add_argument("--prompts", type=int, default=8, help="--run: how many corpus documents to prompt with")
+    p.add_argument("--prefill", type=int, metavar="N", help="time jaxlm's prefill of an N-token prompt two ways")
     args = p.parse_args()
     args.load_before = os.getloadavg()[0]
     if args.prompt_lookup is not None and args.batch != [1] and not args.run:
@@ -166,6 +199,11 @@ def main():
         random_checkpoint("GPT2LMHeadModel", directory, tiny=args.size == "tiny")
         model, params = jaxlm.from_pretrained(directory)
         hf = transformers.GPT2LMHeadModel.from_pretrained(directory).eval()
+    if args.prefill:
+        shipped, apart = prefill_times(model, params, args.prefill, args.repeats)
+        print(f"# gpt2-{args.size}: jaxlm's prefill of a {args.prefill}-token prompt at batch 1 ({processor()}): "
+              f"{shipped:.3f} s writing the cache first (as shipped), {apart:.3f} s attending past and new apart")
+        return
     vocab, eos = model.config.vocab_size, model.config.eos_token_id
     lookup = {} if args.prompt_lookup is None else dict(prompt_lookup_num_tokens=args.prompt_lookup)
     rows = []

@@ -213,8 +213,8 @@ class SelfAttention(nn.Module):
 PAST_AND_NEW_MAX_TOKENS = 32
 """Decoding calls of up to this many tokens (a step; prompt lookup's proposals) use :func:`attend_past_and_new`,
 which updates the cache in place; longer ones (a prompt) write the cache first and attend over it, which
-is faster for them (a 512-token prefill of gpt2-small, timed once: 0.28-0.33 s against 0.42-0.44 s) but copies
-the cache."""
+is faster for them (a 512-token prefill of gpt2-small: 0.29-0.34 s against 0.50-0.52 s, measured by
+``benchmarks/generate_throughput.py --prefill 512``) but copies the cache."""
 
 
 def attend_past_and_new(q, past_k, past_v, k, v, mask, start):
