@@ -12,10 +12,16 @@ and reports jaxlm's new tokens per forward pass and what one pass over 1, 2 and 
 costs. A random model does not repeat its context, so its proposals are rarely right; ``--run DIR`` measures a trained jaxlm run instead (its
 config and tokenizer, prompts from the embedded corpus), jaxlm greedy against jaxlm prompt
 lookup, since transformers cannot load every jaxlm model (rotary positions, say).
+``--num-beams N`` runs both with beam search instead (tokens/s counts each prompt's new tokens, not
+every beam's; both keep the best hypothesis).
+``--seq2seq`` times encoder-decoder decoding instead: jaxlm's ``TransformerSeq2Seq`` against
+transformers' ``MarianMTModel`` of the same shapes (Transformer-base: 6 + 6 layers, d_model 512, relu,
+post-LN, sinusoidal positions, tied embeddings; vocabulary 32000), each with its own random weights, so
+their tokens differ; sources of ``--source`` tokens, no eos, so both decode all ``--new-tokens``.
 ``--prefill N`` times jaxlm's prefill of an N-token prompt as shipped and with
 ``attend_past_and_new`` (which decoding steps use), and nothing else.
 Usage: python benchmarks/generate_throughput.py [--size small|tiny] [--batch 1 8] [--new-tokens 128]
-       [--prompt-lookup K] | --run runs/gpt2-tiny --prompt-lookup K [--prompts 8] | --prefill 512
+       [--prompt-lookup K | --num-beams N] | --seq2seq [--source 128] [--num-beams N] | --run runs/gpt2-tiny --prompt-lookup K [--prompts 8] | --prefill 512
 Prints a markdown table with the speed ratio and whether the tokens agree.
 """
 
@@ -168,6 +174,47 @@ def trained_run(args):
     print_pass_times(model, params, args)
 
 
+def seq2seq(args):
+    """jaxlm's encoder-decoder against transformers' Marian of the same shapes (their own random weights)."""
+    from jaxlm.models.seq2seq import TransformerSeq2Seq, TransformerSeq2SeqConfig
+
+    vocab, shapes = 32000, dict(d_model=512, encoder_layers=6, decoder_layers=6, encoder_attention_heads=8,
+                                decoder_attention_heads=8, encoder_ffn_dim=2048, decoder_ffn_dim=2048)
+    model = TransformerSeq2Seq(TransformerSeq2SeqConfig(vocab_size=vocab, dropout=0.0, **shapes))
+    params = jax.jit(model.init)(jax.random.key(0), *[jnp.ones((1, 8), jnp.int32)] * 3)["params"]
+    torch.manual_seed(0)
+    hf = transformers.MarianMTModel(transformers.MarianConfig(
+        vocab_size=vocab, decoder_vocab_size=vocab, activation_function="relu", scale_embedding=True,
+        max_position_embeddings=512, pad_token_id=0, decoder_start_token_id=0, eos_token_id=1,
+        forced_eos_token_id=None, **shapes)).eval()
+    options = dict(max_new_tokens=args.new_tokens, num_beams=args.num_beams, decoder_start_token_id=0,
+                   pad_token_id=0, eos_token_id=None, do_sample=False)
+    rows = []
+    for batch in args.batch:
+        ids = np.random.default_rng(batch).integers(2, vocab, (batch, args.source))
+        mask = np.ones_like(ids)
+
+        def run_jaxlm():
+            return np.asarray(jaxlm.generate(model, params, ids, mask, **options))
+
+        def run_hf():
+            with torch.inference_mode():
+                return hf.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), **options).numpy()
+
+        (j_first, j_tokens), (_, h_tokens) = timed(run_jaxlm), timed(run_hf)  # warm-up; jaxlm compiles
+        assert j_tokens.shape == h_tokens.shape == (batch, 1 + args.new_tokens), (j_tokens.shape, h_tokens.shape)
+        j_best, h_best = best_of(args.repeats, run_jaxlm, run_hf)
+        new = batch * args.new_tokens
+        rows.append((batch, j_first, j_best, new / j_best, h_best, new / h_best, h_best / j_best))
+    how = f"beam search (num_beams={args.num_beams})" if args.num_beams > 1 else "greedy"
+    print(header(f"Transformer-base encoder-decoder {how} decoding, source {args.source} + {args.new_tokens} new "
+                 "tokens (jaxlm TransformerSeq2Seq vs transformers MarianMTModel, random weights)", args))
+    print("| batch | jaxlm first call s (compile) | jaxlm s | jaxlm tokens/s | transformers s | transformers tokens/s "
+          "| jaxlm / transformers |\n|---|---|---|---|---|---|---|")
+    for batch, j_first, j_best, j_rate, h_best, h_rate, ratio in rows:
+        print(f"| {batch} | {j_first:.1f} | {j_best:.2f} | {j_rate:.1f} | {h_best:.2f} | {h_rate:.1f} | {ratio:.2f} |")
+
+
 def print_pass_times(model, params, args):
     counts = sorted({1, 2, 1 + args.prompt_lookup})
     times = pass_times(model, params, args.prompt, counts, 10 * args.repeats)
@@ -183,6 +230,9 @@ def main():
     p.add_argument("--prompt", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--prompt-lookup", type=int, help="prompt_lookup_num_tokens for both frameworks (batch 1)")
+    p.add_argument("--num-beams", type=int, default=1, help="beam search in both frameworks instead of greedy")
+    p.add_argument("--seq2seq", action="store_true", help="an encoder-decoder: jaxlm against transformers' Marian")
+    p.add_argument("--source", type=int, default=128, help="--seq2seq: source tokens per row")
     p.add_argument("--run", help="a trained jaxlm run: greedy against --prompt-lookup, jaxlm only")
     p.add_argument("--prompts", type=int, default=8, help="--run: how many corpus documents to prompt with")
     p.add_argument("--prefill", type=int, metavar="N", help="time jaxlm's prefill of an N-token prompt two ways")
@@ -190,6 +240,12 @@ def main():
     args.load_before = os.getloadavg()[0]
     if args.prompt_lookup is not None and args.batch != [1] and not args.run:
         p.error("--prompt-lookup runs at batch 1 only (transformers' limit): add --batch 1")
+    if args.num_beams > 1 and (args.prompt_lookup is not None or args.run):
+        p.error("--num-beams times beam search against transformers: drop --prompt-lookup and --run")
+    if args.seq2seq:
+        if args.prompt_lookup is not None or args.run or args.prefill:
+            p.error("--seq2seq times greedy or beam search decoding: drop --prompt-lookup, --run and --prefill")
+        return seq2seq(args)
     if args.run:
         if args.prompt_lookup is None:
             p.error("--run compares greedy with prompt lookup: add --prompt-lookup K")
@@ -206,19 +262,20 @@ def main():
         return
     vocab, eos = model.config.vocab_size, model.config.eos_token_id
     lookup = {} if args.prompt_lookup is None else dict(prompt_lookup_num_tokens=args.prompt_lookup)
+    search = dict(lookup, num_beams=args.num_beams)
     rows = []
     for batch in args.batch:
         ids = np.random.default_rng(batch).integers(0, vocab, (batch, args.prompt))
 
         def run_jaxlm():
             return np.asarray(jaxlm.generate(model, params, ids, max_new_tokens=args.new_tokens, eos_token_id=eos,
-                                             **lookup))
+                                             **search))
 
         def run_hf():
             with torch.inference_mode():
                 return hf.generate(torch.tensor(ids), attention_mask=torch.ones(ids.shape, dtype=torch.long),
-                                   max_new_tokens=args.new_tokens, do_sample=False, num_beams=1,
-                                   eos_token_id=eos, pad_token_id=eos, **lookup).numpy()
+                                   max_new_tokens=args.new_tokens, do_sample=False,
+                                   eos_token_id=eos, pad_token_id=eos, **search).numpy()
 
         (j_first, j_tokens), (_, h_tokens) = timed(run_jaxlm), timed(run_hf)  # warm-up; jaxlm compiles
         j_best, h_best = best_of(args.repeats, run_jaxlm, run_hf)
@@ -230,7 +287,8 @@ def main():
                      np.array_equal(j_tokens, h_tokens), per_pass if lookup else ""))
 
     what = f", prompt_lookup_num_tokens={args.prompt_lookup}" if lookup else ""
-    print(header(f"gpt2-{args.size} greedy generation, prompt {args.prompt} + {args.new_tokens} new tokens{what}", args))
+    how = f"beam search (num_beams={args.num_beams})" if args.num_beams > 1 else "greedy"
+    print(header(f"gpt2-{args.size} {how} generation, prompt {args.prompt} + {args.new_tokens} new tokens{what}", args))
     extra = (" jaxlm new tokens / pass |", "---|") if lookup else ("", "")
     print("| batch | jaxlm first call s (compile) | jaxlm s | jaxlm tokens/s | transformers s | transformers tokens/s "
           f"| jaxlm / transformers | same tokens |{extra[0]}\n|---|---|---|---|---|---|---|---|{extra[1]}")

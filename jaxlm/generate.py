@@ -326,8 +326,7 @@ def _beam_step(model, params, plan: _Plan, knobs: _Knobs, s: _State) -> _State:
     running_scores, keep = jax.lax.top_k(candidate_scores + hits.astype(jnp.float32) * NEG, beams)
     tokens = jnp.take_along_axis(candidates, keep[..., None], axis=1).reshape(batch * beams, total)
     origin = (jnp.take_along_axis(source, keep, axis=1) + jnp.arange(batch)[:, None] * beams).reshape(-1)
-    axis = _cache_batch_axis(model)
-    cache = jax.tree.map(lambda x: jnp.take(x, origin, axis) if x.ndim > axis else x, cache)
+    cache = _per_beam(cache, _cache_batch_axis(model), lambda x, axis: jnp.take(x, origin, axis))
 
     # f. finished candidates among the top num_beams join the finished hypotheses if they rank
     just_finished = hits & (jnp.arange(n) < beams)
@@ -347,6 +346,16 @@ def _beam_step(model, params, plan: _Plan, knobs: _Knobs, s: _State) -> _State:
     go_on = jnp.any(improvable) & ~(jnp.all(finished) & (plan.early_stopping is True)) & ~jnp.all(hits)
     return s._replace(step=i + 1, halt=~go_on, tokens=tokens, cache=cache,
                       beams=_Beams(running_scores, finished_tokens, finished_scores, finished, improvable))
+
+
+def _per_beam(cache, axis: int, change):
+    """``change(x, axis)`` for each of the cache's arrays that is kept per beam: all that have rows (on
+    ``axis``) but the cross-attention keys / values, which a prompt's beams share (:func:`_with_beams`)."""
+    def per_beam(path, x):
+        if x.ndim <= axis or getattr(path[-1], "key", None) in ("cross_key", "cross_value"):
+            return x
+        return change(x, axis)
+    return jax.tree_util.tree_map_with_path(per_beam, cache)
 
 
 def _lookup_step(model, params, plan: _Plan, knobs: _Knobs, s: _State, stop) -> _State:
@@ -438,19 +447,19 @@ def _prefill_seq2seq(model, params, input_ids, attention_mask, plan: _Plan, knob
 
 
 def _with_beams(model, state: _State, plan: _Plan) -> _State:
-    """Beam search: each row's tokens, cache and encoder output repeated ``num_beams`` times."""
+    """Beam search: each row's tokens and cache repeated ``num_beams`` times, but for what all beams of a
+    prompt share and only read: the encoder's output and the cross-attention keys / values (the
+    attention reads one row of them for all ``num_beams`` rows of queries)."""
     if plan.num_beams == 1:
         return state
     k = plan.num_beams
     batch, total = state.tokens.shape
     tokens, first = jnp.repeat(state.tokens, k, axis=0), jnp.repeat(state.first, k, axis=0)
-    axis = _cache_batch_axis(model)
-    cache = jax.tree.map(lambda x: jnp.repeat(x, k, axis) if x.ndim > axis else x, state.cache)
-    encoded = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), state.encoded)
+    cache = _per_beam(state.cache, _cache_batch_axis(model), lambda x, axis: jnp.repeat(x, k, axis))
     beams = _Beams(scores=jnp.zeros((batch, k), jnp.float32).at[:, 1:].set(NEG),  # only beam 0 may start
                    tokens=tokens.reshape(batch, k, total), finished_scores=jnp.full((batch, k), NEG, jnp.float32),
                    finished=jnp.zeros((batch, k), bool), improvable=jnp.ones((batch, 1), bool))
-    return state._replace(tokens=tokens, cache=cache, first=first, done=None, beams=beams, encoded=encoded)
+    return state._replace(tokens=tokens, cache=cache, first=first, done=None, beams=beams)
 
 
 @partial(jax.jit, static_argnames=("model", "plan"), donate_argnames=("state",))

@@ -115,6 +115,26 @@ def test_cross_attention_reads_kv_masks_its_padding_and_caches_it_for_decoding()
     np.testing.assert_allclose(jnp.concatenate([first[0], rest[0]], axis=1), out, atol=1e-6)
 
 
+@pytest.mark.parametrize("output_attentions", [False, True])
+def test_cross_attention_rows_may_share_a_source(output_attentions):
+    """3 query rows per cached source (a prompt's beams) attend as if each source were repeated 3 times."""
+    x, memory = jax.random.normal(jax.random.PRNGKey(2), (3 * B, 2, E)), _x(1, length=5)
+    attn = SelfAttention(num_heads=H, head_dim=D, cross=True)
+    params = _init(attn, x[:B], kv=memory)
+    mask = jnp.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    cache = attn.apply({"params": params}, x[:B, :1], kv=memory, decode=True, mutable=["cache"])[1]["cache"]
+    shared = attn.apply({"params": params, "cache": cache}, x, attention_mask=mask, decode=True,
+                        output_attentions=output_attentions, mutable=["cache"])[0]
+    repeated = attn.apply({"params": params}, x, kv=jnp.repeat(memory, 3, 0), attention_mask=jnp.repeat(mask, 3, 0),
+                          output_attentions=output_attentions)
+    np.testing.assert_allclose(shared[0], repeated[0], atol=1e-6)
+    if output_attentions:
+        assert shared[1].shape == (3 * B, H, 2, 5)
+        np.testing.assert_allclose(shared[1], repeated[1], atol=1e-6)
+    with pytest.raises(ValueError, match="cannot serve 5 query rows"):
+        attn.apply({"params": params, "cache": cache}, x[:5], attention_mask=mask, decode=True, mutable=["cache"])
+
+
 @pytest.mark.parametrize("t, kv_heads", [(1, 4), (3, 2), (2, 1)])
 def test_attending_past_and_new_equals_attending_over_the_updated_cache(t, kv_heads):
     """The decoding step's attention (the cache before the write plus the step's own keys / values)

@@ -138,6 +138,22 @@ def test_greedy_is_the_argmax_and_beam_search_decodes_each_row_alone(which, requ
     assert (beams[:, 0] == 2).all()
 
 
+def test_beam_search_holds_what_a_prompts_beams_share_once(transformer):
+    """The encoder output and the cross-attention keys / values stay one row per source under beam search
+    (the attention reads them for all of a source's beams); the self-attention cache has a row per beam."""
+    from jaxlm import generate as decoding
+
+    model, params = transformer
+    ids, mask, plan, knobs, _ = decoding._prepare(model, SOURCES, MASK, dict(max_new_tokens=4, num_beams=3,
+                                                                               decoder_start_token_id=2))
+    state = decoding._start(model, params, ids, mask, plan, knobs)
+    rows = {jax.tree_util.keystr(path): x.shape[0] for path, x in jax.tree_util.tree_leaves_with_path(state.cache)
+            if x.ndim}
+    assert {n for path, n in rows.items() if "cross_" in path} == {3}
+    assert {n for path, n in rows.items() if "cached_" in path} == {9}
+    assert {x.shape[0] for x in jax.tree.leaves(state.encoded)} == {3}
+
+
 def test_generate_checks_seq2seq_inputs(lstm):
     model, params = lstm
     with pytest.raises(JaxlmError, match="needs decoder_start_token_id"):

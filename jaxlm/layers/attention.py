@@ -111,6 +111,9 @@ class SelfAttention(nn.Module):
     def __call__(self, x, attention_mask=None, *, kv=None, decode: bool = False, deterministic: bool = True,
                  output_attentions: bool = False):
         q, k, v = self._project(x, kv, decode)
+        rows, length = q.shape[:2]
+        if self.cross and rows != k.shape[0]:  # several query rows per source: their queries, one row's
+            q = _share_sources(q, k.shape[0])
         q_positions = jnp.arange(x.shape[1])
         caching = decode and not self.cross
         if caching:  # the new tokens come after those already in the cache
@@ -152,6 +155,10 @@ class SelfAttention(nn.Module):
             local = None if not (window and aligned) else (window - 1, 0 if self.causal else window - 1)
             out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, local_window_size=local,
                                                implementation=self.implementation)
+        if out.shape[0] != rows:  # back to one row per query row
+            out = out.reshape(rows, length, *out.shape[2:])
+            if weights is not None:
+                weights = _unshare_weights(weights, rows)
         out = dense(x.shape[-1], ("heads", "kv", "embed"), axis=(-2, -1), name=self.out_name,
                     std=self.out_init_std, use_bias=self.use_bias, dtype=self.dtype,
                     param_dtype=self.param_dtype)(out)
@@ -208,6 +215,25 @@ class SelfAttention(nn.Module):
         self.put_variable("cache", "cached_value", updated[1])
         index.value = i + k.shape[1]
         return _from_cache(updated[0]), _from_cache(updated[1])
+
+
+def _share_sources(q: jax.Array, sources: int) -> jax.Array:
+    """Cross-attention queries ``[rows, t, heads, head_dim]`` of ``rows = sources * n`` rows over keys and
+    values of ``sources`` rows, row r reading source ``r // n`` (beam search: a prompt's beams share its
+    cached encoder keys / values, which are read once for all of them): each source's n rows of queries
+    side by side, ``[sources, n * t, heads, head_dim]``. Cross-attention has no causal mask, so every
+    query sees the same keys as it would with the source repeated n times."""
+    if q.shape[0] % sources:
+        raise ValueError(f"cross-attention over {sources} sources cannot serve {q.shape[0]} query rows: "
+                         "the rows must be a whole number of rows per source")
+    return q.reshape(sources, -1, *q.shape[2:])
+
+
+def _unshare_weights(weights: jax.Array, rows: int) -> jax.Array:
+    """The attention weights ``[sources, heads, n * t, kv]`` of :func:`_share_sources`' queries, per row:
+    ``[rows, heads, t, kv]``."""
+    sources, heads, _, kv = weights.shape
+    return weights.reshape(sources, heads, rows // sources, -1, kv).swapaxes(1, 2).reshape(rows, heads, -1, kv)
 
 
 PAST_AND_NEW_MAX_TOKENS = 32
