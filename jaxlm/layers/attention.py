@@ -147,6 +147,8 @@ class SelfAttention(nn.Module):
         if past is not None:
             out, (k, v) = attend_past_and_new(q, *past, k, v, mask, index.value)
             self._write_cache(k, v, index, past)
+        elif self.cross and decode and not explicit:  # over its cache as stored (XLA drops the transposes)
+            out = attend_cache(q, _to_cache(k), _to_cache(v), mask)
         elif explicit:
             weights = attention_weights(q, k, mask)
             probs = Dropout(self.dropout_rate)(weights, deterministic=deterministic)
@@ -187,11 +189,11 @@ class SelfAttention(nn.Module):
             k, v = k_proj(kv), v_proj(kv)
             if not decode:
                 return q, k, v
-        cached_k = self.variable("cache", "cross_key", lambda: k)
-        cached_v = self.variable("cache", "cross_value", lambda: v)
+        cached_k = self.variable("cache", "cross_key", lambda: _to_cache(k))  # stored as decoding reads them
+        cached_v = self.variable("cache", "cross_value", lambda: _to_cache(v))
         if kv is not None:
-            cached_k.value, cached_v.value = k, v
-        return q, cached_k.value, cached_v.value
+            cached_k.value, cached_v.value = _to_cache(k), _to_cache(v)
+        return q, _from_cache(cached_k.value), _from_cache(cached_v.value)
 
     def _cache(self, k, v) -> tuple[jax.Array, jax.Array] | None:
         """The cached keys and values ``[batch, kv_heads, head_dim, length]``; ``None`` on the first,
@@ -243,6 +245,39 @@ is faster for them (a 512-token prefill of gpt2-small: 0.29-0.34 s against 0.50-
 ``benchmarks/generate_throughput.py --prefill 512``) but copies the cache."""
 
 
+def attend_cache(q, cached_k, cached_v, mask):
+    """Attention of ``q`` ``[batch, t, heads, head_dim]`` over keys and values as the cache stores them,
+    ``[batch, kv_heads, head_dim, length]`` (cross-attention's, cached once), read as stored: attention over
+    ``[batch, length, kv_heads, head_dim]`` keys would transpose them whole at every decoded token.
+    ``mask`` (head axis 1) spans ``length``; softmax in float32, like :func:`attention_weights`."""
+    batch, t, heads, dim = q.shape
+    q = _group_heads(q, cached_k.shape[1])
+    scores = _cache_scores(q, cached_k).astype(jnp.float32) / math.sqrt(dim)
+    if mask is not None:
+        scores = jnp.where(mask[:, :, :, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    return _cache_values(cached_v, probs).transpose(0, 3, 1, 4, 2).reshape(batch, t, heads, dim)
+
+
+def _group_heads(q: jax.Array, kv_heads: int) -> jax.Array:
+    """``[batch, t, heads, head_dim]`` -> ``[batch, t, kv_heads, groups, head_dim]``: query head n reads
+    key / value head ``n // groups``."""
+    batch, t, heads, dim = q.shape
+    return q.reshape(batch, t, kv_heads, heads // kv_heads, dim)
+
+
+def _cache_scores(q: jax.Array, cached_k: jax.Array) -> jax.Array:
+    """Grouped queries ``[b, t, kv, g, h]`` dotted with cached keys ``[b, kv, h, length]``: ``[b, kv, t, g,
+    length]`` (a dot_general with the operands in this order reads the cache as stored; einsum may transpose it)."""
+    return jax.lax.dot_general(q, cached_k, (((4,), (2,)), ((0, 2), (0, 1))))
+
+
+def _cache_values(cached_v: jax.Array, probs: jax.Array) -> jax.Array:
+    """Cached values ``[b, kv, h, length]`` weighted by ``probs`` ``[b, kv, t, g, >= length]`` (the first
+    ``length`` keys are the cache's): ``[b, kv, h, t, g]``."""
+    return jax.lax.dot_general(cached_v, probs[..., :cached_v.shape[-1]], (((3,), (4,)), ((0, 1), (0, 1))))
+
+
 def attend_past_and_new(q, past_k, past_v, k, v, mask, start):
     """Attention of ``q`` ``[batch, t, heads, head_dim]`` over a KV cache as it was before this call
     (``past_k`` / ``past_v`` ``[batch, kv_heads, head_dim, length]``, written below ``start``) and
@@ -257,10 +292,9 @@ def attend_past_and_new(q, past_k, past_v, k, v, mask, start):
     :func:`attention_weights`.
     """
     batch, t, heads, dim = q.shape
-    kv_heads, length = past_k.shape[1], past_k.shape[-1]
-    q = q.reshape(batch, t, kv_heads, heads // kv_heads, dim)  # query head n reads kv head n // groups
-    # dot_generals with the operands in this order read the cache as stored (einsum may transpose it)
-    past_scores = jax.lax.dot_general(q, past_k, (((4,), (2,)), ((0, 2), (0, 1))))  # [b, kv, t, g, length]
+    length = past_k.shape[-1]
+    q = _group_heads(q, past_k.shape[1])
+    past_scores = _cache_scores(q, past_k)
     new_scores = jnp.einsum("btkgh,bskh->bktgs", q, k)
     scores = jnp.concatenate([past_scores, new_scores], axis=-1) / math.sqrt(dim)
     keys = jnp.arange(length + t)
@@ -270,7 +304,7 @@ def attend_past_and_new(q, past_k, past_v, k, v, mask, start):
         visible = (mask & visible)[:, :, :, None]  # [batch, 1, t, 1, length + t]
     scores = jnp.where(visible, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    past_out = jax.lax.dot_general(past_v, probs[..., :length], (((3,), (4,)), ((0, 1), (0, 1))))  # [b, kv, h, t, g]
+    past_out = _cache_values(past_v, probs)
     out = past_out.transpose(0, 3, 1, 4, 2) + jnp.einsum("bktgs,bskh->btkgh", probs[..., length:], v)
     return out.reshape(batch, t, heads, dim), (_after(k, past_scores), _after(v, past_out))
 
