@@ -154,6 +154,26 @@ def test_beam_search_holds_what_a_prompts_beams_share_once(transformer):
     assert {x.shape[0] for x in jax.tree.leaves(state.encoded)} == {3}
 
 
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_decoding_reads_the_cross_attention_cache_as_stored(transformer, num_beams):
+    """The compiled loop neither copies nor transposes the cached cross-attention keys / values (XLA once
+    transposed every layer's at every token, and beam search gathered them)."""
+    import re
+
+    from jaxlm import generate as decoding
+
+    model, params = transformer
+    ids, mask, plan, knobs, _ = decoding._prepare(model, SOURCES, MASK, dict(max_new_tokens=4, num_beams=num_beams,
+                                                                               decoder_start_token_id=2))
+    state = decoding._start(model, params, ids, mask, plan, knobs)
+    cross = {x.size for path, x in jax.tree_util.tree_leaves_with_path(state.cache) if "cross_" in str(path)}
+    hlo = decoding._advance.lower(model, params, state, plan.max_new_tokens, plan, knobs).compile().as_text()
+    moved = [line.strip() for line in hlo.splitlines() if re.search(r" (copy|transpose|gather)\(", line)
+             and (shape := re.search(r"= f32\[([\d,]+)\]", line))
+             and np.prod([int(n) for n in shape.group(1).split(",")]) in cross]
+    assert len(cross) == 1 and moved == []
+
+
 def test_generate_checks_seq2seq_inputs(lstm):
     model, params = lstm
     with pytest.raises(JaxlmError, match="needs decoder_start_token_id"):
