@@ -85,7 +85,7 @@ class SelfAttention(nn.Module):
     ``decode=True`` reads and writes a KV cache in the ``cache`` collection: initialise it
     with an input of the maximum total length, then feed the prompt and any number of tokens at a time.
     Cross-attention caches the projected ``kv`` on the first decoding call; later calls may
-    pass ``kv=None``.
+    pass ``kv=None``, and may bring n rows of queries per cached source row (a source's beams).
     """
 
     num_heads: int
@@ -112,7 +112,7 @@ class SelfAttention(nn.Module):
                  output_attentions: bool = False):
         q, k, v = self._project(x, kv, decode)
         rows, length = q.shape[:2]
-        if self.cross and rows != k.shape[0]:  # several query rows per source: their queries, one row's
+        if self.cross and rows != k.shape[0]:  # n query rows per cached source (beam search)
             q = _share_sources(q, k.shape[0])
         q_positions = jnp.arange(x.shape[1])
         caching = decode and not self.cross
