@@ -30,6 +30,7 @@ import dataclasses
 import difflib
 import sys
 import types
+from collections.abc import Mapping
 from functools import partial
 from typing import Any, Iterator, Literal, NamedTuple, Sequence
 
@@ -325,8 +326,7 @@ def _beam_step(model, params, plan: _Plan, knobs: _Knobs, s: _State) -> _State:
     # e. the best num_beams unfinished candidates run on, with their ancestors' cache
     running_scores, keep = jax.lax.top_k(candidate_scores + hits.astype(jnp.float32) * NEG, beams)
     tokens = jnp.take_along_axis(candidates, keep[..., None], axis=1).reshape(batch * beams, total)
-    origin = (jnp.take_along_axis(source, keep, axis=1) + jnp.arange(batch)[:, None] * beams).reshape(-1)
-    cache = _per_beam(cache, _cache_batch_axis(model), lambda x, axis: jnp.take(x, origin, axis))
+    cache = _inherit(cache, _cache_batch_axis(model), jnp.take_along_axis(source, keep, axis=1), prompt - 1 + i)
 
     # f. finished candidates among the top num_beams join the finished hypotheses if they rank
     just_finished = hits & (jnp.arange(n) < beams)
@@ -348,14 +348,40 @@ def _beam_step(model, params, plan: _Plan, knobs: _Knobs, s: _State) -> _State:
                       beams=_Beams(running_scores, finished_tokens, finished_scores, finished, improvable))
 
 
-def _per_beam(cache, axis: int, change):
-    """``change(x, axis)`` for each of the cache's arrays that is kept per beam: all that have rows (on
-    ``axis``) but the cross-attention keys / values, which a prompt's beams share (:func:`_with_beams`)."""
-    def per_beam(path, x):
-        if x.ndim <= axis or getattr(path[-1], "key", None) in ("cross_key", "cross_value"):
+_SHARED = ("cross_key", "cross_value")  # a prompt's beams read one row of these
+_HELD = ("cached_key", "cached_value")  # a row per beam, read by the prompt's beams through their ancestry
+
+
+def _inherit(cache, axis: int, parent, position):
+    """The cache of the beams that descend from ``parent`` ``[batch, beams]`` (a beam of the same prompt),
+    whose tokens so far end with the one fed at ``position``: a beam's ancestry is its parent's, with
+    position ``position`` held in the parent's row. Attention keys / values stay where they were written
+    (:func:`jaxlm.layers.attention.attend_beams`); other per-row state (an LSTM's) is gathered."""
+    batch, beams = parent.shape
+    origin = (parent + jnp.arange(batch)[:, None] * beams).reshape(-1)
+
+    def inherit(path, x):
+        name = getattr(path[-1], "key", None)
+        if x.ndim <= axis or name in _SHARED + _HELD:
             return x
-        return change(x, axis)
-    return jax.tree_util.tree_map_with_path(per_beam, cache)
+        if name == "ancestry":  # [..., batch, beams, length]
+            inherited = jnp.take_along_axis(x, jnp.broadcast_to(parent[..., None], x.shape[:-1] + (1,)), axis=-2)
+            return jnp.where(jnp.arange(x.shape[-1]) == position, parent[..., None], inherited)
+        return jnp.take(x, origin, axis)
+    return jax.tree_util.tree_map_with_path(inherit, cache)
+
+
+def _with_ancestry(cache, axis: int, beams: int):
+    """Each attention cache of ``batch * beams`` rows with an ``ancestry`` ``[..., batch, beams, length]``
+    where every beam holds its own keys / values: what beam search starts from."""
+    if not isinstance(cache, Mapping):
+        return cache
+    out = {name: _with_ancestry(x, axis, beams) for name, x in cache.items()}
+    if "cached_key" in cache:
+        shape = cache["cached_key"].shape
+        out["ancestry"] = jnp.broadcast_to(jnp.arange(beams, dtype=jnp.int32)[:, None],
+                                           (*shape[:axis], shape[axis] // beams, beams, shape[-1]))
+    return out
 
 
 def _lookup_step(model, params, plan: _Plan, knobs: _Knobs, s: _State, stop) -> _State:
@@ -455,7 +481,11 @@ def _with_beams(model, state: _State, plan: _Plan) -> _State:
     k = plan.num_beams
     batch, total = state.tokens.shape
     tokens, first = jnp.repeat(state.tokens, k, axis=0), jnp.repeat(state.first, k, axis=0)
-    cache = _per_beam(state.cache, _cache_batch_axis(model), lambda x, axis: jnp.repeat(x, k, axis))
+    axis = _cache_batch_axis(model)
+    cache = jax.tree_util.tree_map_with_path(
+        lambda path, x: x if x.ndim <= axis or getattr(path[-1], "key", None) in _SHARED else jnp.repeat(x, k, axis),
+        state.cache)
+    cache = _with_ancestry(cache, axis, k)
     beams = _Beams(scores=jnp.zeros((batch, k), jnp.float32).at[:, 1:].set(NEG),  # only beam 0 may start
                    tokens=tokens.reshape(batch, k, total), finished_scores=jnp.full((batch, k), NEG, jnp.float32),
                    finished=jnp.zeros((batch, k), bool), improvable=jnp.ones((batch, 1), bool))

@@ -3,6 +3,8 @@ same weights, its logits processors' semantics, sampling, left padding, eos, str
 and one-line errors. Torch-free tests use a tiny jaxlm GPT-2; ``torch`` ones a tiny random transformers
 checkpoint imported with ``jaxlm.from_pretrained``."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -208,11 +210,12 @@ def test_same_shapes_and_options_do_not_compile_again(lm):
 
 
 @pytest.mark.parametrize("batch", [1, 3])
-@pytest.mark.parametrize("options", [dict(), dict(prompt_lookup_num_tokens=4)])
+@pytest.mark.parametrize("options", [dict(), dict(prompt_lookup_num_tokens=4), dict(num_beams=3)])
 def test_the_decoding_loop_updates_the_kv_cache_in_place(lm, batch, options):
-    """Greedy / sampling (and prompt lookup): the compiled loop copies no layer's K / V cache; each token
-    writes its keys and values into the donated cache in place (XLA once copied every cache a few times per
-    token at batch 1). Beam search reorders the cache by a gather at every step, which this does not cover."""
+    """Greedy / sampling, prompt lookup and beam search: the compiled loop copies, gathers or transposes no
+    layer's K / V cache; each token writes its keys and values into the donated cache in place (XLA once
+    copied every cache a few times per token at batch 1, and beam search gathered every cache by its beams'
+    parents at every step)."""
     from jaxlm import generate as decoding
 
     model, params = lm
@@ -221,7 +224,7 @@ def test_the_decoding_loop_updates_the_kv_cache_in_place(lm, batch, options):
     state = decoding._start(model, params, ids, mask, plan, knobs)
     hlo = decoding._advance.lower(model, params, state, plan.max_new_tokens, plan, knobs).compile().as_text()
     cache_shapes = {f"f32[{','.join(map(str, x.shape))}]" for x in jax.tree.leaves(state.cache) if x.ndim == 4}
-    copies = [line.strip() for line in hlo.splitlines() if " copy(" in line and
+    copies = [line.strip() for line in hlo.splitlines() if re.search(r" (copy|gather|transpose)\(", line) and
               any(f"= {shape}" in line for shape in cache_shapes)]
     assert len(cache_shapes) == 1 and copies == []
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from jaxlm.interop.errors import InteropError
-from jaxlm.layers.attention import (SelfAttention, attend_past_and_new, attention_weights, causal_mask, padding_mask,
-                                   repeat_kv)
+from jaxlm.layers.attention import (SelfAttention, attend_beams, attend_past_and_new, attention_weights, causal_mask,
+                                   padding_mask, repeat_kv)
 from jaxlm.layers.core import Dropout, rms_norm
 from jaxlm.layers.embeddings import apply_rotary, sinusoidal
 from jaxlm.models import build_model
@@ -151,6 +151,29 @@ def test_attending_past_and_new_equals_attending_over_the_updated_cache(t, kv_he
     full_k, full_v = (jax.lax.dynamic_update_slice(c, x.transpose(0, 2, 3, 1), (0, 0, 0, start)).transpose(0, 3, 1, 2)
                       for c, x in ((past_k, k), (past_v, v)))
     want = jnp.einsum("bnqk,bknh->bqnh", attention_weights(q, full_k, mask), repeat_kv(full_v, heads))
+    np.testing.assert_allclose(out, want, atol=1e-5)
+    np.testing.assert_array_equal(k_written, k)
+    np.testing.assert_array_equal(v_written, v)
+
+
+@pytest.mark.parametrize("t, kv_heads", [(1, 4), (2, 2), (1, 1)])
+def test_beams_attend_through_their_ancestry_as_over_a_reordered_cache(t, kv_heads):
+    """Beam search without reordering: each beam reading every cached position from the row its ancestry
+    names is attention over a cache with those positions gathered into the beam's own row."""
+    keys = jax.random.split(jax.random.PRNGKey(1), 6)
+    prompts, beams, heads, dim, length, start = 2, 3, 4, 8, 9, 5
+    rows = prompts * beams
+    q = jax.random.normal(keys[0], (rows, t, heads, dim))
+    k, v = (jax.random.normal(key, (rows, t, kv_heads, dim)) for key in keys[1:3])
+    past_k, past_v = (jax.random.normal(key, (rows, kv_heads, dim, length)) for key in keys[3:5])
+    ancestry = jax.random.randint(keys[5], (prompts, beams, length), 0, beams)
+    mask = padding_mask(jnp.repeat(jnp.array([[1] * length, [0, 0, 0] + [1] * (length - 3)]), beams, axis=0)) & \
+        causal_mask(start + jnp.arange(t), length)
+    out, (k_written, v_written) = attend_beams(q, past_k, past_v, k, v, mask, jnp.int32(start), ancestry)
+
+    holder = (ancestry + jnp.arange(prompts)[:, None, None] * beams).reshape(rows, length)  # row of each position
+    gathered = [jnp.take_along_axis(c, holder[:, None, None, :], axis=0) for c in (past_k, past_v)]
+    want, _ = attend_past_and_new(q, *gathered, k, v, mask, jnp.int32(start))
     np.testing.assert_allclose(out, want, atol=1e-5)
     np.testing.assert_array_equal(k_written, k)
     np.testing.assert_array_equal(v_written, v)

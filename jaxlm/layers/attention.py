@@ -122,9 +122,15 @@ class SelfAttention(nn.Module):
         if self.rope_theta is not None and not self.cross:
             q, k = apply_rotary(q, q_positions, self.rope_theta), apply_rotary(k, q_positions, self.rope_theta)
         past = None  # the cache before a few new tokens, which attend to it apart from their own k / v
+        ancestry = None  # beam search: which of a prompt's rows holds each beam's keys / values
         if caching:
             past = self._cache(k, v)
-            if past is not None and (x.shape[1] > PAST_AND_NEW_MAX_TOKENS or output_attentions):
+            if self.has_variable("cache", "ancestry"):
+                ancestry = self.get_variable("cache", "ancestry")
+                if output_attentions:
+                    raise ValueError("output_attentions is not available while decoding beams over a shared "
+                                     "cache (ancestry); decode without beams to get attention weights")
+            elif past is not None and (x.shape[1] > PAST_AND_NEW_MAX_TOKENS or output_attentions):
                 # a prompt (faster over the updated cache), or weights over the whole updated cache
                 k, v = self._write_cache(k, v, index, past)
                 past = None
@@ -145,7 +151,10 @@ class SelfAttention(nn.Module):
         )
         weights = None
         if past is not None:
-            out, (k, v) = attend_past_and_new(q, *past, k, v, mask, index.value)
+            if ancestry is None:
+                out, (k, v) = attend_past_and_new(q, *past, k, v, mask, index.value)
+            else:
+                out, (k, v) = attend_beams(q, *past, k, v, mask, index.value, ancestry)
             self._write_cache(k, v, index, past)
         elif self.cross and decode and not explicit:  # over its cache as stored (XLA drops the transposes)
             out = attend_cache(q, _to_cache(k), _to_cache(v), mask)
@@ -307,6 +316,46 @@ def attend_past_and_new(q, past_k, past_v, k, v, mask, start):
     past_out = _cache_values(past_v, probs)
     out = past_out.transpose(0, 3, 1, 4, 2) + jnp.einsum("bktgs,bskh->btkgh", probs[..., length:], v)
     return out.reshape(batch, t, heads, dim), (_after(k, past_scores), _after(v, past_out))
+
+
+def attend_beams(q, past_k, past_v, k, v, mask, start, ancestry):
+    """:func:`attend_past_and_new` for beam search without reordering the cache: the beams of a prompt are
+    ``n`` consecutive rows, and ``ancestry`` ``[prompts, n, length]`` says which of them holds each beam's
+    key / value at each cached position (beam b of prompt p reads position s from row ``p * n +
+    ancestry[p, b, s]``). Each row's cache is read once, with all of its prompt's queries, and a beam sees
+    only the positions its ancestors wrote there; a new beam then inherits its parent's ancestry, where
+    reordering would copy every layer's cache at every step."""
+    rows, t, heads, dim = q.shape
+    prompts, n, length = ancestry.shape
+    kv_heads = past_k.shape[1]
+    groups = heads // kv_heads
+    q = _group_heads(q, kv_heads)
+    # each row of a prompt, holding keys some of its beams read, gets all of them: [rows, n * t, kv, g, h]
+    readers = jnp.broadcast_to(q.reshape(prompts, 1, n * t, kv_heads, groups, dim),
+                               (prompts, n, n * t, kv_heads, groups, dim)).reshape(rows, n * t, kv_heads, groups, dim)
+    held_scores = _cache_scores(readers, past_k)  # [rows (prompt, holder), kv, (reader, t), g, length]
+    past_scores = (held_scores.reshape(prompts, n, kv_heads, n, t, groups, length).transpose(0, 3, 2, 4, 5, 1, 6)
+                   .reshape(rows, kv_heads, t, groups, n * length))  # per reader, keys by (holder, position)
+    new_scores = jnp.einsum("btkgh,bskh->bktgs", q, k)
+    scores = jnp.concatenate([past_scores, new_scores], axis=-1) / math.sqrt(dim)
+    held = ancestry.reshape(rows, 1, 1, 1, length) == jnp.arange(n)[:, None]  # [rows, 1, 1, holder, length]
+    visible = held & (jnp.arange(length) < start)  # the cache's unwritten tail holds no keys
+    if mask is None:
+        new_visible = jnp.ones((1, 1, t, t), bool)
+    else:
+        visible = visible & mask[:, :, :, None, :]
+        new_visible = jax.lax.dynamic_slice_in_dim(mask, start, t, axis=-1)
+    visible = jnp.concatenate([jnp.broadcast_to(visible, (rows, 1, t, n, length)).reshape(rows, 1, t, n * length),
+                               jnp.broadcast_to(new_visible, (rows, 1, t, t))], axis=-1)[:, :, :, None]
+    scores = jnp.where(visible, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    held_probs = (probs[..., :n * length].reshape(prompts, n, kv_heads, t, groups, n, length)
+                  .transpose(0, 5, 2, 1, 3, 4, 6).reshape(rows, kv_heads, n * t, groups, length))
+    held_out = _cache_values(past_v, held_probs)  # [rows (prompt, holder), kv, h, (reader, t), g]
+    past_out = (held_out.reshape(prompts, n, kv_heads, dim, n, t, groups).sum(axis=1)
+                .transpose(0, 3, 4, 1, 5, 2).reshape(rows, t, kv_heads, groups, dim))
+    out = past_out + jnp.einsum("bktgs,bskh->btkgh", probs[..., n * length:], v)
+    return out.reshape(rows, t, heads, dim), (_after(k, held_scores), _after(v, held_out))
 
 
 def _after(x: jax.Array, read: jax.Array) -> jax.Array:
