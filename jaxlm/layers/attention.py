@@ -86,6 +86,8 @@ class SelfAttention(nn.Module):
     with an input of the maximum total length, then feed the prompt and any number of tokens at a time.
     Cross-attention caches the projected ``kv`` on the first decoding call; later calls may
     pass ``kv=None``, and may bring n rows of queries per cached source row (a source's beams).
+    Beam search adds an ``ancestry`` to the self-attention cache (:func:`attend_beams`): each beam then
+    reads its ancestors' keys / values in the rows that wrote them, and nothing is reordered.
     """
 
     num_heads: int
