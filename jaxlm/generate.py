@@ -377,8 +377,8 @@ def _with_ancestry(cache, axis: int, beams: int):
     if not isinstance(cache, Mapping):
         return cache
     out = {name: _with_ancestry(x, axis, beams) for name, x in cache.items()}
-    if "cached_key" in cache:
-        shape = cache["cached_key"].shape
+    if _HELD[0] in cache:
+        shape = cache[_HELD[0]].shape
         out["ancestry"] = jnp.broadcast_to(jnp.arange(beams, dtype=jnp.int32)[:, None],
                                            (*shape[:axis], shape[axis] // beams, beams, shape[-1]))
     return out
@@ -475,7 +475,8 @@ def _prefill_seq2seq(model, params, input_ids, attention_mask, plan: _Plan, knob
 def _with_beams(model, state: _State, plan: _Plan) -> _State:
     """Beam search: each row's tokens and cache repeated ``num_beams`` times, but for what all beams of a
     prompt share and only read: the encoder's output and the cross-attention keys / values (the
-    attention reads one row of them for all ``num_beams`` rows of queries)."""
+    attention reads one row of them for all ``num_beams`` rows of queries). Each attention cache gets
+    the ancestry that lets its beams read each other's rows (:func:`_with_ancestry`, :func:`_inherit`)."""
     if plan.num_beams == 1:
         return state
     k = plan.num_beams

@@ -59,11 +59,16 @@ def attention_weights(q: jax.Array, k: jax.Array, mask: jax.Array | None) -> jax
     """Softmax attention probabilities ``[batch, heads, q_len, kv_len]`` (softmax in float32);
     ``k`` may have fewer heads than ``q`` (grouped-query attention)."""
     k = repeat_kv(k, q.shape[2])
-    scores = jnp.einsum("bqnh,bknh->bnqk", q, k) / math.sqrt(q.shape[-1])
+    return masked_softmax(jnp.einsum("bqnh,bknh->bnqk", q, k) / math.sqrt(q.shape[-1]), mask, q.dtype)
+
+
+def masked_softmax(scores: jax.Array, visible: jax.Array | None, dtype) -> jax.Array:
+    """Softmax over the last axis, in float32, of ``scores`` where ``visible`` (``None``: everywhere; hidden
+    scores get float32's minimum, so a row with nothing visible stays finite), cast to ``dtype``."""
     scores = scores.astype(jnp.float32)
-    if mask is not None:
-        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    return jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    if visible is not None:
+        scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
+    return jax.nn.softmax(scores, axis=-1).astype(dtype)
 
 
 def repeat_kv(x: jax.Array, num_heads: int) -> jax.Array:
@@ -264,9 +269,7 @@ def attend_cache(q, cached_k, cached_v, mask):
     batch, t, heads, dim = q.shape
     q = _group_heads(q, cached_k.shape[1])
     scores = _cache_scores(q, cached_k).astype(jnp.float32) / math.sqrt(dim)
-    if mask is not None:
-        scores = jnp.where(mask[:, :, :, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    probs = masked_softmax(scores, None if mask is None else mask[:, :, :, None], q.dtype)
     return _cache_values(cached_v, probs).transpose(0, 3, 1, 4, 2).reshape(batch, t, heads, dim)
 
 
@@ -313,8 +316,7 @@ def attend_past_and_new(q, past_k, past_v, k, v, mask, start):
     if mask is not None:
         mask = jnp.concatenate([mask, jax.lax.dynamic_slice_in_dim(mask, start, t, axis=-1)], axis=-1)
         visible = (mask & visible)[:, :, :, None]  # [batch, 1, t, 1, length + t]
-    scores = jnp.where(visible, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    probs = masked_softmax(scores, visible, q.dtype)
     past_out = _cache_values(past_v, probs)
     out = past_out.transpose(0, 3, 1, 4, 2) + jnp.einsum("bktgs,bskh->btkgh", probs[..., length:], v)
     return out.reshape(batch, t, heads, dim), (_after(k, past_scores), _after(v, past_out))
@@ -349,8 +351,7 @@ def attend_beams(q, past_k, past_v, k, v, mask, start, ancestry):
         new_visible = jax.lax.dynamic_slice_in_dim(mask, start, t, axis=-1)
     visible = jnp.concatenate([jnp.broadcast_to(visible, (rows, 1, t, n, length)).reshape(rows, 1, t, n * length),
                                jnp.broadcast_to(new_visible, (rows, 1, t, t))], axis=-1)[:, :, :, None]
-    scores = jnp.where(visible, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    probs = masked_softmax(scores, visible, q.dtype)
     held_probs = (probs[..., :n * length].reshape(prompts, n, kv_heads, t, groups, n, length)
                   .transpose(0, 5, 2, 1, 3, 4, 6).reshape(rows, kv_heads, n * t, groups, length))
     held_out = _cache_values(past_v, held_probs)  # [rows (prompt, holder), kv, h, (reader, t), g]
