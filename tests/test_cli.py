@@ -70,9 +70,9 @@ def test_nonsense_sizes_and_rates_are_refused(tmp_path, override, needle):
     assert not (tmp_path / "run").exists()
 
 
-CLASSIFY = ["configs/bert-classify.yaml", "task.dataset=null", "trainer.max_steps=1", "trainer.progress_bar=false",
-            "trainer.early_stopping=null", "checkpoint.keep_best=0", "model.hidden_size=16",
-            "model.intermediate_size=32", "model.num_hidden_layers=1"]
+CLASSIFY = ["configs/bert-classify.yaml", "task.dataset=null", "trainer.max_steps=1", "trainer.batch_size=4",
+            "trainer.progress_bar=false", "trainer.early_stopping=null", "checkpoint.keep_best=0",
+            "model.hidden_size=16", "model.intermediate_size=32", "model.num_hidden_layers=1"]
 
 
 def test_classification_data_without_rows_or_with_one_class(tmp_path):
