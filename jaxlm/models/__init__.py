@@ -69,4 +69,5 @@ def head_of(model: nn.Module) -> str:
     """The registry name of a built model's head (``causal_lm``, ``masked_lm``, ...)."""
     heads = MODEL_FAMILIES[model.config.type].heads
     module = getattr(model, "module", model)  # a StatefulModel's module
-    return next(h for h, cls in heads.items() if cls is type(module))
+    # isinstance: a quantized model is a subclass of its head class (jaxlm.compress.quantize)
+    return next(h for h, cls in heads.items() if isinstance(module, cls))
