@@ -1,5 +1,5 @@
 """``jaxlm`` command line: train, eval, generate, predict, fill-mask, checkpoints, convert, tokenizer,
-quantize."""
+quantize, prune, compare."""
 
 from __future__ import annotations
 
@@ -95,6 +95,10 @@ def load_model(run: str | None, model_dir: str | None, step=None, best=False):
     heads = MODEL_FAMILIES[config.model.type].heads
     head = next((h for h, cls in heads.items() if cls.__name__ == meta.get("architecture")), None)
     model = _for_params(build_model(config.model, head or config.task.head), params)
+    if config.qat is not None:  # a quantization-aware run predicts as it trained
+        from jaxlm.compress.qat import qat_model
+
+        model = qat_model(model, config.qat.weights, config.qat.activations)
     model_state = load_model_state(resolve(run)[0], meta["step"])
     if model_state:  # BatchNorm running averages: apply() reads them
         model = StatefulModel(model, model_state)
@@ -210,6 +214,12 @@ def cmd_convert(args) -> int:
         if is_quantized(params):  # transformers' classes take float weights
             params = dequantize_params(params)
             print(f"{args.to_torch} is quantized: writing its dequantized float32 weights")
+        if getattr(model.config, "pruned_heads", None):  # one head count for all layers in transformers
+            from jaxlm.compress.heads import restore_heads
+
+            params, full = restore_heads(params, model.config)
+            model = model.clone(config=full)
+            print(f"{args.to_torch} has pruned heads: they are written back as zeros (the same outputs)")
         text = "input_ids" in model.config.dummy_inputs()  # a text model: its tokenizer goes along
         print(export_torch(model, params, out, tokenizer_of(args.to_torch, None, config) if text else None))
     return 0
@@ -220,6 +230,38 @@ def cmd_quantize(args) -> int:
 
     print(quantize_run(args.run, args.out, args.method, block_size=args.block_size,
                        double_quant=not args.no_double_quant, step=args.step, best=args.best))
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from jaxlm.compress import prune
+
+    if args.report:
+        if args.out:
+            raise JaxlmError("--report only prints the sparsity of RUN; drop --out (or --report to prune)")
+        print(prune.report_run(args.run, args.step, args.best))
+        return 0
+    if not args.out:
+        raise JaxlmError("give --out DIR for the pruned run (or --report to print RUN's sparsity)")
+    if args.heads is not None or args.drop_layers:
+        from jaxlm.compress.heads import shrink_run
+
+        layers = [int(i) for i in args.drop_layers.split(",")] if args.drop_layers else None
+        print(shrink_run(args.run, args.out, args.heads, layers, args.importance_batches, args.step, args.best))
+        return 0
+    from jaxlm.config import validate_config
+
+    settings = {k: v for k, v in dict(method=args.method, sparsity=args.sparsity, scope=args.scope, n=args.n,
+                                       m=args.m, targets=args.targets).items() if v is not None}
+    cfg = validate_config({"model": {}, "prune": settings}).prune
+    print(prune.prune_run(args.run, args.out, cfg, args.step, args.best))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from jaxlm.compress.report import compare
+
+    print(compare(args.runs, args.split, args.metric, args.repeats, args.out, args.json))
     return 0
 
 
@@ -383,6 +425,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-double-quant", action="store_true", help="nf4 / int4: keep the block scales in float32")
     which_checkpoint(p)
     p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("prune", help="prune a trained run in one shot (then fine-tune it), or --report its sparsity",
+                       description="Masks as torch.nn.utils.prune chooses them; see jaxlm/compress/prune.py.")
+    p.add_argument("run", help="a jaxlm run directory (or one of its checkpoints/N)")
+    p.add_argument("--report", action="store_true", help="print the per-layer sparsity of RUN")
+    p.add_argument("--out", help="the pruned run directory to write")
+    p.add_argument("--method", choices=("magnitude", "random", "structured", "n_m"), help="default magnitude")
+    p.add_argument("--sparsity", type=float, help="fraction of the targeted weights to zero (default 0.5)")
+    p.add_argument("--scope", choices=("layer", "global"), help="magnitude / random: per layer (default) or global")
+    p.add_argument("--n", type=int, help="n_m: weights kept per group (default 2)")
+    p.add_argument("--m", type=int, help="n_m: group size (default 4)")
+    p.add_argument("--targets", help="regular expression over param names (default: kernel$)")
+    p.add_argument("--heads", type=float, help="remove this fraction of the attention heads, least important first "
+                   "(Michel et al. 2019; BERT, DistilBERT, GPT-2, ViT)")
+    p.add_argument("--importance-batches", type=int, default=8, help="--heads: validation batches to measure on")
+    p.add_argument("--drop-layers", help="remove these layers (comma-separated indices, e.g. 1,3)")
+    which_checkpoint(p)
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("compare", help="one row per run: params, non-zero params, size on disk, eval metric, "
+                       "latency at batch 1 and 32, training time")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories; the first is the speed-up baseline")
+    p.add_argument("--split", default="test", choices=("validation", "test"), help="the split to score (default test)")
+    p.add_argument("--metric", help="the eval metric to show (default eval_accuracy, else eval_loss)")
+    p.add_argument("--repeats", type=int, default=20, help="timed forward passes per batch size (median)")
+    p.add_argument("--out", help="also write the markdown table here")
+    p.add_argument("--json", help="also write the rows as JSON here")
+    p.set_defaults(func=cmd_compare)
 
     def model_source(p, kind):
         source = p.add_mutually_exclusive_group(required=True)

@@ -370,6 +370,63 @@ class MeshConfig(Section):
     """Logical axis -> mesh axes, over the defaults in jaxlm/parallel/mesh.py (e.g. ``{mlp: null}``)."""
 
 
+class QATConfig(Section):
+    """Quantization-aware training: dense layers compute with fake-quantized weights (symmetric, per
+    output channel) and inputs (int8 per token), gradients straight through the rounding
+    (jaxlm/compress/qat.py); serve the result with ``jaxlm quantize RUN --method int8-dynamic``."""
+
+    weights: Literal["int8", "int4"] = "int8"
+    activations: bool = True
+    """Also round each dense layer's input to int8 per token (as int8-dynamic serving does)."""
+
+
+class PruneConfig(Section):
+    """Pruning during training (jaxlm/compress/prune.py): masks held in the optimizer state and
+    reapplied after every update; ``jaxlm prune`` prunes a trained run in one shot."""
+
+    method: Literal["magnitude", "random", "structured", "n_m"] = "magnitude"
+    """magnitude (L1) / random unstructured; structured: whole output neurons / filters by L2 norm;
+    n_m: keep n of every m consecutive inputs."""
+    sparsity: float = 0.5
+    """The fraction of the targeted weights zeroed, in [0, 1) (n_m: 1 - n / m, whatever this says)."""
+    scope: Literal["layer", "global"] = "layer"
+    """magnitude / random: the fraction per weight matrix, or over all targeted weights together."""
+    n: int = Field(2, gt=0)
+    m: int = Field(4, gt=1)
+    schedule: Literal["one_shot", "gradual"] = "one_shot"
+    start_step: int = Field(0, ge=0)
+    """one_shot: prune after this many updates (0: at the start, from the initial weights)."""
+    end_step: int | None = Field(None, gt=0)
+    """gradual: the step the final sparsity is reached (default trainer.max_steps)."""
+    frequency: int = Field(10, gt=0)
+    """gradual: recompute the masks every this many steps."""
+    initial_sparsity: float = 0.0
+    power: float = Field(3.0, gt=0)
+    """gradual: the ramp's exponent (Zhu & Gupta's cubic)."""
+    targets: str = "kernel$"
+    """A regular expression over param names (``bert/layer_0/intermediate/kernel``): which weights to
+    prune (default every dense / conv kernel; embeddings, biases and norms are left alone)."""
+
+    @model_validator(mode="after")
+    def _valid(self):
+        for key in ("sparsity", "initial_sparsity"):
+            value = getattr(self, key)
+            if not 0 <= value < 1:
+                raise ValueError(f"prune.{key}={value} is outside [0, 1); give the fraction of weights to zero, "
+                                 "e.g. 0.5")
+        if self.n >= self.m:
+            raise ValueError(f"prune.n={self.n} must be below prune.m={self.m} (2:4 keeps 2 of every 4)")
+        if self.method == "n_m" and self.schedule != "one_shot":
+            raise ValueError("prune.method=n_m has a fixed pattern: use prune.schedule=one_shot")
+        if self.end_step is not None and self.end_step <= self.start_step:
+            raise ValueError(f"prune.end_step={self.end_step} must come after prune.start_step={self.start_step}")
+        try:
+            re.compile(self.targets)
+        except re.error as e:
+            raise ValueError(f"prune.targets={self.targets!r} is not a regular expression ({e})") from None
+        return self
+
+
 def _model_union():
     classes = tuple(f.config for f in MODEL_FAMILIES.values())
     union = classes[0] if len(classes) == 1 else Union[classes]  # noqa: UP007
@@ -388,6 +445,10 @@ class Config(Section):
     checkpoint: CheckpointConfig = CheckpointConfig()
     mesh: MeshConfig = MeshConfig()
     precision: PrecisionConfig = PrecisionConfig()
+    qat: QATConfig | None = None
+    """Quantization-aware training (off by default)."""
+    prune: PruneConfig | None = None
+    """Pruning during training (off by default)."""
 
     @field_validator("task", mode="before")
     @classmethod
@@ -547,7 +608,7 @@ def save_config(config: Config, path: Path) -> None:
 # checkpoint that agrees on them. Everything else (max_steps, log/eval cadence, learning
 # rate, dropout, ...) may change between restarts.
 STATE_KEYS = ("task", "model", "precision.params", "optimizer.name", "run.seed", "trainer.batch_size",
-              "data.seq_len", "data.paths", "data.tokenizer")
+              "data.seq_len", "data.paths", "data.tokenizer", "prune.method", "prune.targets")
 HARMLESS_MODEL_KEYS = {"init_from", "attention_implementation", "remat"}  # and every dropout rate
 HARMLESS_TASK_KEYS = {"eval_split", "truncation"}
 
@@ -564,7 +625,8 @@ def resume_conflicts(saved: dict, config: Config) -> list[str]:
     def structure(tree):  # optional transforms change the optimizer state's shape
         return {"optimizer.clip_norm": get(tree, "optimizer.clip_norm") is not None,
                 "schedule.plateau": get(tree, "schedule.plateau") is not None,
-                "precision.compute float16": get(tree, "precision.compute") == "float16"}
+                "precision.compute float16": get(tree, "precision.compute") == "float16",
+                "prune": get(tree, "prune") is not None}
 
     out = []
     for key in STATE_KEYS:

@@ -242,3 +242,35 @@ def test_bad_quantize_input_is_one_line(gpt2_run, tmp_path, capsys):
     assert main(["quantize", str(tmp_path / "none"), "--method", "int8", "--out", str(tmp_path / "y")]) == 2
     one_line_error(capsys, "is not a jaxlm run")
 
+
+# ---------------------------------------------------------------------------------------------
+# Quantization-aware training
+
+
+def test_fake_quantize_rounds_like_int8_and_passes_gradients_straight_through():
+    from jaxlm.compress.qat import fake_quantize
+
+    x = jax.random.normal(jax.random.key(6), (16, 5))
+    np.testing.assert_allclose(fake_quantize(x, (0,), 127), dequantize(quantize_int8(x, (0,))), rtol=1e-6)
+    weights = jnp.arange(80.0).reshape(16, 5)
+    np.testing.assert_array_equal(jax.grad(lambda x: (fake_quantize(x, (0,), 127) * weights).sum())(x), weights)
+
+
+def test_qat_computes_what_int8_dynamic_serves(classifier_run, tmp_path, capsys):
+    from jaxlm.compress.qat import qat_model
+
+    model, params, _ = load_model(str(classifier_run / "run"), None)
+    flat = traverse_util.flatten_dict(params)
+    dense = frozenset(p for p in flat if p[-1] == "kernel")
+    # The embeddings stay float: QAT rounds the dense layers only.
+    served = traverse_util.unflatten_dict({p: flat[p] if "embeddings" in p else q for p, q in traverse_util.flatten_dict(
+        quantize_params(params, "int8-dynamic", dense_kernels=dense)).items()})
+    inputs = {"input_ids": jnp.asarray([[2, 40, 41, 42, 3]]), "attention_mask": jnp.ones((1, 5), jnp.int32)}
+    trained = qat_model(model).apply({"params": params}, **inputs).logits
+    np.testing.assert_allclose(quantized_model(model).apply({"params": served}, **inputs).logits, trained, atol=2e-5)
+    # The qat section trains through the one trainer and is used by eval.
+    assert main(["train", "configs/bert-classify.yaml", *bert_overrides(tmp_path / "qat", **{
+        "trainer.early_stopping": "null", "checkpoint.keep_best": 0, "trainer.max_steps": 2,
+        "qat.weights": "int8"})]) == 0
+    assert main(["quantize", str(tmp_path / "qat"), "--method", "int8-dynamic", "--out", str(tmp_path / "q")]) == 0
+    assert "qat" not in (tmp_path / "q" / "config.yaml").read_text().replace("qat: null", "")

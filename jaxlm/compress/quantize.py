@@ -406,7 +406,7 @@ def quantize_run(source: str, out: str, method: str, *, block_size: int = 64, do
     settings = {"method": method}
     if method in ("nf4", "int4"):
         settings.update(block_size=block_size, double_quant=double_quant)
-    write_run(src, out, params, quantization=settings)
+    write_run(src, out, params, config=src.config.model_copy(update={"qat": None}), quantization=settings)
     n = sum(1 for x in jax.tree.leaves(params, is_leaf=is_quantized_leaf) if is_quantized_leaf(x))
     return (f"quantized {n} weights of {source} (step {src.step}) with {method}: params "
             f"{quantized_bytes(src.params) / 2**20:.2f} MB -> {quantized_bytes(params) / 2**20:.2f} MB; wrote {out}")

@@ -16,7 +16,8 @@ from jaxlm.layers.embeddings import PositionType
 # Layer variants a Transformer can switch to; each model's defaults are its reference design.
 VARIANT_FIELDS = {"num_kv_heads", "positions", "rope_theta", "sliding_window", "norm_type", "norm_position"}
 # Fields that are jaxlm's own and never go into an exported config.json.
-JAXLM_ONLY_FIELDS = {"type", "init_from", "attention_implementation", "remat", "scan_layers"} | VARIANT_FIELDS
+JAXLM_ONLY_FIELDS = {"type", "init_from", "attention_implementation", "remat", "scan_layers",
+                     "pruned_heads"} | VARIANT_FIELDS
 
 
 def is_dropout_field(name: str) -> bool:
@@ -137,6 +138,40 @@ class TransformerVariants(BaseModel):
         fields = type(self).model_fields
         return [f"model.{k}={getattr(self, k)}" for k in sorted(VARIANT_FIELDS & set(fields))
                 if getattr(self, k) != fields[k].default]
+
+
+class PrunedHeads(BaseModel):
+    """Attention heads removed per layer (``jaxlm prune --heads``, Michel et al. 2019): layer ``i``
+    keeps its other heads, of the same size, so the model is smaller and faster. transformers
+    (v5) has no per-layer head counts: the export puts the removed heads back as zeros (the same
+    outputs)."""
+
+    pruned_heads: dict[int, list[int]] = {}
+    """Layer index -> the original indices of its removed heads."""
+
+    heads_field: ClassVar[str] = ""
+    """The family's field with the heads per layer (``num_attention_heads``, ``n_head``, ...)."""
+
+    @model_validator(mode="after")
+    def _check_pruned_heads(self):
+        if not self.pruned_heads:
+            return self
+        heads = getattr(self, type(self).heads_field)
+        if getattr(self, "scan_layers", False) or getattr(self, "num_kv_heads", None):
+            raise ValueError("model.pruned_heads needs unscanned layers with one key/value head per query head "
+                             "(model.scan_layers=false, model.num_kv_heads=null)")
+        for layer, removed in self.pruned_heads.items():
+            if len(set(removed)) >= heads or not all(0 <= h < heads for h in removed):
+                raise ValueError(f"model.pruned_heads[{layer}]={removed} must name distinct heads below "
+                                 f"{heads}, leaving at least one")
+        return self
+
+    def heads_in(self, layer_name: str) -> int:
+        """The heads the layer module named ``layer_name`` (``layer_3``, ``h_3``) keeps."""
+        heads = getattr(self, type(self).heads_field)
+        if not self.pruned_heads:
+            return heads
+        return heads - len(set(self.pruned_heads.get(int(layer_name.rsplit("_", 1)[1]), ())))
 
 
 @dataclass(frozen=True)

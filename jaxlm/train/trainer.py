@@ -114,7 +114,15 @@ def setup(config: Config) -> Setup:
     # A task may pass the module data-dependent arguments (a word model's pretrained embeddings).
     model = build_model(config.model, task.head, dtype=DTYPES[config.precision.compute],
                         **getattr(task, "model_kwargs", {}))
+    if config.qat is not None:
+        from jaxlm.compress.qat import qat_model
+
+        model = qat_model(model, config.qat.weights, config.qat.activations)
     tx, schedule = build_optimizer(config.optimizer, config.schedule, t.max_steps)
+    if config.prune is not None:  # masks in the optimizer state, applied after every update
+        from jaxlm.compress.prune import prune_optimizer
+
+        tx = prune_optimizer(tx, config.prune, t.max_steps, config.run.seed)
     tx = skip_nonfinite(tx, config.precision.compute)
 
     example = task.model_inputs(task.example_batch(1))
