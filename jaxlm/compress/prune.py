@@ -166,7 +166,9 @@ def prune_optimizer(tx: optax.GradientTransformationExtraArgs, cfg, max_steps: i
 
     def init(params):
         key = jax.random.PRNGKey(seed)
-        raw = nn.meta.unbox(params)  # the trainer's abstract state passes boxed params (logical axes)
+        raw = nn.meta.unbox(params)  # the trainer's abstract state passes boxed params (logical axes) ...
+        raw = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct) else x,
+                           raw)  # ... of shapes only
         targets = set(target_paths(raw, cfg.targets))
         ones = traverse_util.unflatten_dict({p: jnp.ones(np.shape(x) if p in targets else (), bool)
                                              for p, x in traverse_util.flatten_dict(raw).items()})
