@@ -347,6 +347,8 @@ def load_run(path: str | Path, step: int | None = None, best: bool = False) -> t
             from jaxlm.compress.quantize import from_storable
 
             params = from_storable(params, meta["quantization"]["leaves"])
+        if meta.get("teacher"):  # a distilled student: the projection its training used is not the model's
+            params = {k: v for k, v in params.items() if k != "distill_projection"}
         return meta["config"], params, meta
 
     config, params, meta = read_newest(path, read, step, best)

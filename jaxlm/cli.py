@@ -1,5 +1,5 @@
 """``jaxlm`` command line: train, eval, generate, predict, fill-mask, checkpoints, convert, tokenizer,
-quantize, prune, compare."""
+quantize, prune, distill, compare."""
 
 from __future__ import annotations
 
@@ -258,6 +258,17 @@ def cmd_prune(args) -> int:
     return 0
 
 
+def cmd_distill_init(args) -> int:
+    from jaxlm.compress.distill import init_student
+
+    try:
+        layers = [int(i) for i in args.layers.split(",")]
+    except ValueError:
+        raise JaxlmError(f"--layers {args.layers} is not a comma-separated list of layer indices, e.g. 0,2,4") from None
+    print(init_student(args.teacher, args.out, layers, args.to))
+    return 0
+
+
 def cmd_compare(args) -> int:
     from jaxlm.compress.report import compare
 
@@ -443,6 +454,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop-layers", help="remove these layers (comma-separated indices, e.g. 1,3)")
     which_checkpoint(p)
     p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("distill", help="knowledge distillation tools (training itself: a config's distill: section)")
+    distill_sub = p.add_subparsers(dest="distill_command", required=True, metavar="COMMAND")
+    p = distill_sub.add_parser("init", help="a student run from a teacher's embeddings, chosen layers and head "
+                               "(DistilBERT's initialisation)")
+    p.add_argument("teacher", help="the teacher's jaxlm run directory")
+    p.add_argument("--layers", required=True, help="teacher layers to keep, in order (DistilBERT: 0,2,4,7,9,11)")
+    p.add_argument("--to", choices=("bert", "distilbert", "gpt2", "vit"),
+                   help="the student's type (default: the teacher's; a BERT teacher may give a distilbert)")
+    p.add_argument("--out", required=True, help="the student run directory to write")
+    p.set_defaults(func=cmd_distill_init)
 
     p = sub.add_parser("compare", help="one row per run: params, non-zero params, size on disk, eval metric, "
                        "latency at batch 1 and 32, training time")

@@ -439,6 +439,29 @@ class PruneConfig(Section):
         return self
 
 
+class DistillConfig(Section):
+    """Knowledge distillation (jaxlm/compress/distill.py): the task's own loss plus a frozen teacher's
+    soft targets (and, optionally, the cosine of hidden states)."""
+
+    teacher: str
+    """A jaxlm run directory (or one of its checkpoints/N) or a Hugging Face model directory."""
+    temperature: float = Field(2.0, gt=0)
+    alpha_kd: float = Field(0.5, ge=0)
+    """Weight of T^2 * KL(teacher || student) on the temperature-softened distributions."""
+    alpha_ce: float = Field(0.5, ge=0)
+    """Weight of the task's own loss (the hard labels)."""
+    alpha_hidden: float = Field(0.0, ge=0)
+    """Weight of 1 - cos(student, teacher hidden states) (DistilBERT's third term)."""
+    layer_map: dict[int, int] | None = None
+    """Student hidden state -> teacher hidden state for the cosine (0: embeddings, i: after layer i);
+    default: the last of each."""
+
+    @field_validator("layer_map", mode="before")
+    @classmethod
+    def _int_keys(cls, v):
+        return {int(k): int(x) for k, x in v.items()} if isinstance(v, dict) else v
+
+
 def _model_union():
     classes = tuple(f.config for f in MODEL_FAMILIES.values())
     union = classes[0] if len(classes) == 1 else Union[classes]  # noqa: UP007
@@ -461,6 +484,8 @@ class Config(Section):
     """Quantization-aware training (off by default)."""
     prune: PruneConfig | None = None
     """Pruning during training (off by default)."""
+    distill: DistillConfig | None = None
+    """Knowledge distillation from a teacher (off by default)."""
 
     @field_validator("task", mode="before")
     @classmethod
@@ -622,7 +647,7 @@ def save_config(config: Config, path: Path) -> None:
 # rate, dropout, ...) may change between restarts.
 STATE_KEYS = ("task", "model", "precision.params", "optimizer.name", "run.seed", "trainer.batch_size",
               "data.seq_len", "data.paths", "data.tokenizer", "trainer.trainable", "trainer.freeze",
-              "trainer.unfreeze_every", "prune.method", "prune.targets")
+              "trainer.unfreeze_every")
 HARMLESS_MODEL_KEYS = {"init_from", "attention_implementation", "remat"}  # and every dropout rate
 HARMLESS_TASK_KEYS = {"eval_split", "truncation"}
 
@@ -666,6 +691,10 @@ def resume_conflicts(saved: dict, config: Config) -> list[str]:
             out.append(f"{key}: {a!r} in the checkpoint, {b!r} now")
     sa, sb = structure(saved), structure(now)
     out += [f"{k} set: {sa[k]} in the checkpoint, {sb[k]} now" for k in sa if sa[k] != sb[k]]
+    pa, pb = get(saved, "prune"), get(now, "prune")
+    if pa and pb:  # the masks held in the optimizer state were chosen by these
+        out += [f"prune.{k}: {pa.get(k)!r} in the checkpoint, {pb.get(k)!r} now" for k in ("method", "targets")
+                if pa.get(k) != pb.get(k)]
     return out
 
 
