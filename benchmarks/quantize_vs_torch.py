@@ -5,10 +5,11 @@ quantize`` (int8 weights per channel; int8-dynamic: also int8 activations per to
 same float model, exported with ``jaxlm convert --to-torch``, is quantized with
 ``torch.ao.quantization.quantize_dynamic`` (int8 weights per tensor, activations per tensor at run
 time). Every model scores the same test rows (jaxlm's tokenization) and is timed in this one
-process: milliseconds per example at batch 1 and 32 (median of ``--repeats`` forward passes).
+process: milliseconds per example at batch 1 and 32, the median of ``--repeats`` rounds that run
+every model's forward pass once in turn (on a shared machine all meet the same interference).
 Prints a markdown table.
 
-Usage: python benchmarks/quantize_vs_torch.py --run runs/bert-classify [--repeats 30] [--work DIR]
+Usage: python benchmarks/quantize_vs_torch.py --run runs/bert-classify [--repeats 30] [--work DIR] [--torch-threads 1]
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import argparse
 import io
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,19 +34,18 @@ def torch_accuracy(model, rows) -> float:
     return float((predicted == rows["label"]).mean())
 
 
-def torch_latency(model, rows, size: int, repeats: int) -> float:
-    """Median milliseconds per example of a forward pass over ``size`` rows."""
+def torch_pass(model, rows, size: int):
+    """A no-argument function running ``model``'s forward pass over the first ``size`` rows."""
     import torch
 
     inputs = {k: torch.from_numpy(rows[k][:size]).long() for k in ("input_ids", "attention_mask", "token_type_ids")}
-    times = []
-    with torch.inference_mode():
-        model(**inputs)
-        for _ in range(repeats):
-            start = time.perf_counter()
+
+    def run():
+        with torch.inference_mode():
             model(**inputs)
-            times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times)) / size
+
+    run()
+    return run
 
 
 def state_bytes(model) -> int:
@@ -62,6 +61,9 @@ def main():
     p.add_argument("--run", default="runs/bert-classify")
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--work", help="where the quantized runs and the export go (default: a temporary directory)")
+    p.add_argument("--torch-threads", type=int, default=1,
+                   help="torch's intra-op threads (default 1: on a shared host, OpenMP's spinning barrier made 2 "
+                   "threads 100x slower at batch 1)")
     args = p.parse_args()
 
     import torch
@@ -69,7 +71,7 @@ def main():
 
     from jaxlm.cli import load_model
     from jaxlm.compress.quantize import quantize_run
-    from jaxlm.compress.report import chosen_step, report_run
+    from jaxlm.compress.report import BATCH_SIZES, chosen_step, interleaved_medians, report_run
     from jaxlm.config import load_config
     from jaxlm.interop.commands import export_torch
     from jaxlm.train.trainer import setup
@@ -82,21 +84,26 @@ def main():
         if not out.exists():
             print(quantize_run(args.run, str(out), method, step=step))
         runs[method] = str(out)
-    rows = []
+    rows, passes = [], []
     for name, path in runs.items():
-        r = report_run(path, "test", "eval_accuracy", args.repeats)
-        rows.append((f"jaxlm {name}", r.value, r.params_bytes, r.latency_ms[1], r.latency_ms[32]))
+        r, timed = report_run(path, "test", "eval_accuracy")
+        rows.append([f"jaxlm {name}", r.value, r.params_bytes])
+        passes.append(timed)
 
-    model, params, config = load_model(args.run, None, step)
-    export_torch(model, params, work / "hf")
+    if not (work / "hf").exists():
+        model, params, _ = load_model(args.run, None, step)
+        export_torch(model, params, work / "hf")
     task = setup(load_config(Path(args.run) / "config.yaml", [f"run.out_dir={args.run}", "task.eval_split=test"])).task
     test = task.valid
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.torch_threads)
     fp32 = BertForSequenceClassification.from_pretrained(work / "hf").eval()
     int8 = torch.ao.quantization.quantize_dynamic(fp32, {torch.nn.Linear}, dtype=torch.qint8)
     for name, m in (("torch float32", fp32), ("torch quantize_dynamic int8", int8)):
-        rows.append((name, torch_accuracy(m, test), state_bytes(m), torch_latency(m, test, 1, args.repeats),
-                     torch_latency(m, test, 32, args.repeats)))
+        rows.append([name, torch_accuracy(m, test), state_bytes(m)])
+        passes.append({size: torch_pass(m, test, size) for size in BATCH_SIZES})
+    for size in BATCH_SIZES:  # every model once per round: the same interference for all
+        for row, seconds in zip(rows, interleaved_medians([p[size] for p in passes], args.repeats)):
+            row.append(1000 * seconds / size)
 
     print(f"\n{len(test['label'])} test rows of {args.run} (step {step}); torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads\n")

@@ -47,7 +47,7 @@ def cmd_eval(args) -> int:
     distributed.initialize()
     _, params, meta = load_run(config.run.out_dir, args.step, args.best)
     model_state = load_model_state(config.run.out_dir, meta["step"])
-    s = setup(config)
+    s = setup(config.model_copy(update={"distill": None}))  # a distilled student evaluates without its teacher
     s.model = _for_params(s.model, params)
     _print_metrics({"step": meta["step"], **evaluate(s, params, model_state=model_state)})
     return 0

@@ -72,7 +72,7 @@ def layer_paths(params, config) -> dict[int, tuple[str, ...]]:
 def kept_heads(config, layer: int) -> list[int]:
     """The original indices of the heads layer ``layer`` still has, in order."""
     heads = getattr(config, type(config).heads_field)
-    removed = set(config.pruned_heads.get(layer, ()))
+    removed = set(config.removed_heads(layer))
     return [h for h in range(heads) if h not in removed]
 
 
@@ -96,20 +96,26 @@ def _check_params(flat: dict, layers: dict, lay: Layout, config) -> None:
                                  f"{len(kept_heads(config, i))}: these params are not this model's")
 
 
+def with_pruned_heads(config, per_layer, **changes):
+    """``config`` recording ``per_layer`` removed heads (none at all: ``()``), validated."""
+    pruned = [tuple(sorted(h)) for h in per_layer]
+    return type(config).model_validate({**config.model_dump(), **changes,
+                                        "pruned_heads": tuple(pruned) if any(pruned) else ()})
+
+
 def remove_heads(params, config, remove: dict[int, list[int]]):
     """``(params, config)`` without the heads ``remove`` names (original indices, per layer)."""
     lay, layers = layout_of(config), layer_paths(params, config)
     flat = traverse_util.flatten_dict(params)
     _check_params(flat, layers, lay, config)
-    pruned = {i: sorted(set(config.pruned_heads.get(i, ())) | set(remove.get(i, ()))) for i in layers}
+    pruned = {i: sorted(set(config.removed_heads(i)) | set(remove.get(i, ()))) for i in layers}
     for i, path in layers.items():
         keep = [pos for pos, h in enumerate(kept_heads(config, i)) if h not in set(remove.get(i, ()))]
         if not keep:
             raise JaxlmError(f"removing heads {remove[i]} would leave layer {i} without a head; keep at least one")
         for leaf, axis in _attention_leaves(flat, path, lay):
             flat[leaf] = jnp.take(flat[leaf], jnp.asarray(keep), axis=axis)
-    new_config = config.model_copy(update={"pruned_heads": {i: h for i, h in pruned.items() if h}})
-    return traverse_util.unflatten_dict(flat), type(config).model_validate(new_config.model_dump())
+    return traverse_util.unflatten_dict(flat), with_pruned_heads(config, [pruned[i] for i in sorted(layers)])
 
 
 def restore_heads(params, config):
@@ -127,7 +133,7 @@ def restore_heads(params, config):
             axis = axis % x.ndim
             full = jnp.zeros(x.shape[:axis] + (heads,) + x.shape[axis + 1:], x.dtype)
             flat[leaf] = full.at[(slice(None),) * axis + (jnp.asarray(kept),)].set(x)
-    full_config = type(config).model_validate({**config.model_dump(), "pruned_heads": {}})
+    full_config = with_pruned_heads(config, [])
     return traverse_util.unflatten_dict(flat), full_config
 
 
@@ -149,9 +155,7 @@ def keep_layers(params, config, keep: list[int]):
             new = f"{lay.layers}_{keep.index(index)}"
             depth = len(layers[index]) - 1
             out[(*path[:depth], new, *path[depth + 1:])] = x
-    pruned = {keep.index(i): h for i, h in config.pruned_heads.items() if i in keep}
-    new_config = type(config).model_validate({**config.model_dump(), lay.depth_field: len(keep),
-                                              "pruned_heads": pruned})
+    new_config = with_pruned_heads(config, [config.removed_heads(i) for i in keep], **{lay.depth_field: len(keep)})
     return traverse_util.unflatten_dict(out), new_config
 
 
@@ -234,7 +238,8 @@ def shrink_run(source: str, out: str, heads: float | None = None, drop_layers: l
     params, mc = src.params, src.config.model
     lines = []
     if heads:
-        s = setup(load_config(src.path / "config.yaml", [f"run.out_dir={src.path}"]))
+        s = setup(load_config(src.path / "config.yaml", [f"run.out_dir={src.path}"]).model_copy(
+            update={"distill": None}))  # the run's own task and loss, without a teacher
         size = s.config.trainer.eval_batch_size or s.config.trainer.batch_size
         importance = head_importance(src.model, params, mc, s.task, s.task.eval_batches(size, batches))
         remove = least_important(importance, mc, heads)

@@ -3,7 +3,8 @@
 Each row: parameters (the model's, whatever their storage), non-zero parameters (after
 dequantizing: what pruning removed), the bytes of the params and of the whole checkpoint on
 disk, the eval metric on a chosen split, inference latency per example at batch 1 and 32
-(one jitted forward pass, median of ``repeats``, measured here and now for every run in turn),
+(one jitted forward pass; the median of ``repeats`` rounds that run every model once in turn, so all
+meet the same interference on a shared machine),
 and the training wall time from the run's ``metrics.jsonl``. The first run is the baseline the
 speed-ups are relative to. Written as markdown and JSON.
 """
@@ -81,19 +82,27 @@ def count_params(params) -> tuple[int, int]:
     return total, nonzero
 
 
-def latency(model, params, inputs: dict, repeats: int) -> float:
-    """Median seconds of one jitted forward pass over ``inputs``."""
+def forward_pass(model, params, inputs: dict):
+    """A no-argument function running one jitted forward pass of ``model`` over ``inputs`` (compiled here)."""
     forward = jax.jit(lambda p, x: model.apply({"params": p}, **x).logits)
     jax.block_until_ready(forward(params, inputs))
-    times = []
+    return lambda: jax.block_until_ready(forward(params, inputs))
+
+
+def interleaved_medians(passes: list, repeats: int) -> list[float]:
+    """Median seconds of each of ``passes`` over ``repeats`` rounds that run every pass once in turn:
+    on a shared machine each pass meets the same interference, so their ratios hold."""
+    times = [[] for _ in passes]
     for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(forward(params, inputs))
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+        for run, out in zip(passes, times):
+            start = time.perf_counter()
+            run()
+            out.append(time.perf_counter() - start)
+    return [float(np.median(t)) for t in times]
 
 
-def report_run(path: str, split: str, metric: str | None, repeats: int) -> Row:
+def report_run(path: str, split: str, metric: str | None) -> tuple[Row, dict]:
+    """A run's row without its latencies, and its forward passes at each batch size to time."""
     from jaxlm.cli import load_model
     from jaxlm.config import load_config
     from jaxlm.train.trainer import evaluate, setup
@@ -107,17 +116,15 @@ def report_run(path: str, split: str, metric: str | None, repeats: int) -> Row:
     elif split != "validation":
         raise JaxlmError(f"{path} is a {config.task.type} run, which has only a validation split; use --split "
                          "validation")
-    s = setup(load_config(run_dir / "config.yaml", overrides))
+    s = setup(load_config(run_dir / "config.yaml", overrides).model_copy(update={"distill": None}))
     s.model = getattr(model, "module", model)
     state = getattr(model, "state", None)
     metrics = evaluate(s, params, model_state=state)
     name = metric or ("eval_accuracy" if "eval_accuracy" in metrics else "eval_loss")
     if name not in metrics:
         raise JaxlmError(f"{path} reports no {name}; it has {', '.join(sorted(metrics))}")
-    ms = {}
-    for size in BATCH_SIZES:
-        batch = next(iter(s.task.eval_batches(size, 1)))
-        ms[size] = 1000 * latency(model, params, s.task.model_inputs(batch), repeats) / size
+    passes = {size: forward_pass(model, params, s.task.model_inputs(next(iter(s.task.eval_batches(size, 1)))))
+              for size in BATCH_SIZES}
     ckpt_dir = checkpoint_dir(run_dir) / str(step)
     total, nonzero = count_params(params)
     ckpt, _ = open_run(path, step)
@@ -126,8 +133,9 @@ def report_run(path: str, split: str, metric: str | None, repeats: int) -> Row:
     finally:
         ckpt.close()
     notes = [f"{k}: {v['method']}" for k, v in meta.items() if isinstance(v, dict) and "method" in v]
-    return Row(str(path), step, total, nonzero, dir_size(ckpt_dir / "params"), dir_size(ckpt_dir), name,
-               metrics[name], ms, train_seconds(run_dir), ", ".join(notes))
+    row = Row(str(path), step, total, nonzero, dir_size(ckpt_dir / "params"), dir_size(ckpt_dir), name,
+              metrics[name], {}, train_seconds(run_dir), ", ".join(notes))
+    return row, passes
 
 
 def markdown(rows: list[Row], split: str) -> str:
@@ -164,12 +172,18 @@ def compare(paths: list[str], split: str = "test", metric: str | None = None, re
     """The markdown table for ``paths`` (also written to ``out`` / ``json_out`` when given)."""
     if not paths:
         raise JaxlmError("give at least one run directory to compare")
-    rows = [report_run(p, split, metric, repeats) for p in paths]
+    reports = [report_run(p, split, metric) for p in paths]
+    rows = [row for row, _ in reports]
+    for size in BATCH_SIZES:
+        medians = interleaved_medians([passes[size] for _, passes in reports], repeats)
+        for row, seconds in zip(rows, medians):
+            row.latency_ms[size] = 1000 * seconds / size
     if len({r.metric for r in rows}) > 1:
         raise JaxlmError(f"the runs report different metrics ({', '.join(sorted({r.metric for r in rows}))}); "
                          "choose one with --metric")
     when = datetime.date.today().isoformat()
-    text = f"{markdown(rows, split)}\n\nMeasured {when} on {machine()}; latency: median of {repeats} jitted passes."
+    text = (f"{markdown(rows, split)}\n\nMeasured {when} on {machine()}; latency: median of {repeats} rounds, each "
+            "running every model's jitted forward pass once in turn.")
     if out:
         Path(out).write_text(text + "\n")
     if json_out:

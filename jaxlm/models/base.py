@@ -146,8 +146,9 @@ class PrunedHeads(BaseModel):
     (v5) has no per-layer head counts: the export puts the removed heads back as zeros (the same
     outputs)."""
 
-    pruned_heads: dict[int, list[int]] = {}
-    """Layer index -> the original indices of its removed heads."""
+    pruned_heads: tuple[tuple[int, ...], ...] = ()
+    """Per layer, the original indices of its removed heads (``[[1, 3], [], [0]]``); empty: none.
+    Tuples, so the config stays hashable (generation passes the model as a static argument)."""
 
     heads_field: ClassVar[str] = ""
     """The family's field with the heads per layer (``num_attention_heads``, ``n_head``, ...)."""
@@ -160,18 +161,22 @@ class PrunedHeads(BaseModel):
         if getattr(self, "scan_layers", False) or getattr(self, "num_kv_heads", None):
             raise ValueError("model.pruned_heads needs unscanned layers with one key/value head per query head "
                              "(model.scan_layers=false, model.num_kv_heads=null)")
-        for layer, removed in self.pruned_heads.items():
-            if len(set(removed)) >= heads or not all(0 <= h < heads for h in removed):
-                raise ValueError(f"model.pruned_heads[{layer}]={removed} must name distinct heads below "
+        for layer, removed in enumerate(self.pruned_heads):
+            if len(set(removed)) >= heads or len(set(removed)) != len(removed) or not all(0 <= h < heads
+                                                                                       for h in removed):
+                raise ValueError(f"model.pruned_heads[{layer}]={list(removed)} must name distinct heads below "
                                  f"{heads}, leaving at least one")
         return self
+
+    def removed_heads(self, layer: int) -> tuple[int, ...]:
+        return self.pruned_heads[layer] if layer < len(self.pruned_heads) else ()
 
     def heads_in(self, layer_name: str) -> int:
         """The heads the layer module named ``layer_name`` (``layer_3``, ``h_3``) keeps."""
         heads = getattr(self, type(self).heads_field)
         if not self.pruned_heads:
             return heads
-        return heads - len(set(self.pruned_heads.get(int(layer_name.rsplit("_", 1)[1]), ())))
+        return heads - len(self.removed_heads(int(layer_name.rsplit("_", 1)[1])))
 
 
 @dataclass(frozen=True)
