@@ -234,6 +234,13 @@ def cmd_tokenizer_train(args) -> int:
     from jaxlm.data.corpus import load_documents
     from jaxlm.data.tokenizer import train_tokenizer
 
+    if args.kind == "bpe-scratch":
+        from jaxlm.data.bpe import write_codes
+
+        print(write_codes(args.files, args.merges, args.min_frequency, Path(args.out)))
+        return 0
+    if args.vocab_size is None or args.merges is not None:
+        raise JaxlmError(f"--kind {args.kind} takes --vocab-size N (--merges is for --kind bpe-scratch)")
     if args.kind == "bpe" and args.vocab_size <= 256:
         raise JaxlmError(f"--vocab-size {args.vocab_size} is too small for a byte-level BPE: it needs more than "
                          "its 256 byte tokens")
@@ -363,9 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tokenizer", help="tokenizer tools")
     tokenizer_sub = p.add_subparsers(dest="tokenizer_command", required=True, metavar="COMMAND")
-    p = tokenizer_sub.add_parser("train", help="train a WordPiece (BERT) or byte-level BPE (GPT-2) tokenizer")
-    p.add_argument("--kind", choices=["wordpiece", "bpe"], required=True)
-    p.add_argument("--vocab-size", type=int, required=True)
+    p = tokenizer_sub.add_parser("train", help="train a WordPiece (BERT) or byte-level BPE (GPT-2) tokenizer, or "
+                                 "learn BPE merges from scratch (subword-nmt's codes file)")
+    p.add_argument("--kind", choices=["wordpiece", "bpe", "bpe-scratch"], required=True)
+    p.add_argument("--vocab-size", type=int, help="wordpiece / bpe: the tokens to train")
+    p.add_argument("--merges", type=int, help="bpe-scratch: the merges to learn (subword-nmt learn-bpe -s N)")
+    p.add_argument("--min-frequency", type=int, default=2, help="bpe-scratch: stop when no pair occurs this often")
     p.add_argument("--out", required=True, help="the directory to write (tokenizer.json + vocabulary files)")
     p.add_argument("files", nargs="*", metavar="FILES", help="UTF-8 text files or globs (none: the embedded corpus)")
     p.set_defaults(func=cmd_tokenizer_train)
