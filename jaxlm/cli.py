@@ -379,6 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the directory to write (tokenizer.json + vocabulary files)")
     p.add_argument("files", nargs="*", metavar="FILES", help="UTF-8 text files or globs (none: the embedded corpus)")
     p.set_defaults(func=cmd_tokenizer_train)
+
+    p = sub.add_parser("data", help="data tools: clean, augment")
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+    from jaxlm.data.text_commands import add_commands as add_text_data_commands
+
+    add_text_data_commands(data_sub)
     return parser
 
 
