@@ -61,7 +61,9 @@ def tokenizer_of(run: str | None, model_dir: str | None, config):
     from jaxlm.checkpoint import resolve
     from jaxlm.data.tokenizer import load_tokenizer
 
-    return load_tokenizer(model_dir or config.data.tokenizer.path or resolve(run)[0] / "tokenizer")
+    if model_dir:
+        return load_tokenizer(model_dir)
+    return load_tokenizer(config.data.tokenizer.path or resolve(run)[0] / "tokenizer", config.data.tokenizer.segmenter)
 
 
 def load_model(run: str | None, model_dir: str | None, step=None, best=False):
@@ -205,7 +207,7 @@ def cmd_predict(args) -> int:
     if head_of(model) == "image_classification":
         scores = classify_image(model, params, image_of(args.text, model), *image_normalization(config, args.model))
     else:
-        scores = classify(model, params, tokenizer_of(args.run, args.model, config), args.text, args.text_pair)
+        scores = classify(model, params, tokenizer_of(args.run, args.model, config), args.text, args.text_pair, config)
     print(scores[0][0])
     for label, prob in scores:
         print(f"{prob:.4f}  {label}")

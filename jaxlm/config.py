@@ -40,6 +40,8 @@ class TokenizerConfig(Section):
     """Word vocabularies: words seen fewer times in the training split become ``<UNK>``."""
     lowercase: bool = True
     """Word vocabularies: lower-case the text first."""
+    segmenter: Literal["jieba"] | None = None
+    """Word vocabularies: ``jieba`` splits Chinese text into words (default: each character is a word)."""
 
 
 class DataConfig(Section):
@@ -213,6 +215,38 @@ def check_split(v: list[float]) -> list[float]:
     return v
 
 
+class AugmentConfig(Section):
+    """Text augmentation of the training split, drawn anew each epoch (jaxlm/data/text_augment.py)."""
+
+    method: Literal["eda", "contextual", "back_translation"] = "eda"
+    lang: Literal["en", "zh"] = "en"
+    alpha_sr: float = Field(0.1, ge=0, le=1)
+    """EDA: share of words replaced by synonyms; contextual: share of words replaced by the masked LM."""
+    alpha_ri: float = Field(0.1, ge=0, le=1)
+    """EDA: share of words inserted (synonyms of other words)."""
+    alpha_rs: float = Field(0.1, ge=0, le=1)
+    """EDA: share of words swapped."""
+    p_rd: float = Field(0.1, ge=0, le=1)
+    """EDA: probability of deleting each word."""
+    num_aug: int = Field(4, gt=0)
+    """EDA: variants per text; a text stays as it is with probability 1 / (num_aug + 1) each epoch."""
+    model_run: str | None = None
+    """contextual: a masked LM run (or HF directory); back_translation: the run translating to the pivot language."""
+    backward_run: str | None = None
+    """back_translation: the run translating back."""
+    top_k: int = Field(5, gt=0)
+    """contextual: draw the substitute from the masked LM's top_k words."""
+
+    @model_validator(mode="after")
+    def _runs(self):
+        if self.method != "eda" and not self.model_run:
+            raise ValueError(f"task.augment.method={self.method} needs task.augment.model_run (a "
+                             f"{'masked LM' if self.method == 'contextual' else 'seq2seq'} run)")
+        if self.method == "back_translation" and not self.backward_run:
+            raise ValueError("task.augment.method=back_translation needs task.augment.backward_run too")
+        return self
+
+
 class ClassificationTaskConfig(Section):
     """Sequence classification of single texts or text pairs from the pooled first token.
 
@@ -237,6 +271,17 @@ class ClassificationTaskConfig(Section):
     eval_split: Literal["validation", "test"] = "validation"
     truncation: Literal["truncate", "error"] = "truncate"
     """Texts longer than ``data.seq_len`` tokens: cut them (the count is logged) or fail."""
+    augment: AugmentConfig | None = None
+    """Augment the training texts on the fly, anew each epoch, seeded by (run.seed, epoch, row)."""
+    long_text: Literal["truncate", "windows"] = "truncate"
+    """Texts longer than ``data.seq_len`` tokens: cut (see ``truncation``), or read as overlapping
+    windows whose logits are pooled, in training, evaluation and ``jaxlm predict``."""
+    window_stride: int | None = Field(None, gt=0)
+    """windows: tokens between window starts (default: half a window)."""
+    window_pooling: Literal["mean", "max"] = "mean"
+    """windows: how the windows' logits make the text's logits."""
+    max_windows: int = Field(8, gt=0)
+    """windows: at most this many windows per text (the rest of a longer text is cut, the count logged)."""
 
     @field_validator("split")
     @classmethod
@@ -400,6 +445,9 @@ class Config(Section):
             raise ValueError(f"trainer.early_stopping needs the best checkpoint by its metric kept: set "
                              f"checkpoint.keep_best=1 checkpoint.best_metric={stop.metric} "
                              f"checkpoint.best_mode={stop.mode}")
+        if getattr(self.task, "augment", None) and "input_ids" not in self.model.dummy_inputs():
+            raise ValueError(f"task.augment augments text, but model.type={self.model.type} reads no text; "
+                             "drop task.augment or use a text model")
         labels = getattr(self.model, "id2label", None)
         if labels and len(labels) != self.model.num_labels:
             raise ValueError(f"model.id2label names {len(labels)} labels but model.num_labels="
