@@ -387,6 +387,12 @@ def build_parser() -> argparse.ArgumentParser:
     from jaxlm.data.text_commands import add_commands as add_text_data_commands
 
     add_text_data_commands(data_sub)
+
+    p = sub.add_parser("embed", help="embedding tools: a word2vec run's neighbors, export, plot")
+    embed_sub = p.add_subparsers(dest="embed_command", required=True, metavar="COMMAND")
+    from jaxlm.tasks.word2vec import add_embed_commands
+
+    add_embed_commands(embed_sub)
     return parser
 
 

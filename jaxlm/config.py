@@ -383,11 +383,33 @@ class Seq2SeqTaskConfig(Section):
         return "seq2seq"
 
 
+class Word2VecTaskConfig(Section):
+    """word2vec on ``data.paths`` (or the embedded corpus): ``model.type: word2vec`` with
+    ``model.architecture: skipgram | cbow``; gensim's names and defaults. See jaxlm/tasks/word2vec.py."""
+
+    type: Literal["word2vec"] = "word2vec"
+    window: int = Field(5, gt=0)
+    """Context words on each side of the centre at most (each centre draws 1..window)."""
+    negative: int = Field(5, gt=0)
+    """Negative samples per prediction."""
+    sample: float = Field(1e-3, ge=0)
+    """Frequent-word subsampling threshold (0: off)."""
+    min_count: int = Field(5, ge=1)
+    """Words seen fewer times are left out of the vocabulary (and the text)."""
+    ns_exponent: float = 0.75
+    """Negatives are drawn from the word counts raised to this power."""
+
+    @property
+    def head(self) -> str:
+        return "word2vec"
+
+
 TaskConfig = Annotated[Union[CausalLMTaskConfig, MaskedLMTaskConfig, ClassificationTaskConfig,  # noqa: UP007
-                             Seq2SeqTaskConfig, ImageClassificationTaskConfig],
+                             Seq2SeqTaskConfig, ImageClassificationTaskConfig, Word2VecTaskConfig],
                        Field(discriminator="type")]
 TASKS = {"causal_lm": CausalLMTaskConfig, "mlm": MaskedLMTaskConfig, "classification": ClassificationTaskConfig,
-         "seq2seq": Seq2SeqTaskConfig, "image_classification": ImageClassificationTaskConfig}
+         "seq2seq": Seq2SeqTaskConfig, "image_classification": ImageClassificationTaskConfig,
+         "word2vec": Word2VecTaskConfig}
 
 
 class PrecisionConfig(Section):
@@ -448,6 +470,9 @@ class Config(Section):
         if getattr(self.task, "augment", None) and "input_ids" not in self.model.dummy_inputs():
             raise ValueError(f"task.augment augments text, but model.type={self.model.type} reads no text; "
                              "drop task.augment or use a text model")
+        if (self.task.type == "word2vec") != (self.model.type == "word2vec"):
+            raise ValueError(f"task: word2vec trains model.type=word2vec (and that model trains nothing else); "
+                             f"got task {self.task.type!r} with model.type={self.model.type}")
         labels = getattr(self.model, "id2label", None)
         if labels and len(labels) != self.model.num_labels:
             raise ValueError(f"model.id2label names {len(labels)} labels but model.num_labels="

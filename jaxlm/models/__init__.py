@@ -12,7 +12,7 @@ import flax.linen as nn
 
 from jaxlm.errors import JaxlmError
 from jaxlm.models import bert, distilbert, gpt2, vit, lstm_seq2seq, seq2seq
-from jaxlm.models import resnet, rnn, text_cnn
+from jaxlm.models import resnet, rnn, text_cnn, word2vec
 from jaxlm.models.base import ModelConfig, TorchKeyMap
 
 
@@ -50,6 +50,7 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
     "resnet": ModelFamily(resnet.ResNetConfig, {"image_classification": resnet.ResNetForImageClassification}),
     "transformer_seq2seq": ModelFamily(seq2seq.TransformerSeq2SeqConfig, {"seq2seq": seq2seq.TransformerSeq2Seq}),
     "lstm_seq2seq": ModelFamily(lstm_seq2seq.LSTMSeq2SeqConfig, {"seq2seq": lstm_seq2seq.LSTMSeq2Seq}),
+    "word2vec": ModelFamily(word2vec.Word2VecConfig, {"word2vec": word2vec.Word2Vec}),
 }
 
 

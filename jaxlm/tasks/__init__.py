@@ -50,7 +50,8 @@ def build_task(config: Config, run_dir: Path) -> Task:
     from jaxlm.tasks.image_classification import ImageClassificationTask
     from jaxlm.tasks.mlm import MaskedLMTask
     from jaxlm.tasks.seq2seq import Seq2SeqTask
+    from jaxlm.tasks.word2vec import Word2VecTask
 
     tasks = {"causal_lm": CausalLMTask, "mlm": MaskedLMTask, "classification": ClassificationTask,
-             "seq2seq": Seq2SeqTask, "image_classification": ImageClassificationTask}
+             "seq2seq": Seq2SeqTask, "image_classification": ImageClassificationTask, "word2vec": Word2VecTask}
     return tasks[config.task.type](config, run_dir)
