@@ -42,7 +42,7 @@ def main() -> None:
     config = validate_config(yaml.safe_load((Path(args.run) / "config.yaml").read_text()))
     t, d, m = config.task, config.data, config.model
     train_docs, _ = split_documents(load_documents(d.paths), d.validation_fraction)
-    sentences = sentences_of(train_docs, d.tokenizer.lowercase, d.tokenizer.segmenter)
+    sentences = sentences_of(train_docs, d.tokenizer.lowercase, d.tokenizer.segmenter, t.sentences)
     words, ours = load_vectors(args.run)
     tokens = sum(len([w for w in s if w in set(words)]) for s in sentences)
     epochs = max(1, round(config.trainer.max_steps * config.trainer.batch_size / tokens))

@@ -398,6 +398,9 @@ class Word2VecTaskConfig(Section):
     """Words seen fewer times are left out of the vocabulary (and the text)."""
     ns_exponent: float = 0.75
     """Negatives are drawn from the word counts raised to this power."""
+    sentences: Literal["paragraphs", "lines"] = "paragraphs"
+    """What a sentence (the span windows stay in) is: text between blank lines, or each line
+    (gensim's ``LineSentence``: one review, one sentence per line)."""
 
     @property
     def head(self) -> str:

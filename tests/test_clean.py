@@ -181,3 +181,22 @@ def test_near_dedup_from_the_command_line(tmp_path, capsys):
 def test_default_steps_exist():
     for steps in DEFAULT_STEPS.values():
         Cleaner(steps)
+
+
+IMDB_STEPS = "html,urls,emails,nfkc,lowercase,punctuation,digits,repeated_chars,repeated_words,stopwords,whitespace,length"
+
+
+def test_the_readme_imdb_command(tmp_path, capsys):
+    """The book's IMDB cleaning, as README documents it, on IMDB-shaped rows."""
+    src = tmp_path / "imdb_train.csv"
+    src.write_text('text,label\n'
+                   '"I loved this movie!!!! <br /><br />10/10, see http://imdb.com/title/tt01 for more.",1\n'
+                   '"I LOVED this movie! <br /><br />10/10 - see http://imdb.com/title/tt02 for more",1\n'
+                   '"Bad.",0\n'
+                   '"The plot was was dull and the acting &amp; music were worse; 2 hours wasted.",0\n')
+    assert main(["data", "clean", str(src), "--out", str(tmp_path / "imdb_clean.csv"), "--lang", "en",
+                 "--steps", IMDB_STEPS, "--min-chars", "10", "--dedup", "near"]) == 0
+    assert (tmp_path / "imdb_clean.csv").read_text().splitlines() == [
+        "text,label", "loved movie,1", "plot dull acting music worse hours wasted,0"]
+    report = json.loads((tmp_path / "imdb_clean.csv.report.json").read_text())
+    assert report["dedup"]["exact_duplicates"] == 1 and report["steps"]["length"]["rows_dropped"] == 1

@@ -3,7 +3,7 @@ sampling and frequent-word subsampling, on the one trainer; the vectors' export 
 word2vec text format, nearest neighbours, and a PCA / t-SNE plot.
 
 Data: ``data.paths`` (or the embedded corpus), cut into sentences at blank lines (paragraphs;
-gensim's 10,000-word limit), words found by :func:`sentence_words` (lower-cased by
+``task.sentences: lines``: at each line; gensim's 10,000-word limit), words found by :func:`sentence_words` (lower-cased by
 ``data.tokenizer.lowercase``; Chinese through jieba with ``data.tokenizer.segmenter: jieba``).
 The vocabulary keeps words seen ``task.min_count`` times, most frequent first, and is saved
 as ``vocab.json`` in the run. Sentences of ``data.validation_fraction`` of the documents
@@ -50,10 +50,11 @@ def sentence_words(text: str, lowercase: bool = True, segmenter: str | None = No
     return WORD.findall(text.lower() if lowercase else text)
 
 
-def sentences_of(docs: list[str], lowercase: bool, segmenter: str | None) -> list[list[str]]:
+def sentences_of(docs: list[str], lowercase: bool, segmenter: str | None, unit: str = "paragraphs"
+                 ) -> list[list[str]]:
     out = []
     for doc in docs:
-        for paragraph in re.split(r"\n\s*\n", doc):
+        for paragraph in re.split(r"\n\s*\n" if unit == "paragraphs" else r"\n", doc):
             words = sentence_words(paragraph, lowercase, segmenter)
             out += [words[i:i + MAX_SENTENCE] for i in range(0, len(words), MAX_SENTENCE)]
     return [s for s in out if s]
@@ -88,7 +89,7 @@ class Word2VecTask:
         self.window, self.negative, self.cbow = t.window, t.negative, config.model.architecture == "cbow"
         train_docs, valid_docs = split_documents(load_documents(d.paths), d.validation_fraction)
         lower, seg = d.tokenizer.lowercase, d.tokenizer.segmenter
-        train_sentences = sentences_of(train_docs, lower, seg)
+        train_sentences = sentences_of(train_docs, lower, seg, t.sentences)
         self.words, self.counts = vocabulary(run_dir, train_sentences, t.min_count)
         if len(self.words) > config.model.vocab_size:
             raise DataError(f"the vocabulary has {len(self.words)} words seen task.min_count={t.min_count} times but "
@@ -97,7 +98,7 @@ class Word2VecTask:
             raise DataError(f"fewer than 2 words occur task.min_count={t.min_count} times; lower it or add text")
         index = {w: i for i, w in enumerate(self.words)}
         self.train = Corpus(train_sentences, index)
-        self.valid = Corpus(sentences_of(valid_docs, lower, seg), index)
+        self.valid = Corpus(sentences_of(valid_docs, lower, seg, t.sentences), index)
         if t.window >= self.train.longest:
             raise ConfigError(f"task.window={t.window} is larger than the longest sentence ({self.train.longest} "
                               "words in the vocabulary); lower task.window, or give text with longer sentences "
