@@ -113,6 +113,16 @@ class Options:
     max_chars: int | None = None
     min_script: float = 0.5
 
+    def __post_init__(self):
+        if self.lang not in ("en", "zh"):
+            raise DataError(f"language {self.lang!r} has no cleaning steps; choose en or zh")
+        if self.max_repeat < 1:
+            raise DataError(f"--max-repeat {self.max_repeat}: keep runs of at least 1 character")
+        if self.min_chars < 0 or (self.max_chars is not None and self.max_chars < self.min_chars):
+            raise DataError(f"--min-chars {self.min_chars} / --max-chars {self.max_chars}: give 0 <= min <= max")
+        if not 0 <= self.min_script <= 1:
+            raise DataError(f"--min-script {self.min_script}: give a share between 0 and 1")
+
 
 def _stopwords(lang: Lang) -> Callable[[str], str]:
     if lang == "en":
