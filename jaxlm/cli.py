@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -392,15 +393,25 @@ def _all_parsers(parser: argparse.ArgumentParser):
                 yield from _all_parsers(child)
 
 
-def _quiet_libraries() -> None:
-    """orbax, TensorStore and asyncio report failures that jaxlm names in one line of its own;
+@contextlib.contextmanager
+def _library_noise(debug: bool):
+    """orbax, TensorStore and asyncio report failures that jaxlm names in one line of its own:
     their logs, thread and coroutine tracebacks show only with --debug or JAXLM_DEBUG=1."""
     import threading
 
-    for name in ("absl", "orbax", "asyncio"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
-    threading.excepthook = lambda args: None
-    sys.unraisablehook = lambda args: None
+    loggers = {name: logging.getLogger(name) for name in ("absl", "orbax", "asyncio")}
+    saved = ({name: lg.level for name, lg in loggers.items()}, threading.excepthook, sys.unraisablehook)
+    for lg in loggers.values():
+        lg.setLevel(logging.WARNING if debug else logging.CRITICAL)
+    if not debug:
+        threading.excepthook = lambda args: None
+        sys.unraisablehook = lambda args: None
+    try:
+        yield
+    finally:
+        for name, level in saved[0].items():
+            loggers[name].setLevel(level)
+        threading.excepthook, sys.unraisablehook = saved[1], saved[2]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -411,13 +422,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("jax", "orbax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax reports routine events as warnings
     args = build_parser().parse_args(argv)
     debug = getattr(args, "debug", False) or os.environ.get("JAXLM_DEBUG", "") not in ("", "0")
-    if not debug:
-        _quiet_libraries()
     try:
-        return args.func(args)
+        with _library_noise(debug):
+            return args.func(args)
     except JaxlmError as e:
         if debug:
             import traceback
