@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
@@ -32,8 +31,6 @@ from typing import Callable, Literal
 import numpy as np
 
 from jaxlm.errors import DataError
-
-log = logging.getLogger("jaxlm")
 
 Lang = Literal["en", "zh"]
 Augmenter = Callable[[str, np.random.Generator], str]
