@@ -276,7 +276,7 @@ def cmd_memory(args) -> int:
 
     config = _config(args)
     n = args.devices or jax.device_count()
-    head = {"causal_lm": "causal_lm", "mlm": "masked_lm", "classification": "classification"}[config.task.type]
+    head = config.task.head
     m = state_memory(config, head, n)
     mesh = f"data={config.mesh.data} fsdp={config.mesh.fsdp} tensor={config.mesh.tensor}"
     print(f"{m['parameters'] / 1e6:.1f}M parameters on {n} devices ({mesh}), per device:")
