@@ -40,11 +40,37 @@ class TokenizerConfig(Section):
     """Word vocabularies: words seen fewer times in the training split become ``<UNK>``."""
     lowercase: bool = True
     """Word vocabularies: lower-case the text first."""
+    sample_bytes: int = Field(100_000_000, gt=0)
+    """Prepared data: the tokenizer trains on a seeded sample of this much training text (not the whole corpus)."""
+    sample_seed: int = 0
+
+
+class PrepareConfig(Section):
+    """``jaxlm data prepare`` (and ``train``, when the shards are missing)."""
+
+    workers: int = Field(0, ge=0)
+    """Encoding processes; 0: one per CPU core."""
+    shard_mb: int = Field(64, gt=0)
+    """Text per shard (a unit of work): big files are cut at line breaks, datasets into row ranges."""
 
 
 class DataConfig(Section):
     paths: list[str] | None = None
-    """Text files or globs; ``None`` uses the embedded corpus (CPython's ``pydoc_data``)."""
+    """Text files or globs (plain text, JSON Lines, CSV / TSV, Parquet); ``None`` with no
+    ``dataset`` uses the embedded corpus (CPython's ``pydoc_data``)."""
+    dataset: str | None = None
+    """Pretraining text from Hugging Face ``datasets`` (a name, a ``save_to_disk`` directory, or a
+    builder such as ``json`` over ``paths``) or ``tfds:NAME``."""
+    dataset_config: str | None = None
+    dataset_split: str = "train"
+    streaming: bool = False
+    """Read the Hugging Face dataset with ``streaming=True`` (its shards become the units of work)."""
+    text_column: str = "text"
+    """The text column of JSON Lines / CSV / Parquet files and datasets."""
+    cache_dir: str | None = None
+    """Where prepared shards go (a subdirectory keyed by what determines them); ``None``:
+    ``$JAXLM_CACHE_DIR`` or ``~/.cache/jaxlm``."""
+    prepare: PrepareConfig = PrepareConfig()
 
     seq_len: int = Field(128, gt=0)
     train_overlap: float = Field(0.0, ge=0, lt=1)
@@ -546,7 +572,7 @@ def save_config(config: Config, path: Path) -> None:
 # checkpoint that agrees on them. Everything else (max_steps, log/eval cadence, learning
 # rate, dropout, ...) may change between restarts.
 STATE_KEYS = ("task", "model", "precision.params", "optimizer.name", "run.seed", "trainer.batch_size",
-              "data.seq_len", "data.paths", "data.tokenizer")
+              "data.seq_len", "data.paths", "data.dataset", "data.tokenizer")
 HARMLESS_MODEL_KEYS = {"init_from", "attention_implementation", "remat"}  # and every dropout rate
 HARMLESS_TASK_KEYS = {"eval_split", "truncation"}
 
