@@ -26,9 +26,14 @@ def quiet_worker() -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per worker: the workers are the parallelism
 
 
-def training_chunks(unit, spec, fraction: float):
-    """``(chunk, held_out, ends_document)`` for every ~2,000-character chunk of a unit's text."""
-    index = 0
+UNIT_PHASE = 1_000_003  # a prime: units of one or a few chunks still hold out their share between them
+
+
+def training_chunks(unit, spec, fraction: float, unit_index: int):
+    """``(chunk, held_out, ends_document)`` for every ~2,000-character chunk of a unit's text.
+    Chunks are counted within the unit (workers need no global order), from a phase that
+    differs per unit."""
+    index = unit_index * UNIT_PHASE
     for text, ends in sources.read_unit(unit, spec):
         pieces = list(line_chunks(text))
         if not pieces:  # an empty piece only ends its document
@@ -54,7 +59,7 @@ def encode_unit(job) -> dict:
         pending.clear()
 
     train_open = False  # a training document has text not yet closed by an end-of-text
-    for chunk, held_out, ends in training_chunks(unit, spec, fraction):
+    for chunk, held_out, ends in training_chunks(unit, spec, fraction, index):
         if not chunk:
             if ends and train_open:
                 pending.append(("train", "", True))

@@ -184,8 +184,9 @@ def sample_training_text(units, spec, fraction: float, budget: int, seed: int, p
     rng = np.random.default_rng(seed)
     capacity = max(1, budget // 2000)
     reservoir, seen = [], 0
-    for unit in tqdm(units, desc="sampling tokenizer text", unit="shard", disable=not progress, dynamic_ncols=True):
-        for chunk, held_out, _ in training_chunks(unit, spec, fraction):
+    for i, unit in enumerate(tqdm(units, desc="sampling tokenizer text", unit="shard", disable=not progress,
+                                  dynamic_ncols=True)):
+        for chunk, held_out, _ in training_chunks(unit, spec, fraction, i):
             if held_out or not chunk.strip():
                 continue
             if len(reservoir) < capacity:

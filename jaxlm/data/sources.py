@@ -230,7 +230,7 @@ def hf_dataset(spec: SourceSpec):
             ds = datasets.load_from_disk(name)
             if isinstance(ds, datasets.DatasetDict):
                 ds = ds[spec.dataset_split]
-            return ds.to_iterable_dataset(num_shards=max(1, min(64, len(ds)))) if spec.streaming else ds
+            return ds.to_iterable_dataset(num_shards=len(ds.cache_files)) if spec.streaming else ds  # a shard per file
         files = list(spec.paths) if spec.paths and name in HF_BUILDERS else None
         return datasets.load_dataset(name, spec.dataset_config, data_files=files, split=spec.dataset_split,
                                      streaming=spec.streaming)
