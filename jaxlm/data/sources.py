@@ -215,14 +215,14 @@ def parquet_file(path: str):
         raise DataError(f"{path} is not a readable Parquet file ({str(e).splitlines()[0]})") from None
 
 
-def hf_dataset(spec: SourceSpec):
+def hf_dataset(spec: SourceSpec, key: str = "data.dataset"):
     """A ``datasets`` Dataset / IterableDataset: a ``save_to_disk`` directory, a builder over
     ``data.paths``, or a hub name (offline: it must be in the datasets cache)."""
     try:
         import datasets
     except ImportError:
-        raise DataError(f"data.dataset={spec.dataset!r} is read with Hugging Face datasets, which is not installed: "
-                        "pip install 'jaxlm[data]'") from None
+        raise DataError(f"{key}={spec.dataset!r} is read with Hugging Face datasets, which is not installed: "
+                        "pip install 'jaxlm[data]' (or export the data as CSV / JSONL for data.paths)") from None
     name = spec.dataset
     try:
         if Path(name).is_dir() and (Path(name) / "dataset_info.json").exists() or \
@@ -238,23 +238,23 @@ def hf_dataset(spec: SourceSpec):
         raise
     except Exception as e:  # noqa: BLE001 - any failure to fetch or read is the user's to fix
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"data.dataset={name!r}: Hugging Face datasets could not load split {spec.dataset_split!r} "
+        raise DataError(f"{key}={name!r}: Hugging Face datasets could not load split {spec.dataset_split!r} "
                         f"({reason}); offline it must be a save_to_disk directory or already in the datasets cache") \
             from None
 
 
-def tfds_source(spec: SourceSpec):
+def tfds_source(spec: SourceSpec, key: str = "data.dataset"):
     try:
         import tensorflow_datasets as tfds
     except ImportError:
-        raise DataError(f"data.dataset={spec.dataset!r} is read with tensorflow-datasets, which is not installed: "
+        raise DataError(f"{key}={spec.dataset!r} is read with tensorflow-datasets, which is not installed: "
                         "pip install 'jaxlm[data]'") from None
     name = spec.dataset.removeprefix("tfds:")
     try:
         return tfds.data_source(name, split=spec.dataset_split)
     except Exception as e:  # noqa: BLE001
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"data.dataset={spec.dataset!r}: tfds could not open split {spec.dataset_split!r} ({reason}); "
+        raise DataError(f"{key}={spec.dataset!r}: tfds could not open split {spec.dataset_split!r} ({reason}); "
                         "build it first (tfds build, or the builder's download_and_prepare) in TFDS_DATA_DIR") \
             from None
 
