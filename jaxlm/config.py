@@ -263,6 +263,9 @@ class ClassificationTaskConfig(Section):
     eval_split: Literal["validation", "test"] = "validation"
     truncation: Literal["truncate", "error"] = "truncate"
     """Texts longer than ``data.seq_len`` tokens: cut them (the count is logged) or fail."""
+    packing: bool = False
+    """Pack several short examples into each ``data.seq_len`` row (attention never crosses an
+    example; BERT / DistilBERT); ``trainer.batch_size`` then counts packed rows."""
 
     @field_validator("split")
     @classmethod

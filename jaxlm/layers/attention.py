@@ -2,7 +2,8 @@
 multi-query and grouped-query heads, rotary positions, and an optional KV cache.
 
 Masks are boolean, ``True`` meaning "may attend", broadcastable to
-``[batch, heads, q_len, kv_len]``. The fast path is ``jax.nn.dot_product_attention``
+``[batch, heads, q_len, kv_len]``; an ``attention_mask`` is a ``[batch, kv_len]`` padding mask or
+a full ``[batch, 1, q_len, kv_len]`` one (packed examples: :func:`segment_mask`). The fast path is ``jax.nn.dot_product_attention``
 (cuDNN flash on GPU, XLA elsewhere; it takes grouped key/value heads as they are);
 attention dropout and ``output_attentions`` need the weights themselves, so they take the
 explicit einsum path with the same numerics.
@@ -24,10 +25,23 @@ Implementation = Literal["xla", "cudnn"] | None
 
 
 def padding_mask(attention_mask: jax.Array | None) -> jax.Array | None:
-    """``[batch, kv_len]`` 1/0 mask -> boolean ``[batch, 1, 1, kv_len]``."""
+    """``[batch, kv_len]`` 1/0 mask -> boolean ``[batch, 1, 1, kv_len]``; a full
+    ``[batch, 1, q_len, kv_len]`` mask (:func:`segment_mask`) is used as it is."""
     if attention_mask is None:
         return None
+    if attention_mask.ndim == 4:
+        return attention_mask.astype(bool)
     return attention_mask.astype(bool)[:, None, None, :]
+
+
+def segment_mask(segment_ids: jax.Array) -> jax.Array:
+    """Packed rows (several examples in one row): ``segment_ids [batch, length]`` numbers each
+    example's tokens 1, 2, ... and padding 0 -> boolean ``[batch, 1, length, length]`` where a
+    token sees only the tokens of its own example, so attention never crosses an example
+    boundary. Padding queries see the real tokens, as under a padding mask. Pass it as the
+    models' ``attention_mask``."""
+    queries, keys = segment_ids[:, None, :, None], segment_ids[:, None, None, :]
+    return (keys != 0) & ((queries == keys) | (queries == 0))
 
 
 def causal_mask(q_positions: jax.Array, kv_len: int) -> jax.Array:
