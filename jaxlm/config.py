@@ -351,6 +351,9 @@ class Seq2SeqTaskConfig(Section):
     word vocabularies also take ``min_frequency`` and ``lowercase``); ``data.tokenizer.path`` loads one."""
     truncation: Literal["truncate", "error"] = "truncate"
     """Files: sources or targets longer than data.seq_len tokens are cut (the count is logged) or refused."""
+    packing: bool = False
+    """Pack several training pairs into each row (attention never crosses a pair; the Transformer
+    model); ``trainer.batch_size`` then counts packed rows. Evaluation reads unpacked rows."""
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -87,3 +87,33 @@ def test_packed_classification_task_trains_and_evaluates_like_unpacked(tmp_path)
     with pytest.raises(ConfigError, match="task.packing needs a Transformer encoder"):
         ClassificationTask(load_config("configs/textcnn-sentiment.yaml", [f"run.out_dir={tmp_path / 'cnn'}",
                                                                           "task.packing=true"]), tmp_path / "cnn")
+
+
+@pytest.mark.parametrize("positions", ["sinusoidal", "rotary"])
+def test_packed_seq2seq_logits_equal_unpacked(tmp_path, positions):
+    from jaxlm.data.packing import pack_pairs
+    from jaxlm.tasks.seq2seq import Seq2SeqTask
+
+    overrides = [f"run.out_dir={tmp_path}", "task.num_train_examples=40", "task.num_eval_examples=8",
+                 f"model.positions={positions}", "model.d_model=32", "data.seq_len=32",
+                 "model.max_position_embeddings=40",
+                 "model.decoder_layers=2", "model.encoder_ffn_dim=64", "model.decoder_ffn_dim=64"]
+    config = load_config("configs/seq2seq-reverse.yaml", overrides)
+    task = Seq2SeqTask(config, tmp_path)
+    rows = {k: v[:12] for k, v in task.train.items()}
+    packed = pack_pairs(rows, task.pad_id)
+    targets = rows["decoder_attention_mask"] == 1
+    assert len(packed["input_ids"]) < 6 and packed["decoder_attention_mask"].sum() == targets.sum()
+    model = build_model(config.model, "seq2seq")
+    params = model.init(jax.random.PRNGKey(0), **task.model_inputs(rows))["params"]
+    alone = np.asarray(model.apply({"params": params}, **task.model_inputs(rows)).logits)
+    together = np.asarray(model.apply({"params": params}, **task.model_inputs(packed)).logits)
+    got = together[packed["decoder_attention_mask"] == 1]
+    want = alone[targets]  # the same order: pairs stay in order, tokens in place
+    assert (packed["labels"][packed["decoder_attention_mask"] == 1] == rows["labels"][targets]).all()
+    assert np.abs(got - want).max() <= 1e-5
+    packed_task = Seq2SeqTask(load_config("configs/seq2seq-reverse.yaml", [*overrides, "task.packing=true"]), tmp_path)
+    assert len(packed_task.train["input_ids"]) < 40 / 3 and "segment_ids" not in packed_task.valid
+    with pytest.raises(ConfigError, match="task.packing needs model.type=transformer_seq2seq"):
+        Seq2SeqTask(load_config("configs/lstm-seq2seq-reverse.yaml", [f"run.out_dir={tmp_path}", "task.packing=true",
+                                                                      "task.num_train_examples=40"]), tmp_path)

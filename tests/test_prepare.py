@@ -122,8 +122,8 @@ def test_interrupted_prepare_resumes_without_redoing_shards(tmp_path, monkeypatc
     corpus = tmp_path / "big.txt"
     corpus.write_text("\n".join(DOCS) * 2)  # ~4 units of 256 KB
     c = config(tmp_path, **{"data.paths": corpus})
-    c.data.prepare.shard_mb = 1
-    monkeypatch.setattr(prep.sources, "line_ranges", lambda path, size, real=prep.sources.line_ranges: real(path, 1 << 18))
+    cut = prep.sources.line_ranges
+    monkeypatch.setattr(prep.sources, "line_ranges", lambda path, size: cut(path, 1 << 18))  # 256 KB units
     encoded, real = [], prep.encode_unit
 
     def interrupted(job):

@@ -32,7 +32,8 @@ from tqdm import tqdm
 from jaxlm.config import Config
 from jaxlm.data import sources
 from jaxlm.data.encode import encode_unit, quiet_worker, stamp, training_chunks
-from jaxlm.data.shards import FORMAT, MANIFEST, SPLITS, check_tokenizer, file_sha256, read_manifest, token_dtype, write_json
+from jaxlm.data.shards import (FORMAT, MANIFEST, SPLITS, check_tokenizer, file_sha256, read_manifest, token_dtype,
+                               write_json)
 from jaxlm.data.tokenizer import FILE, Tokenizer, load_tokenizer, train_to_size
 from jaxlm.errors import ConfigError, DataError
 

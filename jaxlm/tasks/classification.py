@@ -50,6 +50,8 @@ def texts_of(table: Table, column: str, key: str) -> list[str]:
 
 
 class ClassificationTask(EncoderTask):
+    packing = False
+
     def __init__(self, config: Config, run_dir: Path):
         super().__init__(config)
         t, model = config.task, config.model
