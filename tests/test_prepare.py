@@ -242,5 +242,5 @@ def test_mlm_streams_framed_blocks_with_fixed_validation_masks(tmp_path):
     batch = next(task.train_iterator(4))
     assert batch["labels"].shape == (4, 32) and "row" not in batch
     with pytest.raises(ConfigError, match="task.sentence_pairs needs sentences"):
-        MaskedLMTask(load_config("configs/bert-tiny-mlm.yaml", [f"data.paths={corpus}", "task.sentence_pairs=nsp",
+        MaskedLMTask(load_config("configs/bert-tiny-mlm.yaml", [f"data.dataset={tmp_path}", "task.sentence_pairs=nsp",
                                                                  f"data.cache_dir={tmp_path / 'cache'}"]), tmp_path)

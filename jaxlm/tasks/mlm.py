@@ -5,6 +5,10 @@ Training rows are masked afresh every epoch by :class:`~jaxlm.data.masking.Maske
 (reproducible and resumable from the iterator position the checkpoint saves); validation
 rows are masked once, so every evaluation scores the same predictions.
 
+``data.paths`` / ``data.dataset`` are prepared into token shards (:mod:`jaxlm.data.prepare`)
+and streamed as ``[CLS] block [SEP]`` rows, validation rows masked as they are read. Sentence
+pairs need sentences, which shards do not keep: NSP / SOP read ``data.paths`` in memory.
+
 With sentence pairs the loss is ``BertForPreTraining``'s: masked-token cross-entropy plus
 the pair classification cross-entropy. To keep the step's ``sum / weight`` exact under
 gradient accumulation, each pair's loss is weighted by its number of masked tokens: the
@@ -78,10 +82,12 @@ class MaskedLMTask(EncoderTask):
         t, data = config.task, config.data
         self.head, self.pairs = t.head, t.sentence_pairs
         needs = ("[PAD]", "[CLS]", "[SEP]", "[MASK]")
-        if not SourceSpec.of(data).is_embedded:  # prepared shards, streamed; validation masked as read
-            if self.pairs:
-                raise ConfigError("task.sentence_pairs needs sentences, which prepared shards do not keep: train "
-                                  "NSP / SOP on the embedded corpus, or set task.sentence_pairs=null")
+        spec = SourceSpec.of(data)
+        if self.pairs and spec.dataset:
+            raise ConfigError("task.sentence_pairs needs sentences, which prepared shards do not keep: NSP / SOP "
+                              "read data.paths text files in memory; set task.sentence_pairs=null to stream "
+                              "data.dataset")
+        if not spec.is_embedded and not self.pairs:  # prepared shards, streamed; validation masked as read
             from jaxlm.data.prepare import load_prepared
 
             directory, manifest, tok = load_prepared(config, run_dir, config.trainer.progress_bar)
