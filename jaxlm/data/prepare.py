@@ -212,12 +212,12 @@ def load_prepared(config: Config, run_dir: Path, progress: bool = True) -> tuple
     manifest = read_manifest(directory)
     check_tokenizer(directory, manifest, directory / manifest["tokenizer"]["file"])
     run_tok = run_dir / "tokenizer" / FILE
-    if run_tok.is_file():
-        check_tokenizer(directory, manifest, run_tok)
-    else:
-        def keep():
-            if not run_tok.is_file():
-                run_tok.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(directory / manifest["tokenizer"]["file"], run_tok)
-        main_process_first(keep)
+
+    def keep_with_run():  # every process calls it (it synchronises them): no file test may come first
+        if run_tok.is_file():
+            check_tokenizer(directory, manifest, run_tok)
+        else:
+            run_tok.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(directory / manifest["tokenizer"]["file"], run_tok)
+    main_process_first(keep_with_run)
     return directory, manifest, load_tokenizer(directory / manifest["tokenizer"]["file"])
