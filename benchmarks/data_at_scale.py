@@ -3,13 +3,17 @@ memory on prepared shards, for corpora of several sizes.
 
 The text is Python source from this environment's site-packages (real, varied text that every
 install has), copied in file order into ``--work/text-<MB>/`` until each size is reached (in
-files of about 16 MB). For each size:
+files of about 8 MB). For each size:
   1. ``jaxlm data prepare configs/gpt2-tiny.yaml data.paths=...`` with ``--workers`` processes:
      wall time, the tokenizer's share (sampling ``--sample-mb`` of text and training it), and the
-     encoding throughput in MB of text per second per worker (the manifest's record);
+     encoding throughput in MB of text per second per worker (the manifest's record), over the
+     workers' wall-clock seconds and over their CPU seconds (the two differ when the machine is
+     busy with other work);
   2. ``jaxlm train`` on the prepared shards for one step (evaluation limited to one batch):
      time from launch to the first step's metrics line and the process's peak resident memory.
-Each command runs in its own child process; its peak memory is ``ru_maxrss`` of that child.
+Then the floor: the same one-step run on the embedded corpus (0.46 MB, encoded in memory).
+Each command runs in its own child process; its peak memory is ``ru_maxrss`` of that child
+(for prepare: the largest of its processes, the parent or one worker).
 
 Usage: python benchmarks/data_at_scale.py [--sizes 50 250] [--workers 2] [--sample-mb 20]
        [--work /tmp/jaxlm-data-bench] [--keep]
@@ -33,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def write_corpus(directory: Path, megabytes: int) -> Path:
-    """``megabytes`` of UTF-8 Python source in files of about 16 MB (reused when present)."""
+    """``megabytes`` of UTF-8 Python source in files of about 8 MB (reused when present)."""
     done = directory / "done"
     if done.is_file():
         return directory
@@ -46,7 +50,7 @@ def write_corpus(directory: Path, megabytes: int) -> Path:
             text = path.read_text(encoding="utf-8")
         except (UnicodeDecodeError, OSError):
             continue
-        if out is None or out.tell() > 16 * 10**6:
+        if out is None or out.tell() > 8 * 10**6:
             out = open(directory / f"part-{part:03d}.txt", "w", encoding="utf-8")
             part += 1
         data = text[: target - written] + "\n"
@@ -116,22 +120,32 @@ def main() -> None:
                               "--workers", str(args.workers)])
         manifest = json.loads(next((work / f"cache-{size}").glob("*/manifest.json")).read_text())
         stamps = [json.loads(p.read_text()) for p in (work / f"cache-{size}").glob("*/unit-*.json")]
-        encode_s = manifest["prepare"]["seconds"]
         text_mb = sum(s["text_bytes"] for s in manifest["splits"].values()) / 1e6
         run = work / f"run-{size}"
         shutil.rmtree(run, ignore_errors=True)
         train = child_peak_mb([*jaxlm, "train", "configs/gpt2-tiny.yaml", *common, f"run.out_dir={run}",
                                "trainer.max_steps=1", "trainer.log_every=1", "trainer.eval_batches=1",
                                "trainer.progress_bar=false"], first_line_in=run / "metrics.jsonl")
+        p = manifest["prepare"]
         row = {"MB": size, "text_MB": round(text_mb, 1), "train_tokens": manifest["splits"]["train"]["tokens"],
-               "shards": len(stamps), "prepare_s": round(prep["seconds"], 1), "prepare_peak_MB": round(prep["peak_mb"]),
-               "encode_MB_per_s_per_worker": manifest["prepare"]["text_mb_per_worker_second"],
-               "prepare_internal_s": encode_s, "first_step_s": round(train["first"], 1),
-               "train_peak_MB": round(train["peak_mb"])}
+               "shards": len(stamps), "prepare_s": round(prep["seconds"], 1), "tokenizer_s": p["tokenizer_seconds"],
+               "encode_s": p["encode_seconds"], "prepare_peak_MB": round(prep["peak_mb"]),
+               "MB_per_s_per_worker": p["text_mb_per_worker_second"],
+               "MB_per_cpu_s_per_worker": p["text_mb_per_worker_cpu_second"],
+               "first_step_s": round(train["first"], 1), "train_peak_MB": round(train["peak_mb"])}
         rows.append(row)
         print(json.dumps(row), flush=True)
         if not args.keep:
             shutil.rmtree(run, ignore_errors=True)
+    # The floor: the same model on the embedded corpus (0.46 MB, encoded in memory), with the last tokenizer.
+    tokenizer = next((work / f"cache-{args.sizes[-1]}").glob("*/tokenizer"))
+    run = work / "run-embedded"
+    shutil.rmtree(run, ignore_errors=True)
+    floor = child_peak_mb([*jaxlm, "train", "configs/gpt2-tiny.yaml", f"data.tokenizer.path={tokenizer}",
+                           f"run.out_dir={run}", "trainer.max_steps=1", "trainer.log_every=1", "trainer.eval_batches=1",
+                           "trainer.progress_bar=false"], first_line_in=run / "metrics.jsonl")
+    print(json.dumps({"embedded_corpus_first_step_s": round(floor["first"], 1),
+                      "embedded_corpus_train_peak_MB": round(floor["peak_mb"])}))
     if len(rows) > 1:
         peaks = [r["train_peak_MB"] for r in rows]
         print(f"# train peak memory {min(peaks)}-{max(peaks)} MB: the largest is {max(peaks) / min(peaks) - 1:+.1%} "

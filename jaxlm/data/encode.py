@@ -46,7 +46,7 @@ def training_chunks(unit, spec, fraction: float, unit_index: int):
 def encode_unit(job) -> dict:
     """Worker: encode one unit into its train / valid shards and stamp it done."""
     directory, index, unit, spec, fraction, tok_file, sha, dtype = job
-    directory, start = Path(directory), time.perf_counter()
+    directory, start, cpu_start = Path(directory), time.perf_counter(), time.process_time()
     tok = load_tokenizer(tok_file)
     eos = [] if tok.eos_id is None else [tok.eos_id]
     writers = {s: ShardWriter(directory, s, index, np.dtype(dtype)) for s in SPLITS}
@@ -80,6 +80,6 @@ def encode_unit(job) -> dict:
     flush()
     record = {s: w.close() for s, w in writers.items()}
     record.update(unit=[unit.kind, unit.where, unit.start, unit.stop], tokenizer_sha256=sha,
-                  seconds=round(time.perf_counter() - start, 3))
+                  seconds=round(time.perf_counter() - start, 3), cpu_seconds=round(time.process_time() - cpu_start, 3))
     write_json(stamp(directory, index), record)
     return record

@@ -109,7 +109,9 @@ def _prepare(config: Config, directory: Path, workers: int, progress: bool) -> N
         raise DataError(f"{plan_file} describes other sources than these (they changed during an interrupted "
                         f"prepare); delete {directory} and rerun jaxlm data prepare")
     write_json(plan_file, plan)
+    tok_start = time.perf_counter()
     tok_file = _tokenizer(config, directory, units, spec, progress)
+    tokenizer_seconds = time.perf_counter() - tok_start
     sha = file_sha256(tok_file)
     tok = load_tokenizer(tok_file)
     dtype = token_dtype(tok.vocab_size)
@@ -148,7 +150,8 @@ def _prepare(config: Config, directory: Path, workers: int, progress: bool) -> N
     if not splits["train"]["tokens"] or not splits["valid"]["tokens"]:
         raise DataError("the corpus is too small to split into train and validation text; add text or change "
                         "data.validation_fraction")
-    worker_seconds = sum(r["seconds"] for r in records)
+    text_mb = sum(s["text_bytes"] for s in splits.values()) / 1e6
+    worker_seconds, cpu_seconds = (sum(r.get(k, 0.0) for r in records) for k in ("seconds", "cpu_seconds"))
     manifest = {"format": FORMAT, "key": plan["key"], "sources": plan["key"]["sources"],
                 "tokenizer": {"file": f"tokenizer/{FILE}", "sha256": sha, "vocab_size": tok.vocab_size,
                               "eos_id": tok.eos_id},
@@ -156,8 +159,11 @@ def _prepare(config: Config, directory: Path, workers: int, progress: bool) -> N
                                                "rule": "every 1/fraction-th ~2000-character chunk of each unit"},
                 "splits": splits,
                 "prepare": {"workers": workers, "seconds": round(time.perf_counter() - start, 3),
-                            "text_mb_per_worker_second": round(
-                                sum(s["text_bytes"] for s in splits.values()) / 1e6 / max(worker_seconds, 1e-9), 3)}}
+                            "tokenizer_seconds": round(tokenizer_seconds, 3),
+                            "encode_seconds": round(time.perf_counter() - encode_start, 3),
+                            # per worker: MB of text over the seconds workers spent (wall clock / on a CPU)
+                            "text_mb_per_worker_second": round(text_mb / max(worker_seconds, 1e-9), 3),
+                            "text_mb_per_worker_cpu_second": round(text_mb / max(cpu_seconds, 1e-9), 3)}}
     write_json(directory / MANIFEST, manifest)
     log.info("prepared %s: %d train and %d validation tokens in %d shards (%s)", directory,
              splits["train"]["tokens"], splits["valid"]["tokens"], len(units), tok_file)
