@@ -73,13 +73,15 @@ def main() -> None:
             print(f"{name}: {v['examples']} training examples in {v['rows']} rows of "
                   f"{v['s'].config.data.seq_len} tokens")
             run_round(v, 2)  # compile
-        best = {name: 0.0 for name in variants}
+        best = {name: (0.0, 0.0) for name in variants}  # examples/s, with that round's seconds per step
         for _ in range(args.rounds):
             for name, v in variants.items():
                 seconds, examples = run_round(v, args.steps)
-                best[name] = max(best[name], examples / seconds)
+                best[name] = max(best[name], (examples / seconds, seconds / args.steps))
     for name in variants:
-        print(f"{name}: {best[name]:.1f} examples/s (fastest of {args.rounds} rounds of {args.steps} steps)")
+        print(f"{name}: {best[name][0]:.1f} examples/s, {best[name][1] * 1e3:.1f} ms a step (fastest of "
+              f"{args.rounds} rounds of {args.steps} steps)")
+    best = {name: b[0] for name, b in best.items()}
     print(f"packing: {best['packed'] / best['unpacked']:.2f}x the examples per second")
 
 

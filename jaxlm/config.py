@@ -602,10 +602,13 @@ def resume_conflicts(saved: dict, config: Config) -> list[str]:
         a, b = get(saved, key), get(now, key)
         if key == "task" and isinstance(a, str):  # written before tasks had settings
             a = {"type": a}
-        harmless = {"model": HARMLESS_MODEL_KEYS, "task": HARMLESS_TASK_KEYS}.get(key)
+        harmless = {"model": HARMLESS_MODEL_KEYS, "task": HARMLESS_TASK_KEYS, "data.tokenizer": set()}.get(key)
         if harmless is not None and isinstance(a, dict) and isinstance(b, dict):
             # Settings added to jaxlm after the checkpoint was written had their defaults then.
-            fields = type(getattr(config, key)).model_fields
+            section = config
+            for part in key.split("."):
+                section = getattr(section, part)
+            fields = type(section).model_fields
             a = {**{k: fields[k].default for k in b.keys() - a.keys() if k in fields}, **a}
             out += [f"{key}.{k}: {a.get(k)!r} in the checkpoint, {b.get(k)!r} now"
                     for k in sorted(a.keys() | b.keys())

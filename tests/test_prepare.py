@@ -244,3 +244,15 @@ def test_mlm_streams_framed_blocks_with_fixed_validation_masks(tmp_path):
     with pytest.raises(ConfigError, match="task.sentence_pairs needs sentences"):
         MaskedLMTask(load_config("configs/bert-tiny-mlm.yaml", [f"data.dataset={tmp_path}", "task.sentence_pairs=nsp",
                                                                  f"data.cache_dir={tmp_path / 'cache'}"]), tmp_path)
+
+
+def test_runs_saved_before_the_tokenizer_sample_keys_still_resume():
+    from jaxlm.config import resume_conflicts
+
+    now = load_config(None, ["model.type=gpt2"])
+    saved = now.model_dump(mode="json")
+    for key in ("sample_bytes", "sample_seed"):
+        del saved["data"]["tokenizer"][key]
+    assert resume_conflicts(saved, now) == []
+    saved["data"]["tokenizer"]["vocab_size"] = 5
+    assert resume_conflicts(saved, now) == ["data.tokenizer.vocab_size: 5 in the checkpoint, 4096 now"]
