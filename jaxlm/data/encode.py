@@ -3,7 +3,6 @@ validation shards (imports only what encoding needs, so spawned workers start fa
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path

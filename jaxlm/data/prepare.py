@@ -79,10 +79,6 @@ def prepared_dir(config: Config) -> Path:
     return cache_root(config) / f"{name}-{digest}"
 
 
-def is_prepared(config: Config) -> bool:
-    return (prepared_dir(config) / MANIFEST).is_file()
-
-
 def prepare(config: Config, workers: int | None = None, progress: bool = True) -> Path:
     """The prepared directory of ``config``'s data, encoding whatever is not done yet."""
     directory = prepared_dir(config)
@@ -106,8 +102,8 @@ def _prepare(config: Config, directory: Path, workers: int, progress: bool) -> N
     plan = {"key": key_of(config), "units": [list(map(str, (u.kind, u.where, u.start, u.stop))) for u in units]}
     plan_file = directory / "plan.json"
     if plan_file.is_file() and json.loads(plan_file.read_text()) != plan:
-        raise DataError(f"{plan_file} describes other sources than these (they changed during an interrupted "
-                        f"prepare); delete {directory} and rerun jaxlm data prepare")
+        raise DataError(f"{plan_file} lists other units than these sources give now (they changed during an "
+                        f"interrupted prepare); delete {directory} and rerun jaxlm data prepare")
     write_json(plan_file, plan)
     tok_start = time.perf_counter()
     tok_file = _tokenizer(config, directory, units, spec, progress)
@@ -156,7 +152,8 @@ def _prepare(config: Config, directory: Path, workers: int, progress: bool) -> N
                 "tokenizer": {"file": f"tokenizer/{FILE}", "sha256": sha, "vocab_size": tok.vocab_size,
                               "eos_id": tok.eos_id},
                 "dtype": dtype.name, "split": {"validation_fraction": data.validation_fraction,
-                                               "rule": "every 1/fraction-th ~2000-character chunk of each unit"},
+                                               "rule": "every 1/fraction-th ~2000-character chunk, counted within each unit "
+                                                       "from a phase of unit index x 1000003"},
                 "splits": splits,
                 "prepare": {"workers": workers, "seconds": round(time.perf_counter() - start, 3),
                             "tokenizer_seconds": round(tokenizer_seconds, 3),

@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import glob
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -225,8 +224,7 @@ def hf_dataset(spec: SourceSpec, key: str = "data.dataset"):
                         "pip install 'jaxlm[data]' (or export the data as CSV / JSONL for data.paths)") from None
     name = spec.dataset
     try:
-        if Path(name).is_dir() and (Path(name) / "dataset_info.json").exists() or \
-                Path(name).is_dir() and (Path(name) / "dataset_dict.json").exists():
+        if any((Path(name) / f).is_file() for f in ("dataset_info.json", "dataset_dict.json")):  # save_to_disk
             ds = datasets.load_from_disk(name)
             if isinstance(ds, datasets.DatasetDict):
                 ds = ds[spec.dataset_split]
@@ -281,8 +279,3 @@ def fingerprint(spec: SourceSpec) -> dict:
                               for p in Path(spec.dataset).rglob("*.json"))
     return out
 
-
-def describe_size(units_: list[Unit]) -> float:
-    """Bytes of the file units (for the progress bar), NaN when the sources do not say."""
-    sizes = [u.stop - u.start for u in units_ if u.kind in (TEXT, JSONL, CSV)]
-    return float(sum(sizes)) if len(sizes) == len(units_) else math.nan
