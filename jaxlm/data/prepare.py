@@ -201,8 +201,8 @@ def sample_training_text(units, spec, fraction: float, budget: int, seed: int, p
                     reservoir[j] = chunk
             seen += 1
     if not reservoir:
-        raise DataError(f"{', '.join(spec.paths or [spec.dataset])} holds no training text; point data.paths / "
-                        "data.dataset at non-empty text")
+        raise DataError(f"the corpus is empty ({', '.join(spec.paths or [spec.dataset])} holds no training text); "
+                        "point data.paths / data.dataset at non-empty text")
     return reservoir
 
 
