@@ -25,8 +25,8 @@ import numpy as np
 
 from jaxlm.config import load_config
 from jaxlm.host_memory import keep_freed_memory
+from jaxlm.train.setup import setup
 from jaxlm.train.step import make_train_step
-from jaxlm.train.trainer import setup
 
 
 def variant(config_path: str, overrides: list[str], packing: bool, run_dir: str):
@@ -34,11 +34,11 @@ def variant(config_path: str, overrides: list[str], packing: bool, run_dir: str)
     s = setup(config)
     t = config.trainer
     step = jax.jit(make_train_step(s.model, s.task, s.tx, s.schedule, t.grad_accum_steps, t.label_smoothing,
-                                   config.model.uses_dropout), donate_argnums=0)
+                                   config.model.uses_dropout, s.assemble), donate_argnums=0)
     data = s.task.train_iterator(t.batch_size)
-    state = s.init_state()
-    weights = "label_weight" if packing else "attention_mask"
-    return {"s": s, "step": step, "data": data, "state": state, "weights": weights,
+    params, model_state = s.initial_params()
+    state, constants = s.init_state(params, model_state), s.constants(params)
+    return {"s": s, "step": step, "data": data, "state": state, "constants": constants,
             "rows": len(s.task.train["input_ids"]), "examples": int(np.sum(s.task.train["label_weight"]))
             if packing else len(s.task.train["input_ids"])}
 
@@ -49,7 +49,7 @@ def run_round(v: dict, steps: int) -> tuple[float, int]:
     with v["s"].sharding_context():
         start = time.perf_counter()
         for b in batches:
-            v["state"], metrics = v["step"](v["state"], v["s"].put_batch(b))
+            v["state"], metrics = v["step"](v["state"], v["s"].put_batch(b), v["constants"])
         jax.block_until_ready(metrics["loss"])
     return time.perf_counter() - start, examples
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from jaxlm.errors import DataError
+from jaxlm.errors import DataError, first_line
 
 TEXT, JSONL, CSV, PARQUET, HF, HF_STREAM, TFDS = "text", "jsonl", "csv", "parquet", "hf", "hf_stream", "tfds"
 HF_BUILDERS = ("json", "csv", "parquet", "text", "arrow")
@@ -211,7 +211,7 @@ def parquet_file(path: str):
     try:
         return pq.ParquetFile(path)
     except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds for a bad file
-        raise DataError(f"{path} is not a readable Parquet file ({str(e).splitlines()[0]})") from None
+        raise DataError(f"{path} is not a readable Parquet file ({first_line(e)})") from None
 
 
 def hf_dataset(spec: SourceSpec, key: str = "data.dataset"):
@@ -235,7 +235,7 @@ def hf_dataset(spec: SourceSpec, key: str = "data.dataset"):
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - any failure to fetch or read is the user's to fix
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         raise DataError(f"{key}={name!r}: Hugging Face datasets could not load split {spec.dataset_split!r} "
                         f"({reason}); offline it must be a save_to_disk directory or already in the datasets cache") \
             from None
@@ -251,7 +251,7 @@ def tfds_source(spec: SourceSpec, key: str = "data.dataset"):
     try:
         return tfds.data_source(name, split=spec.dataset_split)
     except Exception as e:  # noqa: BLE001
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         raise DataError(f"{key}={spec.dataset!r}: tfds could not open split {spec.dataset_split!r} ({reason}); "
                         "build it first (tfds build, or the builder's download_and_prepare) in TFDS_DATA_DIR") \
             from None

@@ -6,6 +6,7 @@ windows are cut from the memory-mapped shards as batches are drawn."""
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from jaxlm.data.tokenizer import get_tokenizer
 from jaxlm.errors import DataError
 from jaxlm.tasks.base import ArrayTask
 from jaxlm.train.losses import cross_entropy_sum
+
+log = logging.getLogger("jaxlm")
 
 
 class CausalLMTask(ArrayTask):
@@ -51,6 +54,10 @@ class CausalLMTask(ArrayTask):
         if self.tokenizer.vocab_size > config.model.vocab_size:
             raise DataError(f"the tokenizer has {self.tokenizer.vocab_size} tokens but model.vocab_size="
                             f"{config.model.vocab_size}; set model.vocab_size={self.tokenizer.vocab_size}")
+        if self.tokenizer.vocab_size < config.model.vocab_size:
+            log.info("the tokenizer has %d tokens and model.vocab_size=%d: the last %d embedding rows are padding",
+                     self.tokenizer.vocab_size, config.model.vocab_size,
+                     config.model.vocab_size - self.tokenizer.vocab_size)
 
     def model_inputs(self, batch):
         return {"input_ids": batch["tokens"][:, :-1]}
