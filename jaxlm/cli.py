@@ -1,4 +1,4 @@
-"""``jaxlm`` command line: train, eval, generate, predict, fill-mask, checkpoints, convert, tokenizer."""
+"""``jaxlm`` command line: train, eval, generate, predict, fill-mask, checkpoints, convert, tokenizer, data."""
 
 from __future__ import annotations
 
@@ -264,6 +264,21 @@ def cmd_tokenizer_train(args) -> int:
     return 0
 
 
+def cmd_data_prepare(args) -> int:
+    """Encode a config's data into token shards (what ``train`` would prepare if they were missing)."""
+    from jaxlm.data.prepare import prepare
+    from jaxlm.data.shards import read_manifest
+
+    config = _config(args)
+    directory = prepare(config, workers=args.workers)
+    m = read_manifest(directory)
+    train, valid = m["splits"]["train"], m["splits"]["valid"]
+    print(f"prepared {directory}: {train['tokens']:,} train tokens ({train['text_bytes'] / 1e6:.1f} MB of text), "
+          f"{valid['tokens']:,} validation tokens, {len(train['shards'])} shards; jaxlm train {args.config} "
+          f"{' '.join(args.overrides)} streams them".rstrip())
+    return 0
+
+
 def cmd_memory(args) -> int:
     from jaxlm.parallel.memory import gib, state_memory, table
 
@@ -391,8 +406,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="*", metavar="FILES", help="UTF-8 text files or globs (none: the embedded corpus)")
     p.set_defaults(func=cmd_tokenizer_train)
 
-    p = sub.add_parser("data", help="data tools: clean, augment")
+    p = sub.add_parser("data", help="data tools: prepare (tokenize into shards), clean, augment")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+    p = data_sub.add_parser("prepare", help="tokenize a config's data.paths / data.dataset into shards under "
+                            "data.cache_dir (resumable; train streams them)")
+    with_config(p)
+    p.add_argument("--workers", type=int, help="encoding processes (default: data.prepare.workers, 0 = all cores)")
+    p.set_defaults(func=cmd_data_prepare)
     from jaxlm.data.text_commands import add_commands as add_text_data_commands
 
     add_text_data_commands(data_sub)

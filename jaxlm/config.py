@@ -43,11 +43,37 @@ class TokenizerConfig(Section):
     """Word vocabularies: lower-case the text first."""
     segmenter: Literal["jieba"] | None = None
     """Word vocabularies: ``jieba`` splits Chinese text into words (default: each character is a word)."""
+    sample_bytes: int = Field(100_000_000, gt=0)
+    """Prepared data: the tokenizer trains on a seeded sample of this much training text (not the whole corpus)."""
+    sample_seed: int = 0
+
+
+class PrepareConfig(Section):
+    """``jaxlm data prepare`` (and ``train``, when the shards are missing)."""
+
+    workers: int = Field(0, ge=0)
+    """Encoding processes; 0: one per CPU core."""
+    shard_mb: int = Field(64, gt=0)
+    """Text per shard (a unit of work): big files are cut at line breaks, datasets into row ranges."""
 
 
 class DataConfig(Section):
     paths: list[str] | None = None
-    """Text files or globs; ``None`` uses the embedded corpus (CPython's ``pydoc_data``)."""
+    """Text files or globs (plain text, JSON Lines, CSV / TSV, Parquet); ``None`` with no
+    ``dataset`` uses the embedded corpus (CPython's ``pydoc_data``)."""
+    dataset: str | None = None
+    """Pretraining text from Hugging Face ``datasets`` (a name, a ``save_to_disk`` directory, or a
+    builder such as ``json`` over ``paths``) or ``tfds:NAME``."""
+    dataset_config: str | None = None
+    dataset_split: str = "train"
+    streaming: bool = False
+    """Read the Hugging Face dataset with ``streaming=True`` (its shards become the units of work)."""
+    text_column: str = "text"
+    """The text column of JSON Lines / CSV / Parquet files and datasets."""
+    cache_dir: str | None = None
+    """Where prepared shards go (a subdirectory keyed by what determines them); ``None``:
+    ``$JAXLM_CACHE_DIR`` or ``~/.cache/jaxlm``."""
+    prepare: PrepareConfig = PrepareConfig()
 
     seq_len: int = Field(128, gt=0)
     train_overlap: float = Field(0.0, ge=0, lt=1)
@@ -295,6 +321,9 @@ class ClassificationTaskConfig(Section):
     """windows: how the windows' logits make the text's logits."""
     max_windows: int = Field(8, gt=0)
     """windows: at most this many windows per text (the rest of a longer text is cut, the count logged)."""
+    packing: bool = False
+    """Pack several short examples into each ``data.seq_len`` row (attention never crosses an
+    example; BERT / DistilBERT); ``trainer.batch_size`` then counts packed rows."""
 
     @field_validator("split")
     @classmethod
@@ -380,6 +409,9 @@ class Seq2SeqTaskConfig(Section):
     word vocabularies also take ``min_frequency`` and ``lowercase``); ``data.tokenizer.path`` loads one."""
     truncation: Literal["truncate", "error"] = "truncate"
     """Files: sources or targets longer than data.seq_len tokens are cut (the count is logged) or refused."""
+    packing: bool = False
+    """Pack several training pairs into each row (attention never crosses a pair; the Transformer
+    model); ``trainer.batch_size`` then counts packed rows. Evaluation reads unpacked rows."""
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -636,7 +668,7 @@ def save_config(config: Config, path: Path) -> None:
 # checkpoint that agrees on them. Everything else (max_steps, log/eval cadence, learning
 # rate, dropout, ...) may change between restarts.
 STATE_KEYS = ("task", "model", "precision.params", "optimizer.name", "run.seed", "trainer.batch_size",
-              "data.seq_len", "data.paths", "data.tokenizer", "trainer.trainable", "trainer.freeze",
+              "data.seq_len", "data.paths", "data.dataset", "data.tokenizer", "trainer.trainable", "trainer.freeze",
               "trainer.unfreeze_every")
 HARMLESS_MODEL_KEYS = {"init_from", "attention_implementation", "remat"}  # and every dropout rate
 HARMLESS_TASK_KEYS = {"eval_split", "truncation"}
@@ -668,10 +700,13 @@ def resume_conflicts(saved: dict, config: Config) -> list[str]:
             a = _default(key)
         if key == "task" and isinstance(a, str):  # written before tasks had settings
             a = {"type": a}
-        harmless = {"model": HARMLESS_MODEL_KEYS, "task": HARMLESS_TASK_KEYS}.get(key)
+        harmless = {"model": HARMLESS_MODEL_KEYS, "task": HARMLESS_TASK_KEYS, "data.tokenizer": set()}.get(key)
         if harmless is not None and isinstance(a, dict) and isinstance(b, dict):
             # Settings added to jaxlm after the checkpoint was written had their defaults then.
-            fields = type(getattr(config, key)).model_fields
+            section = config
+            for part in key.split("."):
+                section = getattr(section, part)
+            fields = type(section).model_fields
             a = {**{k: fields[k].default for k in b.keys() - a.keys() if k in fields}, **a}
             out += [f"{key}.{k}: {a.get(k)!r} in the checkpoint, {b.get(k)!r} now"
                     for k in sorted(a.keys() | b.keys())
