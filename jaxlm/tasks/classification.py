@@ -135,6 +135,7 @@ class ClassificationTask(EncoderTask):
 
             self.augment = build_augmenter(t.augment)
             self.train_texts = [texts[i] for i in parts[0]]
+            self.train = {**self.train, "row": np.arange(len(parts[0]))}  # which text each batch row holds
 
     def train_iterator(self, batch_size, process_index=0, process_count=1):
         batches = super().train_iterator(batch_size, process_index, process_count)
@@ -209,7 +210,6 @@ class AugmentedBatches:
 
     def __init__(self, batches, texts: list[str], augment, encode: TextEncoder):
         self.batches, self.texts, self.augment, self.encode = batches, texts, augment, encode
-        batches.arrays = {**batches.arrays, "row": np.arange(batches.n)}
 
     def __iter__(self):
         return self
