@@ -94,8 +94,21 @@ class TrainerConfig(Section):
     early_stopping: EarlyStoppingConfig | None = None
 
 
+class FtrlConfig(Section):
+    """FTRL-Proximal's settings, named and defaulted as in Keras ``Ftrl`` (see jaxlm.train.optim.ftrl)."""
+
+    learning_rate_power: float = Field(-0.5, le=0)
+    initial_accumulator_value: float = Field(0.1, ge=0)
+    l1_regularization_strength: float = Field(0.0, ge=0)
+    """L1 strength: coordinates whose linear term stays within it are exactly 0."""
+    l2_regularization_strength: float = Field(0.0, ge=0)
+    l2_shrinkage_regularization_strength: float = Field(0.0, ge=0)
+    """L2 added to the gradient of the linear term only (magnitude shrinkage)."""
+    beta: float = Field(0.0, ge=0)
+
+
 class OptimizerConfig(Section):
-    name: Literal["adamw", "adam", "lamb", "sgd", "adagrad", "rmsprop"] = "adamw"
+    name: Literal["adamw", "adam", "lamb", "sgd", "adagrad", "rmsprop", "ftrl"] = "adamw"
     learning_rate: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     """Decoupled for adamw / lamb; L2 added to the gradient (PyTorch's convention) otherwise."""
@@ -108,21 +121,43 @@ class OptimizerConfig(Section):
     nesterov: bool = False
     rmsprop_decay: float = 0.99
     adagrad_initial_accumulator: float = 0.0
+    ftrl: FtrlConfig = FtrlConfig()
+    """``name: ftrl`` only: Keras ``Ftrl``'s settings (``learning_rate`` is the section's)."""
     clip_norm: float | None = Field(1.0, gt=0)
     """Clip gradients to this global L2 norm; ``None`` disables clipping."""
 
 
 class PlateauConfig(Section):
-    """Scale the learning rate by ``factor`` when the training loss stops improving."""
+    """Scale the learning rate by ``factor`` when the training loss, or an eval metric, stops improving."""
 
+    metric: str | None = None
+    """``None``: the training loss; an eval metric (``eval_loss``, ``eval_accuracy``, ...): judged
+    at each evaluation (Keras / PyTorch ``ReduceLROnPlateau`` on a validation metric)."""
+    mode: Literal["min", "max"] = "min"
+    """Whether ``metric`` improves by falling or by rising (the training loss: ``min``)."""
     factor: float = Field(0.5, gt=0, lt=1)
     patience: int = Field(10, ge=0)
+    """Measurements without improvement before the rate is scaled (evaluations, for a metric)."""
     cooldown: int = Field(0, ge=0)
     rtol: float = Field(1e-4, ge=0)
     atol: float = Field(0.0, ge=0)
-    accumulation_size: int = Field(10, gt=0)
-    """Steps whose mean loss makes one plateau measurement."""
+    accumulation_size: int | None = Field(None, gt=0)
+    """Steps (evaluations, for a metric) whose mean makes one measurement; ``None``: 10 steps of
+    the training loss, or each evaluation of a metric."""
     min_scale: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _watched(self):
+        if self.metric is None and self.mode == "max":
+            raise ValueError("schedule.plateau.mode=max needs schedule.plateau.metric (an eval metric such as "
+                             "eval_accuracy); the training loss only falls")
+        if self.rtol == 0 and self.atol == 0:
+            raise ValueError("schedule.plateau needs rtol or atol above 0 to tell progress from noise")
+        return self
+
+    @property
+    def measurements(self) -> int:
+        return self.accumulation_size or (1 if self.metric else 10)
 
 
 class ScheduleConfig(Section):

@@ -28,7 +28,7 @@ from jaxlm.parallel.mesh import batch_sharding, data_parallel_size, make_mesh, p
 from jaxlm.tasks import Task, build_task
 from jaxlm.train.early_stopping import EarlyStopping, LoopPosition
 from jaxlm.train.logging import MetricsLogger, console_summary, rewind_metrics
-from jaxlm.train.optim import build_optimizer
+from jaxlm.train.optim import build_optimizer, plateau_observer
 from jaxlm.train.precision import DTYPES, LossScale, cast_floats, skip_nonfinite
 from jaxlm.train.step import TrainState, make_eval_step, make_train_step
 
@@ -167,6 +167,7 @@ def train(config: Config) -> dict[str, float]:
         in_shardings=(shardings, s.batch_sharding), out_shardings=(shardings, None), donate_argnums=0)
     eval_fn = jax.jit(make_eval_step(s.model, s.task),
                       in_shardings=(shardings.params, shardings.model_state, s.batch_sharding))
+    observe_plateau = plateau_observer(c.schedule.plateau, shardings.opt_state)
 
     logger = MetricsLogger(s.run_dir, enabled=is_main)
     step = int(state.step)
@@ -207,6 +208,8 @@ def train(config: Config) -> dict[str, float]:
                 if is_main:
                     bar.write(f"step {step}: {console_summary(evaluated)}")
                 improved = stopping.update(evaluated)
+                if observe_plateau:
+                    state = state.replace(opt_state=observe_plateau(state.opt_state, evaluated))
             preempted = guard.reached(step)
             # An early-stopping run checkpoints every new best, so the best is always kept.
             ckpt.save(step, state, position.state(), config_json, evaluated,
