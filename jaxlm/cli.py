@@ -202,6 +202,11 @@ def cmd_predict(args) -> int:
     from jaxlm.tasks.image_classification import classify_image, image_normalization, image_of
 
     model, params, config = load_model(args.run, args.model, args.step, args.best)
+    if head_of(model) == "regression":
+        from jaxlm.tasks.regression import predict_value
+
+        print(f"{predict_value(model, params, args.text):.6g}")
+        return 0
     if head_of(model) == "image_classification":
         scores = classify_image(model, params, image_of(args.text, model), *image_normalization(config, args.model))
     else:
@@ -347,9 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5)
     p.set_defaults(func=cmd_fill_mask)
 
-    p = sub.add_parser("predict", help="the label of a text, text pair or image, with every label's probability")
-    model_source(p, "sequence or image classifier")
-    p.add_argument("text", help="the text; for image classifiers an image file, digits:INDEX or shapes:INDEX")
+    p = sub.add_parser("predict", help="the label of a text, text pair or image, with every label's probability "
+                       "(a regression model: its prediction)")
+    model_source(p, "sequence or image classifier, or regression model")
+    p.add_argument("text", help="the text; for image classifiers an image file, digits:INDEX or shapes:INDEX; for "
+                   "regression the features, comma-separated")
     p.add_argument("text_pair", nargs="?", help="the second text of a pair")
     p.set_defaults(func=cmd_predict)
 

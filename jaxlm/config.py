@@ -373,11 +373,52 @@ class Seq2SeqTaskConfig(Section):
         return "seq2seq"
 
 
+class LineConfig(Section):
+    """The synthetic ``dataset: line``: ``y = slope * x + intercept + noise``, x uniform in [low, high]."""
+
+    slope: float = 2.0
+    intercept: float = 3.0
+    noise: float = Field(0.1, ge=0)
+    """Standard deviation of the Gaussian noise added to y."""
+    low: float = -1.0
+    high: float = 1.0
+    examples: int = Field(1000, gt=1)
+    seed: int = 0
+
+
+class RegressionTaskConfig(Section):
+    """Regression of a numeric ``target_column`` from numeric ``feature_columns`` (a ``model.type:
+    mlp``), read from CSV / JSONL ``data.paths`` or the synthetic ``dataset: line``."""
+
+    type: Literal["regression"] = "regression"
+    dataset: Literal["line"] | None = None
+    line: LineConfig = LineConfig()
+    feature_columns: list[str] = ["x"]
+    target_column: str = "y"
+    loss: Literal["mse", "mae", "huber"] = "mse"
+    huber_delta: float = Field(1.0, gt=0)
+    """huber: squared below this error, linear above (PyTorch ``HuberLoss``'s ``delta``)."""
+    split: list[float] = [0.8, 0.2, 0.0]
+    """Train / validation / test shares of the rows (shuffled by ``split_seed``)."""
+    split_seed: int = 0
+    eval_split: Literal["validation", "test"] = "validation"
+
+    @field_validator("split")
+    @classmethod
+    def _shares(cls, v):
+        return check_split(v)
+
+    @property
+    def head(self) -> str:
+        return "regression"
+
+
 TaskConfig = Annotated[Union[CausalLMTaskConfig, MaskedLMTaskConfig, ClassificationTaskConfig,  # noqa: UP007
-                             Seq2SeqTaskConfig, ImageClassificationTaskConfig],
+                             Seq2SeqTaskConfig, ImageClassificationTaskConfig, RegressionTaskConfig],
                        Field(discriminator="type")]
 TASKS = {"causal_lm": CausalLMTaskConfig, "mlm": MaskedLMTaskConfig, "classification": ClassificationTaskConfig,
-         "seq2seq": Seq2SeqTaskConfig, "image_classification": ImageClassificationTaskConfig}
+         "seq2seq": Seq2SeqTaskConfig, "image_classification": ImageClassificationTaskConfig,
+         "regression": RegressionTaskConfig}
 
 
 class PrecisionConfig(Section):

@@ -49,8 +49,9 @@ def build_task(config: Config, run_dir: Path) -> Task:
     from jaxlm.tasks.classification import ClassificationTask
     from jaxlm.tasks.image_classification import ImageClassificationTask
     from jaxlm.tasks.mlm import MaskedLMTask
+    from jaxlm.tasks.regression import RegressionTask
     from jaxlm.tasks.seq2seq import Seq2SeqTask
 
     tasks = {"causal_lm": CausalLMTask, "mlm": MaskedLMTask, "classification": ClassificationTask,
-             "seq2seq": Seq2SeqTask, "image_classification": ImageClassificationTask}
+             "seq2seq": Seq2SeqTask, "image_classification": ImageClassificationTask, "regression": RegressionTask}
     return tasks[config.task.type](config, run_dir)
