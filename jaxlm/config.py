@@ -413,12 +413,97 @@ class RegressionTaskConfig(Section):
         return "regression"
 
 
+class ViewsConfig(Section):
+    """SimCLR's image augmentations (jaxlm/data/views.py); the defaults are SimCLR's CIFAR settings."""
+
+    crop_scale: list[float] = [0.08, 1.0]
+    """Random resized crop: the share of the image's area the crop covers."""
+    crop_ratio: list[float] = [3 / 4, 4 / 3]
+    flip: bool = True
+    """Mirror left-right half of the time (not for digits or text)."""
+    color_jitter: float = Field(0.8, ge=0, le=1)
+    """Probability of colour jitter (brightness, contrast; saturation and hue for RGB)."""
+    jitter_strength: float = Field(0.5, ge=0)
+    grayscale: float = Field(0.2, ge=0, le=1)
+    """Probability of turning an RGB view grey."""
+    blur: float = Field(0.0, ge=0, le=1)
+    """Probability of a Gaussian blur (SimCLR: 0.5 on ImageNet, none on CIFAR)."""
+    blur_sigma: list[float] = [0.1, 2.0]
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        for name in ("crop_scale", "crop_ratio", "blur_sigma"):
+            low, high = (getattr(self, name) + [0.0, 0.0])[:2]
+            if len(getattr(self, name)) != 2 or not 0 < low <= high or (name == "crop_scale" and high > 1):
+                raise ValueError(f"task.views.{name}={[low, high]} must be [low, high] with 0 < low <= high"
+                                 f"{' <= 1' if name == 'crop_scale' else ''}")
+        return self
+
+
+class ContrastiveTaskConfig(Section):
+    """Contrastive learning of an encoder's embedding output (SimCLR on images, SimCSE on text).
+
+    Images (a model taking ``pixel_values``): ``dataset`` as in ``image_classification``; two
+    augmented ``views`` of each image. Text (BERT / DistilBERT): CSV / JSONL rows of
+    ``data.paths`` or ``dataset`` (``text_column``; with ``text_pair_column`` present each pair is
+    a positive: supervised SimCSE), else the sentences of text files or the embedded corpus seen
+    twice through dropout (unsupervised SimCSE; held-out pairs are adjacent sentences).
+    """
+
+    type: Literal["contrastive"] = "contrastive"
+    dataset: str | None = None
+    """Images: ``digits``, ``shapes``, a Hugging Face or ``tfds:`` name. Text: a shipped set or a
+    Hugging Face name (else ``data.paths``)."""
+    dataset_config: str | None = None
+    dataset_split: str = "train"
+    image_column: str = "image"
+    text_column: str = "text"
+    text_pair_column: str | None = "text_pair"
+    label_column: str = "label"
+    """Class labels, used when ``positives: labels`` (and for the images' stratified split)."""
+    split: list[float] = [0.8, 0.2, 0.0]
+    split_seed: int = 0
+    eval_split: Literal["validation", "test"] = "validation"
+    mean: list[float] = [0.5]
+    std: list[float] = [0.5]
+    views: ViewsConfig = ViewsConfig()
+    loss: Literal["ntxent", "infonce", "triplet", "margin"] = "ntxent"
+    """``ntxent``: SimCLR's symmetric loss over both views; ``infonce``: SimCSE's, each first view
+    against the second views; ``triplet`` (with ``mining``); ``margin``: Hadsell et al.'s pairs."""
+    positives: Literal["views", "labels"] = "views"
+    """What counts as a positive: the other view of the same example, or also every example of
+    the same class (supervised contrastive; needs ``label_column``)."""
+    temperature: float = Field(0.5, gt=0)
+    margin: float = Field(0.5, gt=0)
+    """triplet / margin: on L2-normalised embeddings (distances in [0, 2])."""
+    mining: Literal["batch_hard", "semi_hard"] = "batch_hard"
+    num_negatives: int | None = Field(None, gt=0)
+    """Negatives each anchor is scored against, drawn at random from the batch (all devices);
+    ``None``: all of them. The batch must hold that many."""
+    projection_dims: list[int] = [128]
+    """The projection head's dense layers after the pooled embedding ([]: none)."""
+    projection_activation: Literal["relu", "gelu", "tanh"] = "relu"
+    pooling: Literal["cls", "mean"] = "cls"
+    """Text / ViT: the first token's final hidden state, or the mean over the real tokens."""
+    truncation: Literal["truncate", "error"] = "truncate"
+
+    @field_validator("split")
+    @classmethod
+    def _shares(cls, v):
+        return check_split(v)
+
+    @property
+    def head(self) -> str:
+        return "contrastive"
+
+
 TaskConfig = Annotated[Union[CausalLMTaskConfig, MaskedLMTaskConfig, ClassificationTaskConfig,  # noqa: UP007
-                             Seq2SeqTaskConfig, ImageClassificationTaskConfig, RegressionTaskConfig],
+                             Seq2SeqTaskConfig, ImageClassificationTaskConfig, RegressionTaskConfig,
+                             ContrastiveTaskConfig],
                        Field(discriminator="type")]
 TASKS = {"causal_lm": CausalLMTaskConfig, "mlm": MaskedLMTaskConfig, "classification": ClassificationTaskConfig,
          "seq2seq": Seq2SeqTaskConfig, "image_classification": ImageClassificationTaskConfig,
-         "regression": RegressionTaskConfig}
+         "regression": RegressionTaskConfig, "contrastive": ContrastiveTaskConfig}
 
 
 class PrecisionConfig(Section):

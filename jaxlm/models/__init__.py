@@ -14,6 +14,7 @@ from jaxlm.errors import JaxlmError
 from jaxlm.models import bert, distilbert, gpt2, vit, lstm_seq2seq, seq2seq
 from jaxlm.models import mlp, resnet, rnn, text_cnn
 from jaxlm.models.base import ModelConfig, TorchKeyMap
+from jaxlm.models.contrastive import ContrastiveModel
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,8 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
     }, vit.TORCH_KEY_MAP),
     "text_cnn": ModelFamily(text_cnn.TextCNNConfig, {"classification": text_cnn.TextCNNForSequenceClassification}),
     "rnn": ModelFamily(rnn.RNNConfig, {"classification": rnn.RNNForSequenceClassification}),
-    "resnet": ModelFamily(resnet.ResNetConfig, {"image_classification": resnet.ResNetForImageClassification}),
+    "resnet": ModelFamily(resnet.ResNetConfig, {"base": resnet.ResNetModel,
+                                                "image_classification": resnet.ResNetForImageClassification}),
     "mlp": ModelFamily(mlp.MLPConfig, {"regression": mlp.MLPForRegression}),
     "transformer_seq2seq": ModelFamily(seq2seq.TransformerSeq2SeqConfig, {"seq2seq": seq2seq.TransformerSeq2Seq}),
     "lstm_seq2seq": ModelFamily(lstm_seq2seq.LSTMSeq2SeqConfig, {"seq2seq": lstm_seq2seq.LSTMSeq2Seq}),
@@ -60,6 +62,12 @@ class ModelError(JaxlmError):
 
 def build_model(config: ModelConfig, head: str, **module_kwargs) -> nn.Module:
     family = MODEL_FAMILIES[config.type]
+    if head == "contrastive":  # any family's trunk with a projection head (jaxlm.models.contrastive)
+        if "base" not in family.heads:
+            raise ModelError(f"model type {config.type!r} has no embedding output (no base model) to train "
+                             f"contrastively; use one of: {', '.join(sorted(n for n, f in MODEL_FAMILIES.items() if 'base' in f.heads))}")
+        trunk_name = family.torch_keys.prefix if family.torch_keys else None
+        return ContrastiveModel(config, family.heads["base"], trunk_name, **module_kwargs)
     if head not in family.heads:
         raise ModelError(f"model type {config.type!r} has no {head!r} head; it has: "
                          f"{', '.join(sorted(family.heads))}")
@@ -70,4 +78,6 @@ def head_of(model: nn.Module) -> str:
     """The registry name of a built model's head (``causal_lm``, ``masked_lm``, ...)."""
     heads = MODEL_FAMILIES[model.config.type].heads
     module = getattr(model, "module", model)  # a StatefulModel's module
+    if isinstance(module, ContrastiveModel):
+        return "contrastive"
     return next(h for h, cls in heads.items() if cls is type(module))

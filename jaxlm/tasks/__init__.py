@@ -47,11 +47,13 @@ class Task(Protocol):
 def build_task(config: Config, run_dir: Path) -> Task:
     from jaxlm.tasks.causal_lm import CausalLMTask
     from jaxlm.tasks.classification import ClassificationTask
+    from jaxlm.tasks.contrastive import ContrastiveTask
     from jaxlm.tasks.image_classification import ImageClassificationTask
     from jaxlm.tasks.mlm import MaskedLMTask
     from jaxlm.tasks.regression import RegressionTask
     from jaxlm.tasks.seq2seq import Seq2SeqTask
 
     tasks = {"causal_lm": CausalLMTask, "mlm": MaskedLMTask, "classification": ClassificationTask,
-             "seq2seq": Seq2SeqTask, "image_classification": ImageClassificationTask, "regression": RegressionTask}
+             "seq2seq": Seq2SeqTask, "image_classification": ImageClassificationTask, "regression": RegressionTask,
+             "contrastive": ContrastiveTask}
     return tasks[config.task.type](config, run_dir)
