@@ -62,16 +62,23 @@ class ModelError(JaxlmError):
 
 def build_model(config: ModelConfig, head: str, **module_kwargs) -> nn.Module:
     family = MODEL_FAMILIES[config.type]
-    if head == "contrastive":  # any family's trunk with a projection head (jaxlm.models.contrastive)
-        if "base" not in family.heads:
-            raise ModelError(f"model type {config.type!r} has no embedding output (no base model) to train "
-                             f"contrastively; use one of: {', '.join(sorted(n for n, f in MODEL_FAMILIES.items() if 'base' in f.heads))}")
-        trunk_name = family.torch_keys.prefix if family.torch_keys else None
-        return ContrastiveModel(config, family.heads["base"], trunk_name, **module_kwargs)
+    if head == "contrastive":
+        return ContrastiveModel(config, *contrastive_trunk(config), **module_kwargs)
     if head not in family.heads:
         raise ModelError(f"model type {config.type!r} has no {head!r} head; it has: "
                          f"{', '.join(sorted(family.heads))}")
     return family.heads[head](config, **module_kwargs)
+
+
+def contrastive_trunk(config: ModelConfig) -> tuple[type[nn.Module], str | None]:
+    """The base model class a contrastive model wraps, and its trunk's param name in the family's
+    head models (``None``: flat); a family without a base model has no embedding output."""
+    family = MODEL_FAMILIES[config.type]
+    if "base" not in family.heads:
+        usable = ", ".join(sorted(n for n, f in MODEL_FAMILIES.items() if "base" in f.heads))
+        raise ModelError(f"model type {config.type!r} has no embedding output (no base model) to train "
+                         f"contrastively; use one of: {usable}")
+    return family.heads["base"], family.torch_keys.prefix if family.torch_keys else None
 
 
 def head_of(model: nn.Module) -> str:

@@ -36,6 +36,7 @@ from jaxlm.data.images import load_images, normalize
 from jaxlm.data.labeled import read_dataset, read_files, stratified_split
 from jaxlm.data.views import two_views
 from jaxlm.errors import ConfigError, DataError
+from jaxlm.models import contrastive_trunk
 from jaxlm.tasks.base import ArrayTask
 from jaxlm.tasks.classification import texts_of
 from jaxlm.tasks.encoder import encoder_tokenizer, framer
@@ -211,6 +212,7 @@ class ContrastiveTask(ArrayTask):
 def check_settings(config: Config) -> None:
     """Settings the contrastive loss cannot honour: one line each, before any data is read."""
     t, trainer = config.task, config.trainer
+    contrastive_trunk(config.model)  # the model has an embedding output
     if trainer.grad_accum_steps > 1:
         raise ConfigError("task: contrastive scores each example against the whole batch; gradient accumulation "
                           "would shrink the negatives to a micro-batch: set trainer.grad_accum_steps=1")
