@@ -1,4 +1,4 @@
-"""``jaxlm`` command line: train, eval, generate, predict, fill-mask, checkpoints, convert, tokenizer."""
+"""``jaxlm`` command line: train, eval, generate, predict, embed, fill-mask, checkpoints, convert, tokenizer."""
 
 from __future__ import annotations
 
@@ -81,7 +81,12 @@ def load_model(run: str | None, model_dir: str | None, step=None, best=False):
     config = validate_config(config_dict)
     heads = MODEL_FAMILIES[config.model.type].heads
     head = next((h for h, cls in heads.items() if cls.__name__ == meta.get("architecture")), None)
-    model = build_model(config.model, head or config.task.head)
+    kwargs = {}
+    if (head or config.task.head) == "contrastive":
+        from jaxlm.tasks.contrastive import projection_settings
+
+        kwargs = projection_settings(config.task)
+    model = build_model(config.model, head or config.task.head, **kwargs)
     model_state = load_model_state(run, step, best)
     if model_state:  # BatchNorm running averages: apply() reads them
         model = StatefulModel(model, model_state)
@@ -214,6 +219,39 @@ def cmd_predict(args) -> int:
     print(scores[0][0])
     for label, prob in scores:
         print(f"{prob:.4f}  {label}")
+    return 0
+
+
+def cmd_embed(args) -> int:
+    """Print, write or plot the embeddings of texts or images."""
+    from jaxlm.analysis.embed import builtin_labels, embed, expand_inputs, plot, read_labels, write_embeddings
+
+    model, params, config = load_model(args.run, args.model, args.step, args.best)
+    inputs = expand_inputs(args.inputs)
+    if args.input_file:
+        path = Path(args.input_file)
+        if not path.is_file():
+            raise JaxlmError(f"--from {path}: no such file")
+        inputs += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not inputs:
+        raise JaxlmError("give texts or images to embed (digits:0-99, files, or --from FILE with one per line)")
+    labels = read_labels(args.labels, len(inputs)) or builtin_labels(inputs)
+    images = "pixel_values" in model.config.dummy_inputs()
+    tokenizer = None if images else tokenizer_of(args.run, args.model, config)
+    vectors = embed(model, params, config, tokenizer, inputs, args.pooling)
+    if args.plot:
+        if not args.out:
+            raise JaxlmError("--plot writes a figure: add --out fig.png")
+        out = Path(args.out)
+        plot(vectors, labels, args.plot, out, f"{args.run or args.model}: {len(inputs)} embeddings, {args.plot}")
+        print(f"wrote {out}: {args.plot} of {len(inputs)} embeddings of size {vectors.shape[1]}")
+    elif args.out:
+        write_embeddings(Path(args.out), inputs, vectors, labels)
+        print(f"wrote {args.out}: {len(inputs)} embeddings of size {vectors.shape[1]}")
+    else:
+        for i, (text, v) in enumerate(zip(inputs, vectors)):
+            print(json.dumps({"input": text, **({"label": labels[i]} if labels else {}),
+                              "embedding": [round(float(x), 6) for x in v]}))
     return 0
 
 
@@ -359,6 +397,21 @@ def build_parser() -> argparse.ArgumentParser:
                    "regression the features, comma-separated")
     p.add_argument("text_pair", nargs="?", help="the second text of a pair")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("embed", help="embeddings of texts or images: print them, write .npy / .jsonl, or plot them "
+                       "(t-SNE / PCA)")
+    model_source(p, "encoder (a contrastive run, or any text / image model)")
+    p.add_argument("inputs", nargs="*", metavar="TEXT_OR_IMAGE",
+                   help="texts, or images: files, digits:INDEX, shapes:INDEX, ranges such as digits:0-499")
+    p.add_argument("--from", dest="input_file", metavar="FILE", help="more inputs, one per line")
+    p.add_argument("--out", help="write the embeddings (.npy or .jsonl), or with --plot the figure (.png)")
+    p.add_argument("--plot", choices=["tsne", "pca"], help="draw the embeddings in 2-D (scikit-learn, matplotlib)")
+    p.add_argument("--labels", nargs="+", metavar="LABEL",
+                   help="one label per input (or a file with one per line) to colour the plot; digits:/shapes: "
+                   "inputs are labelled with their classes")
+    p.add_argument("--pooling", choices=["cls", "mean"], default="cls",
+                   help="for runs that are not contrastive: how a sequence becomes one vector (default cls)")
+    p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("attention", help="a ViT's attention on an image: per-head statistics and a [CLS] heatmap PNG")
     model_source(p, "ViT")

@@ -97,3 +97,22 @@ def test_bad_settings_are_one_line_errors(tmp_path, extra, needles):
 def test_a_model_without_embedding_output_is_refused(tmp_path):
     out = jaxlm("train", "configs/seq2seq-reverse.yaml", f"run.out_dir={tmp_path}", "task=contrastive")
     one_line_error(out, "transformer_seq2seq", "no embedding output")
+
+
+def test_embed_prints_writes_and_plots(tmp_path):
+    import numpy as np
+
+    assert jaxlm(*simclr(tmp_path / "run", **{"trainer.max_steps": 1, "trainer.eval_every": 1})).returncode == 0
+    out = jaxlm("embed", "--run", tmp_path / "run", "digits:0-2")
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["input"] for r in rows] == ["digits:0", "digits:1", "digits:2"] and [r["label"] for r in rows] == \
+        ["0", "1", "2"] and len(rows[0]["embedding"]) == 8
+    assert jaxlm("embed", "--run", tmp_path / "run", "digits:0-9", "--out", tmp_path / "e.npy").returncode == 0
+    vectors = np.load(tmp_path / "e.npy")
+    assert vectors.shape == (10, 8)
+    np.testing.assert_allclose(vectors[:3], [r["embedding"] for r in rows], atol=1e-5)
+    out = jaxlm("embed", "--run", tmp_path / "run", "digits:0-39", "--plot", "pca", "--out", tmp_path / "p.png")
+    assert out.returncode == 0 and (tmp_path / "p.png").stat().st_size > 1000
+    one_line_error(jaxlm("embed", "--run", tmp_path / "run", "digits:0-3", "--labels", "a", "b"), "--labels gives 2")
+    one_line_error(jaxlm("embed", "--run", tmp_path / "run", "digits:0-3", "--out", tmp_path / "e.txt"), ".npy")
+    assert not list(tmp_path.glob(".*tmp*"))

@@ -61,8 +61,7 @@ class ContrastiveTask(ArrayTask):
         t, model = config.task, config.model
         self.config, self.t, self.head, self.seed = config, t, t.head, config.run.seed
         self.images = is_image_model(model)
-        self.model_kwargs = {"projection_dims": tuple(t.projection_dims),
-                             "projection_activation": t.projection_activation, "pooling": t.pooling}
+        self.model_kwargs = projection_settings(t)
         check_settings(config)
         if self.images:
             self._read_images()
@@ -207,6 +206,13 @@ class ContrastiveTask(ArrayTask):
                 "eval_alignment": float(sums["alignment"] / pairs),
                 "eval_uniformity": math.log(uniformity) if uniformity > 0 else float("-inf"),
                 "eval_top1": float(sums["top1"] / pairs)}
+
+
+def projection_settings(task_config) -> dict:
+    """The :class:`~jaxlm.models.contrastive.ContrastiveModel` arguments a contrastive task's settings give."""
+    t = task_config
+    return {"projection_dims": tuple(t.projection_dims), "projection_activation": t.projection_activation,
+            "pooling": t.pooling}
 
 
 def check_settings(config: Config) -> None:
