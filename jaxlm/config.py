@@ -92,6 +92,10 @@ class TrainerConfig(Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     progress_bar: bool = True
     early_stopping: EarlyStoppingConfig | None = None
+    trainable: list[str] | None = None
+    """Train only the params whose ``/``-joined name (``classifier/kernel``, ``bert/layer_1/...``)
+    matches one of these regular expressions; the rest stay frozen (a linear probe:
+    ``[classifier]``). ``None``: all of them."""
 
 
 class FtrlConfig(Section):
@@ -125,6 +129,31 @@ class OptimizerConfig(Section):
     """``name: ftrl`` only: Keras ``Ftrl``'s settings (``learning_rate`` is the section's)."""
     clip_norm: float | None = Field(1.0, gt=0)
     """Clip gradients to this global L2 norm; ``None`` disables clipping."""
+    groups: dict[str, dict[str, Any]] = {}
+    """Per parameter group (a GAN's ``generator`` / ``discriminator``): settings of this section
+    that differ for it, e.g. ``{generator: {learning_rate: 2.0e-4}}``."""
+
+    @field_validator("groups")
+    @classmethod
+    def _group_keys(cls, v):
+        for group, settings in v.items():
+            unknown = set(settings) - set(cls.model_fields) - {"groups"}
+            if unknown or "groups" in settings:
+                key = sorted(unknown or {"groups"})[0]
+                raise ValueError(f"optimizer.groups.{group}.{key} is not an optimizer setting; use one of "
+                                 f"{', '.join(k for k in cls.model_fields if k != 'groups')}")
+        return v
+
+    def for_group(self, name: str) -> "OptimizerConfig":
+        """This section with ``groups[name]``'s settings over it."""
+        if name not in self.groups:
+            return self
+        try:
+            return OptimizerConfig.model_validate({**self.model_dump(), **self.groups[name], "groups": {}})
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise ConfigError(f"optimizer.groups.{name}.{'.'.join(map(str, err['loc']))}: {err['msg'].lower()}") \
+                from None
 
 
 class PlateauConfig(Section):
@@ -707,7 +736,7 @@ def save_config(config: Config, path: Path) -> None:
 # checkpoint that agrees on them. Everything else (max_steps, log/eval cadence, learning
 # rate, dropout, ...) may change between restarts.
 STATE_KEYS = ("task", "model", "precision.params", "optimizer.name", "run.seed", "trainer.batch_size",
-              "data.seq_len", "data.paths", "data.tokenizer")
+              "data.seq_len", "data.paths", "data.tokenizer", "trainer.trainable")
 HARMLESS_MODEL_KEYS = {"init_from", "attention_implementation", "remat"}  # and every dropout rate
 HARMLESS_TASK_KEYS = {"eval_split", "truncation"}
 

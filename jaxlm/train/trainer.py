@@ -8,6 +8,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from jaxlm.models.state import split_variables
 from jaxlm.parallel.mesh import batch_sharding, data_parallel_size, make_mesh, param_shardings, rules_for
 from jaxlm.tasks import Task, build_task
 from jaxlm.train.early_stopping import EarlyStopping, LoopPosition
+from jaxlm.train.groups import GroupSpec, ParamGroup, build_groups, init_opt_state
 from jaxlm.train.logging import MetricsLogger, console_summary, rewind_metrics
 from jaxlm.train.optim import build_optimizer, plateau_observer
 from jaxlm.train.precision import DTYPES, LossScale, cast_floats, skip_nonfinite
@@ -44,8 +46,8 @@ class Setup:
     mesh: jax.sharding.Mesh
     task: Task
     model: nn.Module
-    tx: Any
-    schedule: Any
+    groups: list[ParamGroup]
+    """What trains, with which optimizer (jaxlm/train/groups.py)."""
     abstract_state: TrainState  # ShapeDtypeStructs carrying the target shardings
     batch_sharding: jax.sharding.NamedSharding
     rules: tuple
@@ -59,8 +61,8 @@ class Setup:
         def init(key):
             params_key, key = jax.random.split(key)
             params, model_state = nn.meta.unbox(init_variables(self.model, self.config, params_key, example))
-            return TrainState(jnp.zeros((), jnp.int32), params, self.tx.init(params), key, new_loss_scale(c),
-                              model_state)
+            return TrainState(jnp.zeros((), jnp.int32), params, init_opt_state(self.groups, params), key,
+                              new_loss_scale(c), model_state)
 
         with self.sharding_context():
             state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(c.run.seed))
@@ -112,20 +114,26 @@ def setup(config: Config) -> Setup:
     # A task may pass the module data-dependent arguments (a word model's pretrained embeddings).
     model = build_model(config.model, task.head, dtype=DTYPES[config.precision.compute],
                         **getattr(task, "model_kwargs", {}))
-    tx, schedule = build_optimizer(config.optimizer, config.schedule, t.max_steps)
-    tx = skip_nonfinite(tx, config.precision.compute)
-
     example = task.model_inputs(task.example_batch(1))
+
+    def make_tx(group: str):
+        tx, schedule = build_optimizer(config.optimizer.for_group(group), config.schedule, t.max_steps)
+        return skip_nonfinite(tx, config.precision.compute), schedule
+
+    specs = task.param_groups() if hasattr(task, "param_groups") else [GroupSpec("all", task.loss)]
+    abstract_params = jax.eval_shape(lambda key: init_variables(model, config, key, example)[0], jax.random.key(0))
+    groups = build_groups(specs, nn.meta.unbox(abstract_params), t.trainable, make_tx)
 
     def boxed_state(key):
         params, model_state = init_variables(model, config, key, example)
-        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), key, new_loss_scale(config), model_state)
+        return TrainState(jnp.zeros((), jnp.int32), params, init_opt_state(groups, params), key,
+                          new_loss_scale(config), model_state)
 
     boxed = jax.eval_shape(boxed_state, jax.random.PRNGKey(0))
     shardings = param_shardings(nn.get_partition_spec(boxed), nn.meta.unbox(boxed), mesh, rules)
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             nn.meta.unbox(boxed), shardings)
-    return Setup(config, run_dir, mesh, task, model, tx, schedule, abstract, batch_sharding(mesh, rules), rules)
+    return Setup(config, run_dir, mesh, task, model, groups, abstract, batch_sharding(mesh, rules), rules)
 
 
 def evaluate(s: Setup, params, eval_fn=None, model_state=None) -> dict[str, float]:
@@ -162,8 +170,8 @@ def train(config: Config) -> dict[str, float]:
 
     shardings = jax.tree.map(lambda a: a.sharding, s.abstract_state)
     train_step = jax.jit(
-        make_train_step(s.model, s.task, s.tx, s.schedule, t.grad_accum_steps, t.label_smoothing,
-                        c.model.uses_dropout),
+        make_train_step(s.model, s.task, None, None, t.grad_accum_steps, t.label_smoothing, c.model.uses_dropout,
+                        s.groups),
         in_shardings=(shardings, s.batch_sharding), out_shardings=(shardings, None), donate_argnums=0)
     eval_fn = jax.jit(make_eval_step(s.model, s.task),
                       in_shardings=(shardings.params, shardings.model_state, s.batch_sharding))
@@ -267,8 +275,9 @@ def start_state(s: Setup, ckpt: Checkpoints, data) -> TrainState:
     state = s.init_state()
     if c.model.init_from:
         params = load_params_into(c.model.init_from, s.abstract_state.params, initial=state.params)
-        state = state.replace(params=params, opt_state=jax.jit(s.tx.init, out_shardings=jax.tree.map(
-            lambda a: a.sharding, s.abstract_state.opt_state))(params))
+        opt_shardings = jax.tree.map(lambda a: a.sharding, s.abstract_state.opt_state)
+        state = state.replace(params=params, opt_state=jax.jit(partial(init_opt_state, s.groups),
+                                                               out_shardings=opt_shardings)(params))
         log.info("initialised params from %s", c.model.init_from)
         if state.model_state:  # BatchNorm statistics come with the weights when the checkpoint has them
             saved = load_model_state(c.model.init_from, abstract_state=s.abstract_state.model_state)
