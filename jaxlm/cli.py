@@ -255,6 +255,19 @@ def cmd_embed(args) -> int:
     return 0
 
 
+def cmd_sample(args) -> int:
+    """Write samples of a GAN run: a PNG grid or the images as .npy."""
+    from jaxlm.tasks.gan import sample, write_samples
+
+    if args.num < 1:
+        raise JaxlmError(f"--num {args.num}: give at least 1 sample")
+    model, params, _ = load_model(args.run, None, args.step, args.best)
+    images = sample(model, params, args.num, args.seed)
+    write_samples(images, Path(args.out))
+    print(f"wrote {args.out}: {args.num} samples of {images.shape[1]}x{images.shape[2]} from {args.run}")
+    return 0
+
+
 def cmd_attention(args) -> int:
     """Print per-layer, per-head attention statistics of an image; write the [CLS] heatmap."""
     from jaxlm.analysis.attention import (attention_maps, attention_statistics, cls_grid, statistics_table,
@@ -412,6 +425,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pooling", choices=["cls", "mean"], default="cls",
                    help="for runs that are not contrastive: how a sequence becomes one vector (default cls)")
     p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("sample", help="samples of a GAN run (task: gan): a PNG grid or .npy images")
+    p.add_argument("--run", required=True, help="a jaxlm GAN run directory (or one of its checkpoints/N)")
+    which_checkpoint(p)
+    p.add_argument("--num", type=int, default=64, help="how many samples (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the latents (default 0)")
+    p.add_argument("--out", required=True, help="grid.png (a grid) or samples.npy (uint8 [num, height, width, channels])")
+    p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("attention", help="a ViT's attention on an image: per-head statistics and a [CLS] heatmap PNG")
     model_source(p, "ViT")

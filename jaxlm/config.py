@@ -526,13 +526,50 @@ class ContrastiveTaskConfig(Section):
         return "contrastive"
 
 
+class GANTaskConfig(Section):
+    """A generative adversarial network (``model.type: dcgan``) on ``dataset``'s images: the
+    discriminator and the generator are two parameter groups with their own optimizers
+    (``optimizer.groups.discriminator`` / ``.generator``); each trainer step makes ``d_steps``
+    discriminator updates, then one generator update."""
+
+    type: Literal["gan"] = "gan"
+    dataset: str = "digits"
+    dataset_config: str | None = None
+    dataset_split: str = "train"
+    image_column: str = "image"
+    label_column: str = "label"
+    split: list[float] = [0.85, 0.15, 0.0]
+    split_seed: int = 0
+    loss: Literal["bce", "hinge"] = "bce"
+    """``bce``: the original minimax loss with the non-saturating generator loss; ``hinge``: the
+    hinge loss of SAGAN / BigGAN."""
+    d_steps: int = Field(1, gt=0)
+    classifier: str | None = None
+    """An image classifier run (``configs/resnet-digits.yaml``) that scores generated samples at
+    each evaluation: ``eval_confident`` (the share it classifies with probability at least
+    ``confidence``), ``eval_class_entropy`` (of the mean predicted class distribution: diversity)
+    and ``eval_inception_score``."""
+    confidence: float = Field(0.9, gt=0, lt=1)
+    eval_samples: int = Field(512, gt=0)
+    """Samples scored per evaluation (fixed latents, so evaluations compare)."""
+
+    @field_validator("split")
+    @classmethod
+    def _shares(cls, v):
+        return check_split(v)
+
+    @property
+    def head(self) -> str:
+        return "gan"
+
+
 TaskConfig = Annotated[Union[CausalLMTaskConfig, MaskedLMTaskConfig, ClassificationTaskConfig,  # noqa: UP007
                              Seq2SeqTaskConfig, ImageClassificationTaskConfig, RegressionTaskConfig,
-                             ContrastiveTaskConfig],
+                             ContrastiveTaskConfig, GANTaskConfig],
                        Field(discriminator="type")]
 TASKS = {"causal_lm": CausalLMTaskConfig, "mlm": MaskedLMTaskConfig, "classification": ClassificationTaskConfig,
          "seq2seq": Seq2SeqTaskConfig, "image_classification": ImageClassificationTaskConfig,
-         "regression": RegressionTaskConfig, "contrastive": ContrastiveTaskConfig}
+         "regression": RegressionTaskConfig, "contrastive": ContrastiveTaskConfig, "gan": GANTaskConfig}
 
 
 class PrecisionConfig(Section):

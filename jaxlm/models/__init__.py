@@ -12,7 +12,7 @@ import flax.linen as nn
 
 from jaxlm.errors import JaxlmError
 from jaxlm.models import bert, distilbert, gpt2, vit, lstm_seq2seq, seq2seq
-from jaxlm.models import mlp, resnet, rnn, text_cnn
+from jaxlm.models import dcgan, mlp, resnet, rnn, text_cnn
 from jaxlm.models.base import ModelConfig, TorchKeyMap
 from jaxlm.models.contrastive import ContrastiveModel
 
@@ -51,6 +51,7 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
     "resnet": ModelFamily(resnet.ResNetConfig, {"base": resnet.ResNetModel,
                                                 "image_classification": resnet.ResNetForImageClassification}),
     "mlp": ModelFamily(mlp.MLPConfig, {"regression": mlp.MLPForRegression}),
+    "dcgan": ModelFamily(dcgan.DCGANConfig, {"gan": dcgan.DCGAN}),
     "transformer_seq2seq": ModelFamily(seq2seq.TransformerSeq2SeqConfig, {"seq2seq": seq2seq.TransformerSeq2Seq}),
     "lstm_seq2seq": ModelFamily(lstm_seq2seq.LSTMSeq2SeqConfig, {"seq2seq": lstm_seq2seq.LSTMSeq2Seq}),
 }

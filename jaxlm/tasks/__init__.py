@@ -48,6 +48,7 @@ def build_task(config: Config, run_dir: Path) -> Task:
     from jaxlm.tasks.causal_lm import CausalLMTask
     from jaxlm.tasks.classification import ClassificationTask
     from jaxlm.tasks.contrastive import ContrastiveTask
+    from jaxlm.tasks.gan import GANTask
     from jaxlm.tasks.image_classification import ImageClassificationTask
     from jaxlm.tasks.mlm import MaskedLMTask
     from jaxlm.tasks.regression import RegressionTask
@@ -55,5 +56,5 @@ def build_task(config: Config, run_dir: Path) -> Task:
 
     tasks = {"causal_lm": CausalLMTask, "mlm": MaskedLMTask, "classification": ClassificationTask,
              "seq2seq": Seq2SeqTask, "image_classification": ImageClassificationTask, "regression": RegressionTask,
-             "contrastive": ContrastiveTask}
+             "contrastive": ContrastiveTask, "gan": GANTask}
     return tasks[config.task.type](config, run_dir)

@@ -36,6 +36,8 @@ class GroupSpec:
     loss: Callable
     owns: tuple[str, ...] | None = None
     repeats: int = 1
+    random: bool = False
+    """The loss draws random numbers (a GAN's latents): it gets a key even for models without dropout."""
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,8 @@ def make_train_step(model, task, tx: optax.GradientTransformationExtraArgs, sche
         def summed_loss(trainable, model_state, batch, rng):
             bound = StatefulModel(model, model_state, train=True)
             full = trainable if group.paths is None else group.merge(params, trainable)
-            loss, weight = group.spec.loss(bound, full, batch, rng if dropout else None, label_smoothing)
+            loss, weight = group.spec.loss(bound, full, batch, rng if dropout or group.spec.random else None,
+                                           label_smoothing)
             return loss * scale, (weight, bound.state)  # float16: scaled up so small gradients survive
 
         grad_fn = jax.value_and_grad(summed_loss, has_aux=True)
