@@ -42,11 +42,30 @@ def cmd_eval(args) -> int:
 
     from jaxlm.parallel import distributed
 
+    if (args.epsilon, args.steps, args.step_size) != (None, None, None) and not args.attack:
+        raise JaxlmError("--epsilon / --steps / --step-size set an attack: add --attack fgm|pgd|noise")
     config = _config(args)
     distributed.initialize()
     _, params, meta = load_run(config.run.out_dir, args.step, args.best)
     model_state = load_model_state(config.run.out_dir, args.step, args.best)
-    _print_metrics({"step": meta["step"], **evaluate(setup(config), params, model_state=model_state)})
+    s = setup(config)
+    attack = {}
+    if args.attack:
+        from pydantic import ValidationError
+
+        from jaxlm.config import AdversarialConfig
+        from jaxlm.train.adversarial import AdversarialTask
+
+        settings = {"method": args.attack, "epsilon": args.epsilon, "steps": args.steps, "step_size": args.step_size}
+        try:
+            cfg = AdversarialConfig(**{k: v for k, v in settings.items() if v is not None})
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise JaxlmError(f"--{str(err['loc'][0]).replace('_', '-')} {err['input']}: {err['msg'].lower()}") from None
+        clean = s.task.task if isinstance(s.task, AdversarialTask) else s.task  # attack the task, not its training loss
+        s.task = AdversarialTask(clean, s.model, None, attack=cfg)
+        attack = {"attack": args.attack, "epsilon": cfg.epsilon}
+    _print_metrics({"step": meta["step"], **attack, **evaluate(s, params, model_state=model_state)})
     return 0
 
 
@@ -344,6 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a checkpoint of a config's run.out_dir")
     with_config(p)
     which_checkpoint(p)
+    p.add_argument("--attack", choices=["fgm", "pgd", "noise"],
+                   help="evaluate under this perturbation of the embedding output (robustness)")
+    p.add_argument("--epsilon", type=float, help="the attack's per-example L2 radius (noise: std; default 1.0)")
+    p.add_argument("--steps", type=int, help="pgd: gradient steps (default 3)")
+    p.add_argument("--step-size", type=float, help="pgd: each step's L2 length (default 2.5 * epsilon / steps)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("generate", help="continue a prompt with a language model, or translate it with a seq2seq "

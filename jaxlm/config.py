@@ -78,6 +78,19 @@ class EarlyStoppingConfig(Section):
     min_delta: float = Field(0.0, ge=0)
 
 
+class AdversarialConfig(Section):
+    """Adversarial perturbations of the embedding output (jaxlm/train/adversarial.py); training
+    adds the loss at the perturbation to the clean loss."""
+
+    method: Literal["noise", "fgm", "pgd"] = "fgm"
+    epsilon: float = Field(1.0, gt=0)
+    """noise: the standard deviation (the book's 1e-3); fgm / pgd: the per-example L2 radius."""
+    steps: int = Field(3, gt=0)
+    """pgd: gradient steps."""
+    step_size: float | None = Field(None, gt=0)
+    """pgd: the L2 length of each step; ``None``: 2.5 * epsilon / steps (Madry et al.)."""
+
+
 class TrainerConfig(Section):
     max_steps: int = Field(1000, gt=0)
     batch_size: int = Field(32, gt=0)
@@ -92,6 +105,8 @@ class TrainerConfig(Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     progress_bar: bool = True
     early_stopping: EarlyStoppingConfig | None = None
+    adversarial: AdversarialConfig | None = None
+    """Adversarial training: the clean loss plus the loss at a perturbation of the embeddings."""
     trainable: list[str] | None = None
     """Train only the params whose ``/``-joined name (``classifier/kernel``, ``bert/layer_1/...``)
     matches one of these regular expressions; the rest stay frozen (a linear probe:

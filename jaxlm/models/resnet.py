@@ -91,7 +91,7 @@ class ResNetModel(nn.Module):
         norm = partial(nn.BatchNorm, use_running_average=not self.is_mutable_collection("batch_stats"),
                        momentum=c.batch_norm_momentum, epsilon=c.batch_norm_epsilon, dtype=self.dtype,
                        scale_init=ones(("mlp",)), bias_init=zeros(("mlp",)))
-        x = pixel_values.astype(self.dtype)
+        x = self.perturb("pixels", pixel_values.astype(self.dtype))  # adversarial hook: the pixels are the input
         if c.stem == "imagenet":
             x = nn.relu(norm(name="stem_bn")(_conv(c.stage_widths[0], (7, 7), (2, 2), "stem_conv", self.dtype)(x)))
             x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))

@@ -27,6 +27,7 @@ from jaxlm.models import build_model
 from jaxlm.models.state import split_variables
 from jaxlm.parallel.mesh import batch_sharding, data_parallel_size, make_mesh, param_shardings, rules_for
 from jaxlm.tasks import Task, build_task
+from jaxlm.train.adversarial import AdversarialTask
 from jaxlm.train.early_stopping import EarlyStopping, LoopPosition
 from jaxlm.train.groups import GroupSpec, ParamGroup, build_groups, init_opt_state
 from jaxlm.train.logging import MetricsLogger, console_summary, rewind_metrics
@@ -120,7 +121,10 @@ def setup(config: Config) -> Setup:
         tx, schedule = build_optimizer(config.optimizer.for_group(group), config.schedule, t.max_steps)
         return skip_nonfinite(tx, config.precision.compute), schedule
 
-    specs = task.param_groups() if hasattr(task, "param_groups") else [GroupSpec("all", task.loss)]
+    if t.adversarial is not None:  # a loss wrapper: clean + adversarial loss
+        task = AdversarialTask(task, model, t.adversarial)
+    noisy = t.adversarial is not None and t.adversarial.method == "noise"
+    specs = task.param_groups() if hasattr(task, "param_groups") else [GroupSpec("all", task.loss, random=noisy)]
     abstract_params = jax.eval_shape(lambda key: init_variables(model, config, key, example)[0], jax.random.key(0))
     groups = build_groups(specs, nn.meta.unbox(abstract_params), t.trainable, make_tx)
 
