@@ -455,7 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
     which_checkpoint(p)
     p.add_argument("--num", type=int, default=64, help="how many samples (default 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of the latents (default 0)")
-    p.add_argument("--out", required=True, help="grid.png (a grid) or samples.npy (uint8 [num, height, width, channels])")
+    p.add_argument("--out", required=True,
+                   help="grid.png (a grid) or samples.npy (uint8 [num, height, width, channels])")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("attention", help="a ViT's attention on an image: per-head statistics and a [CLS] heatmap PNG")

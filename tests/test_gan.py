@@ -18,7 +18,8 @@ TINY = {"model.generator_features": 16, "model.discriminator_features": 8, "mode
 
 
 def gan(out, **extra):
-    return ["train", "configs/gan-digits.yaml", f"run.out_dir={out}", *[f"{k}={v}" for k, v in {**TINY, **extra}.items()]]
+    settings = {**TINY, **extra}
+    return ["train", "configs/gan-digits.yaml", f"run.out_dir={out}", *[f"{k}={v}" for k, v in settings.items()]]
 
 
 @pytest.mark.parametrize("d_steps", [1, 2])

@@ -33,7 +33,8 @@ class TrainState:
 
 
 def make_train_step(model, task, tx: optax.GradientTransformationExtraArgs, schedule: Callable,
-                    grad_accum_steps: int, label_smoothing: float, dropout: bool, groups: list[ParamGroup] | None = None):
+                    grad_accum_steps: int, label_smoothing: float, dropout: bool,
+                    groups: list[ParamGroup] | None = None):
     """One optimizer update per call (per parameter group: see jaxlm/train/groups.py).
 
     ``groups`` (built by the trainer) say what trains, with which optimizer, in which order;
