@@ -72,6 +72,9 @@ class Checkpoints:
                     "model_state": ocp.StandardCheckpointHandler(),
                     "data": ocp.JsonCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
         self.manager = ocp.CheckpointManager(checkpoint_dir(run_dir), options=options, item_handlers=handlers)
+        self.extra_meta: dict = {}
+        """Saved into every checkpoint's meta: ``{"frozen": ...}`` when the params item holds the
+        trainable params only (:mod:`jaxlm.train.trainable`)."""
 
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -90,7 +93,7 @@ class Checkpoints:
             train=ocp.args.StandardSave(train),
             data=ocp.args.JsonSave(data_state),
             meta=ocp.args.JsonSave({"format_version": FORMAT_VERSION, "step": step, "config": config,
-                                    "metrics": metrics}),
+                                    "metrics": metrics, **self.extra_meta}),
         )
         if state.model_state:
             items["model_state"] = ocp.args.StandardSave(state.model_state)
@@ -147,10 +150,11 @@ class Checkpoints:
                                        model_state=out.model_state if abstract_state.model_state else {})
         return state, out.data
 
-    def restore_latest(self, abstract_state, check_config) -> tuple[Any, dict, int] | None:
+    def restore_latest(self, abstract_state, check_meta) -> tuple[Any, dict, int] | None:
         """Newest readable checkpoint; damaged ones are moved to ``corrupt/`` with a warning.
 
-        ``check_config(saved_config)`` raises if the checkpoint cannot continue this run.
+        ``check_meta(meta)`` raises if the checkpoint (its config, its frozen params' fingerprint)
+        cannot continue this run.
         """
         for step in reversed(self.all_steps()):
             try:
@@ -163,7 +167,7 @@ class Checkpoints:
             if meta.get("weights_only"):
                 raise CheckpointError(f"{checkpoint_dir(self.run_dir) / str(step)} holds weights only (written by "
                                       "jaxlm convert); start a new run.out_dir with model.init_from pointing at it")
-            check_config(meta["config"])
+            check_meta(meta)
             try:
                 state, data = self.restore(step, abstract_state)
             except CheckpointError:
@@ -225,13 +229,24 @@ def open_run(path: str | Path, step: int | None = None, best: bool = False) -> t
 
 
 def load_run(path: str | Path, step: int | None = None, best: bool = False) -> tuple[dict, Any, dict]:
-    """``(config dict, params, meta)`` from a run directory or a ``checkpoints/N`` directory."""
+    """``(config dict, params, meta)`` from a run directory or a ``checkpoints/N`` directory.
+
+    ``params`` are all of the model's: for a run that trained some of them only (``meta["frozen"]``),
+    the frozen ones are rebuilt from its initialisation and ``model.init_from`` and checked against
+    the checkpoint's fingerprint.
+    """
     ckpt, step = open_run(path, step, best)
     try:
         meta = ckpt.read_meta(step)
-        return meta["config"], ckpt.read_params(step), meta
+        params = ckpt.read_params(step)
     finally:
         ckpt.close()
+    if meta.get("frozen"):
+        from jaxlm.config import validate_config
+        from jaxlm.train.setup import full_params
+
+        params = full_params(validate_config(meta["config"]), params, meta["frozen"], str(path))
+    return meta["config"], params, meta
 
 
 def load_model_state(path: str | Path, step: int | None = None, best: bool = False, abstract_state=None) -> dict:
@@ -267,11 +282,11 @@ def load_params_into(path: str | Path, abstract_params, initial=None) -> Any:
             return jax.tree.map(lambda x, a: x if a.sharding is None else jax.device_put(x, a.sharding),
                                 to_model(params, config), abstract_params)
 
-    ckpt, step = open_run(path)
+    source = _ParamSource(path)
     try:
-        family = MODEL_FAMILIES.get(ckpt.read_meta(step)["config"]["model"]["type"])
+        family = MODEL_FAMILIES.get(source.meta["config"]["model"]["type"])
         keys = family.torch_keys if family else None
-        saved = _by_trunk_name(ckpt.manager.item_metadata(step).params, keys and keys.prefix)
+        saved = _by_trunk_name(source.tree, keys and keys.prefix)
         wanted = _by_trunk_name(abstract_params, keys and keys.prefix)
 
         def optional(name):
@@ -294,12 +309,12 @@ def load_params_into(path: str | Path, abstract_params, initial=None) -> Any:
             more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
             raise CheckpointError(f"model.init_from={path} does not fit this model: {'; '.join(problems[:3])}{more}")
         if not fresh and not skipped and all(saved[n][0] == wanted[n][0] for n in saved):
-            return ckpt.read_params(step, abstract_params)
+            return source.read(abstract_params)
         # Params this model does not use are read too (as host arrays; orbax's standard handler
         # cannot skip leaves) and dropped.
         item = {p: wanted[n][1] if n in wanted else jax.ShapeDtypeStruct(leaf.shape, leaf.dtype)
                 for n, (p, leaf) in saved.items()}
-        restored = traverse_util.flatten_dict(ckpt.read_params(step, traverse_util.unflatten_dict(item)))
+        restored = traverse_util.flatten_dict(source.read(traverse_util.unflatten_dict(item)))
         start = traverse_util.flatten_dict(initial) if fresh else {}
         out = {p: restored[saved[n][0]] if n in saved else start[p] for n, (p, _) in wanted.items()}
         if fresh:
@@ -310,7 +325,7 @@ def load_params_into(path: str | Path, abstract_params, initial=None) -> Any:
                      len(skipped), ", ".join(shown[n] for n in skipped))
         return traverse_util.unflatten_dict(out)
     finally:
-        ckpt.close()
+        source.close()
 
 
 def _saved_layout(path: str | Path) -> tuple[Any, bool]:
@@ -319,14 +334,39 @@ def _saved_layout(path: str | Path) -> tuple[Any, bool]:
     from jaxlm.models import MODEL_FAMILIES
     from jaxlm.models.layout import is_stacked
 
-    ckpt, step = open_run(path)
+    source = _ParamSource(path)
     try:
-        family = MODEL_FAMILIES.get(ckpt.read_meta(step)["config"]["model"]["type"])
+        family = MODEL_FAMILIES.get(source.meta["config"]["model"]["type"])
         if family is None or family.config.layers_name is None:
             return None, False
-        return family.config, is_stacked(ckpt.manager.item_metadata(step).params, family.config)
+        return family.config, is_stacked(source.tree, family.config)
     finally:
-        ckpt.close()
+        source.close()
+
+
+class _ParamSource:
+    """The latest checkpoint's params at ``path``: their metadata (``tree``) and a reader of any
+    subset of them. A run that saved its trainable params only is rebuilt whole (:func:`load_run`)."""
+
+    def __init__(self, path: str | Path):
+        self.ckpt, self.step = open_run(path)
+        self.meta = self.ckpt.read_meta(self.step)
+        self.full = None
+        if self.meta.get("frozen"):
+            self.ckpt.close()
+            self.full = load_run(path, self.step)[1]
+        self.tree = self.full if self.full is not None else self.ckpt.manager.item_metadata(self.step).params
+
+    def read(self, abstract):
+        if self.full is None:
+            return self.ckpt.read_params(self.step, abstract)
+        saved = traverse_util.flatten_dict(self.full)
+        return traverse_util.unflatten_dict({
+            p: jax.device_put(saved[p], a.sharding) if getattr(a, "sharding", None) is not None else saved[p]
+            for p, a in traverse_util.flatten_dict(abstract).items()})
+
+    def close(self) -> None:
+        self.ckpt.close()
 
 
 def _by_trunk_name(tree, prefix: str | None) -> dict[tuple[str, str], tuple[tuple[str, ...], Any]]:

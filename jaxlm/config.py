@@ -107,10 +107,15 @@ class TrainerConfig(Section):
     early_stopping: EarlyStoppingConfig | None = None
     adversarial: AdversarialConfig | None = None
     """Adversarial training: the clean loss plus the loss at a perturbation of the embeddings."""
-    trainable: list[str] | None = None
-    """Train only the params whose ``/``-joined name (``classifier/kernel``, ``bert/layer_1/...``)
-    matches one of these regular expressions; the rest stay frozen (a linear probe:
-    ``[classifier]``). ``None``: all of them."""
+    trainable: list[str] = []
+    """Regexes over param paths (``bert/layer_0/attention/query/kernel``): only matching params
+    train (``[classifier]``: a linear probe); the rest is frozen. Empty: every param (or a
+    ``peft`` method's own) trains."""
+    freeze: list[str] = []
+    """Regexes over param paths taken out of training (``[embeddings]``)."""
+    unfreeze_every: int | None = Field(None, gt=0)
+    """Gradual unfreezing (ULMFiT): only the top group (head, final norm) trains at first, and one
+    more layer group downwards every N steps, the embeddings last."""
 
 
 class FtrlConfig(Section):
@@ -144,6 +149,9 @@ class OptimizerConfig(Section):
     """``name: ftrl`` only: Keras ``Ftrl``'s settings (``learning_rate`` is the section's)."""
     clip_norm: float | None = Field(1.0, gt=0)
     """Clip gradients to this global L2 norm; ``None`` disables clipping."""
+    layer_decay: float | None = Field(None, gt=0, le=1)
+    """Layer-wise learning-rate decay: layer i of n learns at ``decay ** (n - i)`` times the rate,
+    the embeddings at ``decay ** (n + 1)``, the head at the full rate."""
     groups: dict[str, dict[str, Any]] = {}
     """Per parameter group (a GAN's ``generator`` / ``discriminator``): settings of this section
     that differ for it, e.g. ``{generator: {learning_rate: 2.0e-4}}``."""
@@ -762,7 +770,8 @@ def _describe(err: dict) -> str:
             f"valid keys here: {', '.join(valid)}"
         return f"unknown config key {key!r}; {hint}"
     if kind == "union_tag_invalid":
-        return f"{loc[0]}.type={err['ctx']['tag']!r} is unknown; choose one of: {', '.join(unions[loc[0]])}"
+        tag = err["ctx"].get("discriminator", "'type'").strip("'")
+        return f"{loc[0]}.{tag}={err['ctx']['tag']!r} is unknown; choose one of: {', '.join(unions[loc[0]])}"
     if kind == "value_error":
         return str(err.get("ctx", {}).get("error", err["msg"]))
     if kind == "missing":
@@ -788,7 +797,8 @@ def save_config(config: Config, path: Path) -> None:
 # checkpoint that agrees on them. Everything else (max_steps, log/eval cadence, learning
 # rate, dropout, ...) may change between restarts.
 STATE_KEYS = ("task", "model", "precision.params", "optimizer.name", "run.seed", "trainer.batch_size",
-              "data.seq_len", "data.paths", "data.tokenizer", "trainer.trainable")
+              "data.seq_len", "data.paths", "data.tokenizer", "trainer.trainable", "trainer.freeze",
+              "trainer.unfreeze_every")
 HARMLESS_MODEL_KEYS = {"init_from", "attention_implementation", "remat"}  # and every dropout rate
 HARMLESS_TASK_KEYS = {"eval_split", "truncation"}
 
@@ -807,9 +817,16 @@ def resume_conflicts(saved: dict, config: Config) -> list[str]:
                 "schedule.plateau": get(tree, "schedule.plateau") is not None,
                 "precision.compute float16": get(tree, "precision.compute") == "float16"}
 
+    def written(tree, dotted):  # False for settings added to jaxlm after the checkpoint was written
+        *parents, last = dotted.split(".")
+        node = get(tree, ".".join(parents)) if parents else tree
+        return isinstance(node, dict) and last in node
+
     out = []
     for key in STATE_KEYS:
         a, b = get(saved, key), get(now, key)
+        if not written(saved, key):
+            a = _default(key)
         if key == "task" and isinstance(a, str):  # written before tasks had settings
             a = {"type": a}
         harmless = {"model": HARMLESS_MODEL_KEYS, "task": HARMLESS_TASK_KEYS}.get(key)
@@ -825,3 +842,13 @@ def resume_conflicts(saved: dict, config: Config) -> list[str]:
     sa, sb = structure(saved), structure(now)
     out += [f"{k} set: {sa[k]} in the checkpoint, {sb[k]} now" for k in sa if sa[k] != sb[k]]
     return out
+
+
+def _default(dotted: str):
+    """The schema default of a setting (``trainer.freeze`` -> ``[]``), JSON-dumped like a saved config."""
+    section: Any = Config
+    *parents, last = dotted.split(".")
+    for part in parents:
+        section = _section_type(section.model_fields[part].annotation)
+    default = section.model_fields[last].default
+    return default.model_dump(mode="json") if isinstance(default, BaseModel) else default

@@ -30,7 +30,8 @@ def test_one_step_updates_the_discriminator_then_the_generator(tmp_path, d_steps
     assert set(state.opt_state) == {"discriminator", "generator"}
     from jaxlm.train.step import make_train_step
 
-    new, metrics = jax.jit(make_train_step(s.model, s.task, None, None, 1, 0.0, False, s.groups))(state, batch)
+    step = make_train_step(s.model, s.task, None, None, 1, 0.0, False, s.assemble, s.groups)
+    new, metrics = jax.jit(step)(state, batch, s.constants(state.params))
     # By hand: d_steps Adam updates of the discriminator's params alone, then one of the generator's
     # against the updated discriminator, each with its fold of the step's key.
     _, step_rng = jax.random.split(state.rng)

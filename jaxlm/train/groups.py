@@ -1,20 +1,18 @@
 """What trains: parameter groups, each with its own optax transformation and state.
 
-A run trains one group by default: every parameter that ``trainer.trainable`` selects (all of
-them when unset; a linear probe trains only ``classifier``). A task may declare several
-groups instead (a GAN's ``discriminator`` and ``generator``), each with its own loss, its own
+A run trains one group by default: every parameter left trainable by ``trainer.trainable`` /
+``trainer.freeze`` (jaxlm/train/trainable.py, whose frozen rest is a constant of the step). A
+task may declare several groups instead (a GAN's ``discriminator`` and ``generator``), each with its own loss, its own
 optimizer (``optimizer.groups.<name>`` overrides the ``optimizer`` section) and a number of
 updates per trainer step; the one train step updates them in turn (jaxlm/train/step.py).
 
-Gradients are taken of each group's trainable leaves only (the frozen rest is a constant of
-the loss), so frozen parameters cost no gradient memory and have no optimizer state
-(``optax.set_to_zero`` masking would still compute their gradients, optax #477). The full
-params stay in ``TrainState.params``: checkpoints, evaluation and inference see one tree.
+Gradients are taken of each group's leaves only (the other groups are constants of its loss),
+and each group's optimizer state covers its own leaves; ``TrainState.params`` holds every
+group, so a checkpoint holds both players of a GAN.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -23,7 +21,6 @@ from flax import traverse_util
 
 from jaxlm.errors import ConfigError
 
-Path = tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -65,35 +62,21 @@ class ParamGroup:
                                              **traverse_util.flatten_dict(trainable)})
 
 
-def path_name(path: Path) -> str:
-    return "/".join(path)
-
-
-def select_paths(params, owns: tuple[str, ...] | None, patterns: list[str] | None) -> frozenset:
-    """Paths of the leaves under the top-level keys ``owns`` whose ``/``-joined name matches one of
-    ``patterns`` (``re.search``; ``None``: every leaf)."""
-    compiled = [re.compile(p) for p in patterns or []]
-    return frozenset(p for p in traverse_util.flatten_dict(params)
-                     if (owns is None or p[0] in owns)
-                     and (patterns is None or any(c.search(path_name(p)) for c in compiled)))
-
-
-def build_groups(specs: list[GroupSpec], params, patterns: list[str] | None, make_tx) -> list[ParamGroup]:
-    """The groups of ``specs`` over ``params`` (abstract or real), trainable leaves chosen by
-    ``trainer.trainable`` ``patterns``; ``make_tx(name) -> (tx, schedule)`` builds each optimizer."""
+def build_groups(specs: list[GroupSpec], trainable, make_tx) -> list[ParamGroup]:
+    """The groups of ``specs`` over the ``trainable`` tree (abstract or real: what
+    ``trainer.trainable`` / ``trainer.freeze`` left to train, jaxlm/train/trainable.py);
+    ``make_tx(name, own_trainable) -> (tx, schedule)`` builds each optimizer."""
     groups = []
     for spec in specs:
-        if spec.owns is None and patterns is None:
-            groups.append(ParamGroup(spec, None, *make_tx(spec.name)))
+        if spec.owns is None:
+            groups.append(ParamGroup(spec, None, *make_tx(spec.name, trainable)))
             continue
-        paths = select_paths(params, spec.owns, patterns)
+        paths = frozenset(p for p in traverse_util.flatten_dict(trainable) if p[0] in spec.owns)
         if not paths:
-            names = sorted(path_name(p) for p in traverse_util.flatten_dict(params))
-            shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
-            where = f" of {spec.name}" if len(specs) > 1 else ""
-            raise ConfigError(f"trainer.trainable={patterns} matches no parameter{where}; params are named like "
-                              f"{shown} (patterns are regular expressions searched in those names)")
-        groups.append(ParamGroup(spec, paths, *make_tx(spec.name)))
+            raise ConfigError(f"the {spec.name} parameters ({', '.join(spec.owns)}) are all frozen; "
+                              "trainer.trainable / trainer.freeze must leave them some to train")
+        group = ParamGroup(spec, paths, None, None)
+        groups.append(ParamGroup(spec, paths, *make_tx(spec.name, group.trainable(trainable))))
     return groups
 
 

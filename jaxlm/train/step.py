@@ -1,4 +1,14 @@
-"""The train state and the jit-compiled train / eval steps."""
+"""The train state and the jit-compiled train / eval steps.
+
+Both steps take ``constants``: a pytree the step reads but never updates or donates (the
+frozen params of a parameter-efficient run, a distillation teacher). ``assemble(trainable,
+constants)`` builds the params the model is applied with; gradients are taken with respect to
+the trainable tree only, so none are computed for what ``constants`` holds. A task whose loss
+needs the constants itself (a teacher's logits) sets ``needs_constants = True`` and receives them
+as the ``constants`` keyword of ``loss`` and ``eval_sums``. See docs/constants.md.
+Parameter groups (jaxlm/train/groups.py) split the trainable tree further: each group is
+updated in turn, with its own optimizer, the other groups held constant for its gradient.
+"""
 
 from __future__ import annotations
 
@@ -32,14 +42,24 @@ class TrainState:
     model_state: dict = flax.struct.field(default_factory=dict)
 
 
+def trainable_only(trainable, constants):
+    """The default ``assemble``: the model's params are the trainable tree itself."""
+    return trainable
+
+
+def task_kwargs(task, constants) -> dict:
+    return {"constants": constants} if getattr(task, "needs_constants", False) else {}
+
+
 def make_train_step(model, task, tx: optax.GradientTransformationExtraArgs, schedule: Callable,
                     grad_accum_steps: int, label_smoothing: float, dropout: bool,
-                    groups: list[ParamGroup] | None = None):
-    """One optimizer update per call (per parameter group: see jaxlm/train/groups.py).
+                    assemble: Callable = trainable_only, groups: list[ParamGroup] | None = None):
+    """One optimizer update per call (per parameter group): ``step(state, batch, constants=None)``.
 
-    ``groups`` (built by the trainer) say what trains, with which optimizer, in which order;
-    ``None`` is one group of all params trained by ``tx`` on ``task.loss``. Each group's
-    update takes the gradients of its trainable leaves only, the others held constant.
+    ``groups`` (built by the trainer) say which parts of the trainable tree train, with which
+    optimizer, in which order; ``None`` is one group of the whole trainable tree trained by ``tx``
+    on ``task.loss``. Each group's update takes the gradients of its own leaves only, the other
+    groups and the constants held fixed.
 
     Gradient accumulation is a ``lax.scan`` over micro-batches inside the step rather than
     ``optax.MultiSteps``: one call is one update (so steps, the data position and checkpoints
@@ -51,12 +71,14 @@ def make_train_step(model, task, tx: optax.GradientTransformationExtraArgs, sche
     if groups is None:
         groups = [ParamGroup(GroupSpec("all", task.loss), None, tx, schedule)]
 
-    def group_update(group: ParamGroup, params, opt_state, model_state, batch, step_rng, scale, step_count):
+    def group_update(group: ParamGroup, params, constants, opt_state, model_state, batch, step_rng, scale,
+                     step_count):
         def summed_loss(trainable, model_state, batch, rng):
             bound = StatefulModel(model, model_state, train=True)
-            full = trainable if group.paths is None else group.merge(params, trainable)
-            loss, weight = group.spec.loss(bound, full, batch, rng if dropout or group.spec.random else None,
-                                           label_smoothing)
+            own = trainable if group.paths is None else group.merge(params, trainable)
+            loss, weight = group.spec.loss(bound, assemble(own, constants), batch,
+                                           rng if dropout or group.spec.random else None, label_smoothing,
+                                           **task_kwargs(task, constants))
             return loss * scale, (weight, bound.state)  # float16: scaled up so small gradients survive
 
         grad_fn = jax.value_and_grad(summed_loss, has_aux=True)
@@ -88,7 +110,7 @@ def make_train_step(model, task, tx: optax.GradientTransformationExtraArgs, sche
                    "learning_rate": group.schedule(step_count) * plateau_scale(opt_state)}
         return params, opt_state, model_state, finite, metrics
 
-    def step(state: TrainState, batch):
+    def step(state: TrainState, batch, constants=None):
         rng, step_rng = jax.random.split(state.rng)
         scale = state.loss_scale.scale
         params, model_state, finite = state.params, state.model_state, jnp.asarray(True)
@@ -98,7 +120,7 @@ def make_train_step(model, task, tx: optax.GradientTransformationExtraArgs, sche
                 key = step_rng if len(groups) == 1 and group.spec.repeats == 1 else \
                     jax.random.fold_in(jax.random.fold_in(step_rng, g), r)
                 params, states[group.name], model_state, ok, m = group_update(
-                    group, params, states[group.name], model_state, batch, key, scale, state.step)
+                    group, params, constants, states[group.name], model_state, batch, key, scale, state.step)
                 finite &= ok
             metrics.update(m if len(groups) == 1 else {f"{group.name}_{k}": v for k, v in m.items()})
         if len(groups) > 1:
@@ -114,8 +136,9 @@ def make_train_step(model, task, tx: optax.GradientTransformationExtraArgs, sche
     return step
 
 
-def make_eval_step(model, task):
-    def step(params, model_state, batch):
-        return task.eval_sums(StatefulModel(model, model_state), params, batch)
+def make_eval_step(model, task, assemble: Callable = trainable_only):
+    def step(params, model_state, batch, constants=None):
+        return task.eval_sums(StatefulModel(model, model_state), assemble(params, constants), batch,
+                              **task_kwargs(task, constants))
 
     return step
