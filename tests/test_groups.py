@@ -32,7 +32,7 @@ def test_a_linear_probe_trains_only_the_head_of_a_contrastive_encoder(tmp_path):
 
 
 def test_trainable_patterns_that_match_nothing(tmp_path):
-    with pytest.raises(ConfigError, match="'head' matches no parameter.*stem_conv/kernel"):
+    with pytest.raises(ConfigError, match="'head' matches no parameter.*classifier/kernel"):
         setup(load_config("configs/linear-probe-digits.yaml", [f"run.out_dir={tmp_path}", *PROBE,
                                                                "model.init_from=null", "trainer.trainable=[head]"]))
     one_line_error(jaxlm("train", "configs/regression-linear.yaml", f"run.out_dir={tmp_path}",
