@@ -203,11 +203,11 @@ def setup(config: Config) -> Setup:
     trainable = nn.meta.unbox(boxed_trainable)
     groups = build_groups(specs, trainable, lambda g, own: build_tx(config, own, split, g))
 
-    def boxed_state(key):
-        return TrainState(jnp.zeros((), jnp.int32), boxed_trainable, init_opt_state(groups, boxed_trainable), key,
+    def boxed_state(key, trainable):  # params as arguments: optimizers that read values at init (plateau) trace
+        return TrainState(jnp.zeros((), jnp.int32), trainable, init_opt_state(groups, trainable), key,
                           new_loss_scale(config), boxed_model_state)
 
-    boxed = jax.eval_shape(boxed_state, jax.random.PRNGKey(0))
+    boxed = jax.eval_shape(boxed_state, jax.random.PRNGKey(0), boxed_trainable)
     tree = (boxed, boxed_frozen)
     shardings = param_shardings(nn.get_partition_spec(tree), nn.meta.unbox(tree), mesh, rules)
     abstract, abstract_frozen = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
