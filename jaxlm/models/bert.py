@@ -105,7 +105,7 @@ class BertEmbeddings(nn.Module):
         c = self.config
         kw = dict(std=c.initializer_range, dtype=self.dtype)
         words = embed(c.vocab_size, c.hidden_size, ("vocab", "embed"), name="word_embeddings", **kw)
-        x = embed_ids(words, input_ids, c.pad_token_id)
+        x = self.perturb("word_embeddings_output", embed_ids(words, input_ids, c.pad_token_id))  # adversarial hook
         x = x + embed(c.type_vocab_size, c.hidden_size, (None, "embed"), name="token_type_embeddings",
                       **kw)(token_type_ids)
         x = add_positions(x, position_ids, c.positions, c.max_position_embeddings, name="position_embeddings", **kw)

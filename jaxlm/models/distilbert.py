@@ -77,7 +77,8 @@ class DistilBertEmbeddings(nn.Module):
         kw = dict(std=c.initializer_range, dtype=self.dtype)
         words = embed(c.vocab_size, c.dim, ("vocab", "embed"), name="word_embeddings", **kw)
         positions = embed(c.max_position_embeddings, c.dim, (None, "embed"), name="position_embeddings", **kw)
-        x = embed_ids(words, input_ids, c.pad_token_id) + positions(position_ids)
+        x = self.perturb("word_embeddings_output", embed_ids(words, input_ids, c.pad_token_id))  # adversarial hook
+        x = x + positions(position_ids)
         x = layer_norm(LAYER_NORM_EPS, name="LayerNorm", dtype=self.dtype)(x)
         return Dropout(c.dropout)(x, deterministic=deterministic)
 
