@@ -257,7 +257,7 @@ def cmd_embed(args) -> int:
     from jaxlm.analysis.embed import builtin_labels, embed, expand_inputs, plot, read_labels, write_embeddings
 
     model, params, config = load_model(args.run, args.model, args.step, args.best)
-    if args.inputs[:1] == ["neighbors"] or (config is not None and config.task.type == "word2vec"):
+    if args.neighbors or (config is not None and config.task.type == "word2vec"):
         from jaxlm.tasks.word2vec import embed_words
 
         return embed_words(args, config, params)
@@ -487,6 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the embeddings (.npy or .jsonl; a word2vec run: .txt in the word2vec text "
                    "format), or with --plot the figure (.png)")
     p.add_argument("--plot", choices=["tsne", "pca"], help="draw the embeddings in 2-D (scikit-learn, matplotlib)")
+    p.add_argument("--neighbors", action="store_true", help=argparse.SUPPRESS)  # `jaxlm embed neighbors ...`
     p.add_argument("--top-k", type=int, default=10, help="neighbors: how many words (default 10)")
     p.add_argument("--top-n", type=int, default=60,
                    help="word2vec --plot without words: the most frequent this many (default 60)")
@@ -582,6 +583,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("jax", "orbax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    if argv[:2] == ["embed", "neighbors"]:  # a sub-action in front of options and the word: argparse's positionals
+        argv = ["embed", "--neighbors", *argv[2:]]  # would take it as the first input and then refuse the word
     args = build_parser().parse_args(argv)
     debug = getattr(args, "debug", False) or os.environ.get("JAXLM_DEBUG", "") not in ("", "0")
     try:
