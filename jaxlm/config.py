@@ -837,6 +837,9 @@ class Config(Section):
         if labels and len(labels) != self.model.num_labels:
             raise ValueError(f"model.id2label names {len(labels)} labels but model.num_labels="
                              f"{self.model.num_labels}; set model.num_labels={len(labels)}")
+        if self.distill is not None and self.trainer.adversarial is not None:
+            raise ValueError("distill and trainer.adversarial cannot be combined yet (the adversarial loss does "
+                             "not pass the teacher on); drop one of them")
         if self.trainer.batch_size % self.trainer.grad_accum_steps:
             raise ValueError(f"trainer.batch_size={self.trainer.batch_size} is not divisible by "
                              f"trainer.grad_accum_steps={self.trainer.grad_accum_steps}")

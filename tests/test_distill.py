@@ -180,6 +180,9 @@ def test_mismatched_teachers_are_one_line_errors(classifier_teacher, mlm_teacher
             "data.paths": mlm_teacher / "corpus.txt", "distill.teacher": classifier_teacher}))
     assert "is neither a jaxlm run" in error(
         "train", "configs/bert-classify.yaml", *bert_overrides(tmp_path / "d", **{"distill.teacher": tmp_path}))
+    assert "distill and trainer.adversarial cannot be combined" in error(
+        "train", "configs/bert-classify.yaml", *bert_overrides(tmp_path / "e", **{
+            "distill.teacher": classifier_teacher, "trainer.adversarial.method": "fgm"}))
 
 
 MAX_STEPS = 16

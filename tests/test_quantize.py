@@ -51,6 +51,25 @@ def test_int8_round_trip_is_within_half_a_step_per_channel():
     np.testing.assert_array_equal(dequantize(quantize_int8(jnp.zeros((4, 2)), (0,))), 0.0)  # all-zero channels
 
 
+@pytest.mark.torch
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")
+def test_int8_codes_and_scales_match_torch_per_channel_symmetric():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    kernel = (rng.standard_normal((48, 40)) * rng.uniform(0.01, 3.0, (1, 40))).astype(np.float32)  # [in, out]
+    q = quantize_int8(jnp.asarray(kernel), (0,))
+    weight = torch.from_numpy(kernel.T.copy())  # nn.Linear's [out, in]: one scale per output row
+    observer = torch.ao.quantization.PerChannelMinMaxObserver(
+        ch_axis=0, dtype=torch.qint8, qscheme=torch.per_channel_symmetric, quant_min=-127, quant_max=127)
+    observer(weight)
+    scale, zero_point = observer.calculate_qparams()
+    reference = torch.quantize_per_channel(weight, scale, zero_point, 0, torch.qint8)
+    assert not zero_point.any()
+    np.testing.assert_allclose(np.asarray(q.scale).ravel(), scale.numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(q.values), reference.int_repr().numpy().T)
+    np.testing.assert_allclose(np.asarray(dequantize(q)), reference.dequantize().numpy().T, rtol=1e-6, atol=1e-7)
+
+
 def test_kernel_input_axes_follow_the_bias():
     assert kernel_reduce_axes("kernel", (32, 2, 16), 2) == (0,)  # query [embed, heads, head_dim]
     assert kernel_reduce_axes("kernel", (2, 16, 32), 1) == (0, 1)  # attention output [heads, head_dim, embed]
