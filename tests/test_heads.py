@@ -96,6 +96,7 @@ def test_keep_layers_renumbers_and_carries_pruned_heads():
     small_params, small_config = remove_heads(params, config, {2: [0]})
     kept, kept_config = keep_layers(small_params, small_config, [0, 2])
     assert kept_config.num_hidden_layers == 2 and kept_config.pruned_heads == ((), (0,))
+    assert type(kept_config).model_validate({**kept_config.model_dump(), "pruned_heads": {1: [0]}}) == kept_config
     flat_old, flat_new = traverse_util.flatten_dict(small_params), traverse_util.flatten_dict(kept)
     for path, x in flat_new.items():
         old = tuple(p.replace("layer_1", "layer_2") for p in path)

@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Literal
 
 import flax.linen as nn
 import jax
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from jaxlm.layers.core import NormType
 from jaxlm.layers.embeddings import PositionType
@@ -152,6 +152,14 @@ class PrunedHeads(BaseModel):
 
     heads_field: ClassVar[str] = ""
     """The family's field with the heads per layer (``num_attention_heads``, ``n_head``, ...)."""
+
+    @field_validator("pruned_heads", mode="before")
+    @classmethod
+    def _from_mapping(cls, v):
+        """Also ``{layer: [heads]}`` (``{1: [0]}``; ``{}``: none), as runs before the per-layer lists wrote it."""
+        if isinstance(v, dict):
+            return tuple(tuple(v.get(i, v.get(str(i), ()))) for i in range(1 + max(map(int, v), default=-1)))
+        return v
 
     @model_validator(mode="after")
     def _check_pruned_heads(self):
