@@ -22,6 +22,8 @@ def test_lenet_shapes_and_config_errors():
     model = build_model(config.model, "image_classification")
     params = nn.meta.unbox(model.init(jax.random.key(0), **config.model.dummy_inputs())["params"])
     assert params["conv_0"]["kernel"].shape == (3, 3, 1, 16) and params["fc_0"]["kernel"].shape == (2 * 2 * 32, 120)
+    variables = model.init(jax.random.key(0), **config.model.dummy_inputs())
+    assert variables["perturbations"]["pixels"].shape == (1, 8, 8, 1)  # the adversarial hook
     out = model.apply({"params": params}, jnp.zeros((3, 8, 8, 1)))
     assert out.logits.shape == (3, 10) and out.last_hidden_state.shape == (3, 84)
     lenet = load_config(None, ["model.type=cnn", "model.image_size=32", "model.padding=valid"]).model

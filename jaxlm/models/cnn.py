@@ -68,7 +68,7 @@ class CNNForImageClassification(nn.Module):
         act = CNN_ACTIVATIONS[c.activation]
         deterministic = not self.has_rng("dropout")
         pool = nn.max_pool if c.pooling == "max" else nn.avg_pool
-        x = pixel_values.astype(self.dtype)
+        x = self.perturb("pixels", pixel_values.astype(self.dtype))  # adversarial hook: the pixels are the input
         for i, channels in enumerate(c.conv_channels):
             x = nn.Conv(channels, (c.kernel_size, c.kernel_size), padding=c.padding.upper(), dtype=self.dtype,
                         kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
