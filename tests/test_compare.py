@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jaxlm.cli import main
+from jaxlm.cli import load_model, main
+from jaxlm.compress.quantize import quantized_bytes
 from jaxlm.config import load_config
 from jaxlm.errors import ConfigError
 from jaxlm.models import build_model
@@ -47,7 +48,11 @@ def test_train_prune_quantize_then_compare(tmp_path, capsys):
     b, p, q = rows[str(base)], rows[str(pruned)], rows[str(quantized)]
     assert b["params"] == p["params"] == q["params"] and b["nonzero"] > 0.99 * b["params"]
     assert p["nonzero"] == b["nonzero"] - (16 // 4) * 9 * 1 - (32 // 4) * 9 * 16  # 4 of 16 and 8 of 32 filters
-    assert q["params_bytes"] < 0.4 * p["params_bytes"] and q["note"] == "quantization: int8"
+    # The int8 arrays are a quarter of the float ones plus scales; on disk orbax's per-array metadata (which
+    # varies by a few KB between identical saves) weighs more in a model this small.
+    float_params, int8_params = load_model(str(pruned), None)[1], load_model(str(quantized), None)[1]
+    assert quantized_bytes(int8_params) < 0.27 * quantized_bytes(float_params)
+    assert q["params_bytes"] < 0.5 * p["params_bytes"] and q["note"] == "quantization: int8"
     assert all(r["latency_ms"]["1"] > 0 and r["latency_ms"]["32"] > 0 for r in rows.values())
     assert b["metric"] == "eval_accuracy" and 0 <= b["value"] <= 1
     assert b["train_seconds"] > 0 and p["train_seconds"] == b["train_seconds"]  # a one-shot prune trains nothing
