@@ -1,4 +1,5 @@
-"""``jaxlm`` command line: train, eval, generate, predict, embed, fill-mask, checkpoints, convert, tokenizer, data."""
+"""``jaxlm`` command line: train, eval, generate, predict, embed, fill-mask, checkpoints, convert, tokenizer, data,
+quantize, prune, distill, compare."""
 
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ def cmd_eval(args) -> int:
     distributed.initialize()
     _, params, meta = load_run(config.run.out_dir, args.step, args.best)
     model_state = load_model_state(config.run.out_dir, meta["step"])
-    s = setup(config)
+    s = setup(config.model_copy(update={"distill": None}))  # a distilled student evaluates without its teacher
+    s.model = _for_params(s.model, params)
     attack = {}
     if args.attack:
         from pydantic import ValidationError
@@ -69,6 +71,13 @@ def cmd_eval(args) -> int:
         attack = {"attack": args.attack, "epsilon": cfg.epsilon}
     _print_metrics({"step": meta["step"], **attack, **evaluate(s, params, model_state=model_state)})
     return 0
+
+
+def _for_params(model, params):
+    """``model``, made to take quantized params if ``params`` are (a ``jaxlm quantize`` run)."""
+    from jaxlm.compress.quantize import is_quantized, quantized_model
+
+    return quantized_model(model) if is_quantized(params) else model
 
 
 def load_for_inference(run: str | None, model_dir: str | None, step=None, best=False):
@@ -111,7 +120,11 @@ def load_model(run: str | None, model_dir: str | None, step=None, best=False):
         from jaxlm.tasks.contrastive import projection_settings
 
         kwargs = projection_settings(config.task)
-    model = build_model(config.model, head or config.task.head, **kwargs)
+    model = _for_params(build_model(config.model, head or config.task.head, **kwargs), params)
+    if config.qat is not None:  # a quantization-aware run predicts as it trained
+        from jaxlm.compress.qat import qat_model
+
+        model = qat_model(model, config.qat.weights, config.qat.activations)
     model_state = load_model_state(resolve(run)[0], meta["step"])
     if model_state:  # BatchNorm running averages: apply() reads them
         model = StatefulModel(model, model_state)
@@ -173,13 +186,17 @@ def cmd_checkpoints(args) -> int:
         best = ckpt.best_step()
         print(f"{'step':>8}  {'size':>9}  metrics")
         for step in ckpt.all_steps():
+            meta = {}
             try:
-                metrics = ckpt.read_meta(step)["metrics"]
-                shown = "  ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if k.startswith("eval_")) or "-"
+                meta = ckpt.read_meta(step)
+                shown = "  ".join(f"{k}={v:.4g}" for k, v in sorted(meta["metrics"].items())
+                                  if k.startswith("eval_")) or "-"
             except Exception as e:  # noqa: BLE001 - a damaged checkpoint is listed as such
                 shown = f"damaged: {first_line(e, 80)}"
             size = dir_size(checkpoint_dir(ckpt.run_dir) / str(step)) / 2**20
             tags = [t for t, s in (("latest", latest), ("best", best)) if s == step]
+            if meta.get("quantization"):
+                tags.append(meta["quantization"].get("method", "quantized"))
             print(f"{step:>8}  {size:>7.1f}MB  {shown}{'  (' + ', '.join(tags) + ')' if tags else ''}")
     finally:
         ckpt.close()
@@ -217,9 +234,71 @@ def cmd_convert(args) -> int:
             save_config(config, tmp / "config.yaml")
         print(f"wrote {type(model).__name__} to {checkpoint_dir(out) / '0'}; use it with model.init_from={out}")
     else:
+        from jaxlm.compress.quantize import dequantize_params, is_quantized
+
         model, params, config = load_model(args.to_torch, None)
+        if is_quantized(params):  # transformers' classes take float weights
+            params = dequantize_params(params)
+            print(f"{args.to_torch} is quantized: writing its dequantized float32 weights")
+        if getattr(model.config, "pruned_heads", None):  # one head count for all layers in transformers
+            from jaxlm.compress.heads import restore_heads
+
+            params, full = restore_heads(params, model.config)
+            model = model.clone(config=full)
+            print(f"{args.to_torch} has pruned heads: they are written back as zeros (the same outputs)")
         text = "input_ids" in model.config.dummy_inputs()  # a text model: its tokenizer goes along
         print(export_torch(model, params, out, tokenizer_of(args.to_torch, None, config) if text else None))
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    from jaxlm.compress.quantize import quantize_run
+
+    print(quantize_run(args.run, args.out, args.method, block_size=args.block_size,
+                       double_quant=not args.no_double_quant, step=args.step, best=args.best))
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from jaxlm.compress import prune
+
+    if args.report:
+        if args.out:
+            raise JaxlmError("--report only prints the sparsity of RUN; drop --out (or --report to prune)")
+        print(prune.report_run(args.run, args.step, args.best))
+        return 0
+    if not args.out:
+        raise JaxlmError("give --out DIR for the pruned run (or --report to print RUN's sparsity)")
+    if args.heads is not None or args.drop_layers:
+        from jaxlm.compress.heads import shrink_run
+
+        layers = [int(i) for i in args.drop_layers.split(",")] if args.drop_layers else None
+        print(shrink_run(args.run, args.out, args.heads, layers, args.importance_batches, args.step, args.best))
+        return 0
+    from jaxlm.config import validate_config
+
+    settings = {k: v for k, v in dict(method=args.method, sparsity=args.sparsity, scope=args.scope, n=args.n,
+                                       m=args.m, targets=args.targets).items() if v is not None}
+    cfg = validate_config({"model": {}, "prune": settings}).prune
+    print(prune.prune_run(args.run, args.out, cfg, args.step, args.best))
+    return 0
+
+
+def cmd_distill_init(args) -> int:
+    from jaxlm.compress.distill import init_student
+
+    try:
+        layers = [int(i) for i in args.layers.split(",")]
+    except ValueError:
+        raise JaxlmError(f"--layers {args.layers} is not a comma-separated list of layer indices, e.g. 0,2,4") from None
+    print(init_student(args.teacher, args.out, layers, args.to))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from jaxlm.compress.report import compare
+
+    print(compare(args.runs, args.split, args.metric, args.repeats, args.out, args.json))
     return 0
 
 
@@ -453,6 +532,58 @@ def build_parser() -> argparse.ArgumentParser:
     direction.add_argument("--to-torch", metavar="RUN_DIR", help="a jaxlm run (or checkpoints/N) to export")
     p.add_argument("--out", required=True, help="the directory to write")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("quantize", help="write a quantized copy of a run (int8, int8-dynamic, nf4, int4 weights)",
+                       description="The new run stores integer arrays and scales; eval, predict, generate, fill-mask, "
+                       "checkpoints and convert work on it. See jaxlm/compress/quantize.py.")
+    p.add_argument("run", help="a jaxlm run directory (or one of its checkpoints/N)")
+    p.add_argument("--method", required=True, choices=("int8", "int8-dynamic", "nf4", "int4"),
+                   help="int8: per-channel weights; int8-dynamic: also int8 activations per token at run time; "
+                   "nf4 / int4: 4-bit weights in blocks")
+    p.add_argument("--out", required=True, help="the run directory to write")
+    p.add_argument("--block-size", type=int, default=64, help="nf4 / int4: values per scale (default 64)")
+    p.add_argument("--no-double-quant", action="store_true", help="nf4 / int4: keep the block scales in float32")
+    which_checkpoint(p)
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("prune", help="prune a trained run in one shot (then fine-tune it), or --report its sparsity",
+                       description="Masks as torch.nn.utils.prune chooses them; see jaxlm/compress/prune.py.")
+    p.add_argument("run", help="a jaxlm run directory (or one of its checkpoints/N)")
+    p.add_argument("--report", action="store_true", help="print the per-layer sparsity of RUN")
+    p.add_argument("--out", help="the pruned run directory to write")
+    p.add_argument("--method", choices=("magnitude", "random", "structured", "n_m"), help="default magnitude")
+    p.add_argument("--sparsity", type=float, help="fraction of the targeted weights to zero (default 0.5)")
+    p.add_argument("--scope", choices=("layer", "global"), help="magnitude / random: per layer (default) or global")
+    p.add_argument("--n", type=int, help="n_m: weights kept per group (default 2)")
+    p.add_argument("--m", type=int, help="n_m: group size (default 4)")
+    p.add_argument("--targets", help="regular expression over param names (default: kernel$)")
+    p.add_argument("--heads", type=float, help="remove this fraction of the attention heads, least important first "
+                   "(Michel et al. 2019; BERT, DistilBERT, GPT-2, ViT)")
+    p.add_argument("--importance-batches", type=int, default=8, help="--heads: validation batches to measure on")
+    p.add_argument("--drop-layers", help="remove these layers (comma-separated indices, e.g. 1,3)")
+    which_checkpoint(p)
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("distill", help="knowledge distillation tools (training itself: a config's distill: section)")
+    distill_sub = p.add_subparsers(dest="distill_command", required=True, metavar="COMMAND")
+    p = distill_sub.add_parser("init", help="a student run from a teacher's embeddings, chosen layers and head "
+                               "(DistilBERT's initialisation)")
+    p.add_argument("teacher", help="the teacher's jaxlm run directory")
+    p.add_argument("--layers", required=True, help="teacher layers to keep, in order (DistilBERT: 0,2,4,7,9,11)")
+    p.add_argument("--to", choices=("bert", "distilbert", "gpt2", "vit"),
+                   help="the student's type (default: the teacher's; a BERT teacher may give a distilbert)")
+    p.add_argument("--out", required=True, help="the student run directory to write")
+    p.set_defaults(func=cmd_distill_init)
+
+    p = sub.add_parser("compare", help="one row per run: params, non-zero params, size on disk, eval metric, "
+                       "latency at batch 1 and 32, training time")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories; the first is the speed-up baseline")
+    p.add_argument("--split", default="test", choices=("validation", "test"), help="the split to score (default test)")
+    p.add_argument("--metric", help="the eval metric to show (default eval_accuracy, else eval_loss)")
+    p.add_argument("--repeats", type=int, default=20, help="timed forward passes per batch size (median)")
+    p.add_argument("--out", help="also write the markdown table here")
+    p.add_argument("--json", help="also write the rows as JSON here")
+    p.set_defaults(func=cmd_compare)
 
     def model_source(p, kind):
         source = p.add_mutually_exclusive_group(required=True)

@@ -710,6 +710,86 @@ class MeshConfig(Section):
     """Logical axis -> mesh axes, over the defaults in jaxlm/parallel/mesh.py (e.g. ``{mlp: null}``)."""
 
 
+class QATConfig(Section):
+    """Quantization-aware training: dense layers compute with fake-quantized weights (symmetric, per
+    output channel) and inputs (int8 per token), gradients straight through the rounding
+    (jaxlm/compress/qat.py); serve the result with ``jaxlm quantize RUN --method int8-dynamic``."""
+
+    weights: Literal["int8", "int4"] = "int8"
+    activations: bool = True
+    """Also round each dense layer's input to int8 per token (as int8-dynamic serving does)."""
+
+
+class PruneConfig(Section):
+    """Pruning during training (jaxlm/compress/prune.py): masks held in the optimizer state and
+    reapplied after every update; ``jaxlm prune`` prunes a trained run in one shot."""
+
+    method: Literal["magnitude", "random", "structured", "n_m"] = "magnitude"
+    """magnitude (L1) / random unstructured; structured: whole output neurons / filters by L2 norm;
+    n_m: keep n of every m consecutive inputs."""
+    sparsity: float = 0.5
+    """The fraction of the targeted weights zeroed, in [0, 1) (n_m: 1 - n / m, whatever this says)."""
+    scope: Literal["layer", "global"] = "layer"
+    """magnitude / random: the fraction per weight matrix, or over all targeted weights together."""
+    n: int = Field(2, gt=0)
+    m: int = Field(4, gt=1)
+    schedule: Literal["one_shot", "gradual"] = "one_shot"
+    start_step: int = Field(0, ge=0)
+    """one_shot: prune after this many updates (0: at the start, from the initial weights)."""
+    end_step: int | None = Field(None, gt=0)
+    """gradual: the step the final sparsity is reached (default trainer.max_steps)."""
+    frequency: int = Field(10, gt=0)
+    """gradual: recompute the masks every this many steps."""
+    initial_sparsity: float = 0.0
+    power: float = Field(3.0, gt=0)
+    """gradual: the ramp's exponent (Zhu & Gupta's cubic)."""
+    targets: str = "kernel$"
+    """A regular expression over param names (``bert/layer_0/intermediate/kernel``): which weights to
+    prune (default every dense / conv kernel; embeddings, biases and norms are left alone)."""
+
+    @model_validator(mode="after")
+    def _valid(self):
+        for key in ("sparsity", "initial_sparsity"):
+            value = getattr(self, key)
+            if not 0 <= value < 1:
+                raise ValueError(f"prune.{key}={value} is outside [0, 1); give the fraction of weights to zero, "
+                                 "e.g. 0.5")
+        if self.n >= self.m:
+            raise ValueError(f"prune.n={self.n} must be below prune.m={self.m} (2:4 keeps 2 of every 4)")
+        if self.method == "n_m" and self.schedule != "one_shot":
+            raise ValueError("prune.method=n_m has a fixed pattern: use prune.schedule=one_shot")
+        if self.end_step is not None and self.end_step <= self.start_step:
+            raise ValueError(f"prune.end_step={self.end_step} must come after prune.start_step={self.start_step}")
+        try:
+            re.compile(self.targets)
+        except re.error as e:
+            raise ValueError(f"prune.targets={self.targets!r} is not a regular expression ({e})") from None
+        return self
+
+
+class DistillConfig(Section):
+    """Knowledge distillation (jaxlm/compress/distill.py): the task's own loss plus a frozen teacher's
+    soft targets (and, optionally, the cosine of hidden states)."""
+
+    teacher: str
+    """A jaxlm run directory (or one of its checkpoints/N) or a Hugging Face model directory."""
+    temperature: float = Field(2.0, gt=0)
+    alpha_kd: float = Field(0.5, ge=0)
+    """Weight of T^2 * KL(teacher || student) on the temperature-softened distributions."""
+    alpha_ce: float = Field(0.5, ge=0)
+    """Weight of the task's own loss (the hard labels)."""
+    alpha_hidden: float = Field(0.0, ge=0)
+    """Weight of 1 - cos(student, teacher hidden states) (DistilBERT's third term)."""
+    layer_map: dict[int, int] | None = None
+    """Student hidden state -> teacher hidden state for the cosine (0: embeddings, i: after layer i);
+    default: the last of each."""
+
+    @field_validator("layer_map", mode="before")
+    @classmethod
+    def _int_keys(cls, v):
+        return {int(k): int(x) for k, x in v.items()} if isinstance(v, dict) else v
+
+
 def _model_union():
     classes = tuple(f.config for f in MODEL_FAMILIES.values())
     union = classes[0] if len(classes) == 1 else Union[classes]  # noqa: UP007
@@ -728,6 +808,12 @@ class Config(Section):
     checkpoint: CheckpointConfig = CheckpointConfig()
     mesh: MeshConfig = MeshConfig()
     precision: PrecisionConfig = PrecisionConfig()
+    qat: QATConfig | None = None
+    """Quantization-aware training (off by default)."""
+    prune: PruneConfig | None = None
+    """Pruning during training (off by default)."""
+    distill: DistillConfig | None = None
+    """Knowledge distillation from a teacher (off by default)."""
 
     @field_validator("task", mode="before")
     @classmethod
@@ -751,6 +837,9 @@ class Config(Section):
         if labels and len(labels) != self.model.num_labels:
             raise ValueError(f"model.id2label names {len(labels)} labels but model.num_labels="
                              f"{self.model.num_labels}; set model.num_labels={len(labels)}")
+        if self.distill is not None and self.trainer.adversarial is not None:
+            raise ValueError("distill and trainer.adversarial cannot be combined yet (the adversarial loss does "
+                             "not pass the teacher on); drop one of them")
         if self.trainer.batch_size % self.trainer.grad_accum_steps:
             raise ValueError(f"trainer.batch_size={self.trainer.batch_size} is not divisible by "
                              f"trainer.grad_accum_steps={self.trainer.grad_accum_steps}")
@@ -912,7 +1001,8 @@ def resume_conflicts(saved: dict, config: Config) -> list[str]:
     def structure(tree):  # optional transforms change the optimizer state's shape
         return {"optimizer.clip_norm": get(tree, "optimizer.clip_norm") is not None,
                 "schedule.plateau": get(tree, "schedule.plateau") is not None,
-                "precision.compute float16": get(tree, "precision.compute") == "float16"}
+                "precision.compute float16": get(tree, "precision.compute") == "float16",
+                "prune": get(tree, "prune") is not None}
 
     def written(tree, dotted):  # False for settings added to jaxlm after the checkpoint was written
         *parents, last = dotted.split(".")
@@ -941,6 +1031,10 @@ def resume_conflicts(saved: dict, config: Config) -> list[str]:
             out.append(f"{key}: {a!r} in the checkpoint, {b!r} now")
     sa, sb = structure(saved), structure(now)
     out += [f"{k} set: {sa[k]} in the checkpoint, {sb[k]} now" for k in sa if sa[k] != sb[k]]
+    pa, pb = get(saved, "prune"), get(now, "prune")
+    if pa and pb:  # the masks held in the optimizer state were chosen by these
+        out += [f"prune.{k}: {pa.get(k)!r} in the checkpoint, {pb.get(k)!r} now" for k in ("method", "targets")
+                if pa.get(k) != pb.get(k)]
     return out
 
 

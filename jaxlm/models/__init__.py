@@ -12,7 +12,7 @@ import flax.linen as nn
 
 from jaxlm.errors import JaxlmError
 from jaxlm.models import bert, distilbert, gpt2, vit, lstm_seq2seq, seq2seq
-from jaxlm.models import dcgan, mlp, resnet, rnn, text_cnn, word2vec
+from jaxlm.models import cnn, dcgan, mlp, resnet, rnn, text_cnn, word2vec
 from jaxlm.models.base import ModelConfig, TorchKeyMap
 from jaxlm.models.contrastive import ContrastiveModel
 
@@ -50,6 +50,7 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
     "rnn": ModelFamily(rnn.RNNConfig, {"classification": rnn.RNNForSequenceClassification}),
     "resnet": ModelFamily(resnet.ResNetConfig, {"base": resnet.ResNetModel,
                                                 "image_classification": resnet.ResNetForImageClassification}),
+    "cnn": ModelFamily(cnn.CNNConfig, {"image_classification": cnn.CNNForImageClassification}),
     "mlp": ModelFamily(mlp.MLPConfig, {"regression": mlp.MLPForRegression}),
     "dcgan": ModelFamily(dcgan.DCGANConfig, {"gan": dcgan.DCGAN}),
     "transformer_seq2seq": ModelFamily(seq2seq.TransformerSeq2SeqConfig, {"seq2seq": seq2seq.TransformerSeq2Seq}),
@@ -89,4 +90,6 @@ def head_of(model: nn.Module) -> str:
     module = getattr(model, "module", model)  # a StatefulModel's module
     if isinstance(module, ContrastiveModel):
         return "contrastive"
-    return next(h for h, cls in heads.items() if cls is type(module))
+    exact = next((h for h, cls in heads.items() if cls is type(module)), None)
+    # else a subclass: a quantized model subclasses its head class (jaxlm.compress.quantize)
+    return exact or next(h for h, cls in heads.items() if isinstance(module, cls))

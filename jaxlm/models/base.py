@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Literal
 
 import flax.linen as nn
 import jax
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from jaxlm.layers.core import NormType
 from jaxlm.layers.embeddings import PositionType
@@ -16,7 +16,8 @@ from jaxlm.layers.embeddings import PositionType
 # Layer variants a Transformer can switch to; each model's defaults are its reference design.
 VARIANT_FIELDS = {"num_kv_heads", "positions", "rope_theta", "sliding_window", "norm_type", "norm_position"}
 # Fields that are jaxlm's own and never go into an exported config.json.
-JAXLM_ONLY_FIELDS = {"type", "init_from", "attention_implementation", "remat", "scan_layers"} | VARIANT_FIELDS
+JAXLM_ONLY_FIELDS = {"type", "init_from", "attention_implementation", "remat", "scan_layers",
+                     "pruned_heads"} | VARIANT_FIELDS
 
 
 def is_dropout_field(name: str) -> bool:
@@ -137,6 +138,53 @@ class TransformerVariants(BaseModel):
         fields = type(self).model_fields
         return [f"model.{k}={getattr(self, k)}" for k in sorted(VARIANT_FIELDS & set(fields))
                 if getattr(self, k) != fields[k].default]
+
+
+class PrunedHeads(BaseModel):
+    """Attention heads removed per layer (``jaxlm prune --heads``, Michel et al. 2019): layer ``i``
+    keeps its other heads, of the same size, so the model is smaller and faster. transformers
+    (v5) has no per-layer head counts: the export puts the removed heads back as zeros (the same
+    outputs)."""
+
+    pruned_heads: tuple[tuple[int, ...], ...] = ()
+    """Per layer, the original indices of its removed heads (``[[1, 3], [], [0]]``); empty: none.
+    Tuples, so the config stays hashable (generation passes the model as a static argument)."""
+
+    heads_field: ClassVar[str] = ""
+    """The family's field with the heads per layer (``num_attention_heads``, ``n_head``, ...)."""
+
+    @field_validator("pruned_heads", mode="before")
+    @classmethod
+    def _from_mapping(cls, v):
+        """Also ``{layer: [heads]}`` (``{1: [0]}``; ``{}``: none), as runs before the per-layer lists wrote it."""
+        if isinstance(v, dict):
+            return tuple(tuple(v.get(i, v.get(str(i), ()))) for i in range(1 + max(map(int, v), default=-1)))
+        return v
+
+    @model_validator(mode="after")
+    def _check_pruned_heads(self):
+        if not self.pruned_heads:
+            return self
+        heads = getattr(self, type(self).heads_field)
+        if getattr(self, "scan_layers", False) or getattr(self, "num_kv_heads", None):
+            raise ValueError("model.pruned_heads needs unscanned layers with one key/value head per query head "
+                             "(model.scan_layers=false, model.num_kv_heads=null)")
+        for layer, removed in enumerate(self.pruned_heads):
+            if len(set(removed)) >= heads or len(set(removed)) != len(removed) or not all(0 <= h < heads
+                                                                                       for h in removed):
+                raise ValueError(f"model.pruned_heads[{layer}]={list(removed)} must name distinct heads below "
+                                 f"{heads}, leaving at least one")
+        return self
+
+    def removed_heads(self, layer: int) -> tuple[int, ...]:
+        return self.pruned_heads[layer] if layer < len(self.pruned_heads) else ()
+
+    def heads_in(self, layer_name: str) -> int:
+        """The heads the layer module named ``layer_name`` (``layer_3``, ``h_3``) keeps."""
+        heads = getattr(self, type(self).heads_field)
+        if not self.pruned_heads:
+            return heads
+        return heads - len(self.removed_heads(int(layer_name.rsplit("_", 1)[1])))
 
 
 @dataclass(frozen=True)

@@ -33,12 +33,12 @@ import jax.numpy as jnp
 from jaxlm.layers.attention import SelfAttention
 from jaxlm.layers.core import ACTIVATIONS, Dropout, dense, embed, layer_norm, norm, zeros
 from jaxlm.layers.embeddings import add_positions
-from jaxlm.models.base import ModelConfig, TorchKeyMap, TransformerVariants
+from jaxlm.models.base import ModelConfig, PrunedHeads, TorchKeyMap, TransformerVariants
 from jaxlm.models.layout import apply_layers
 from jaxlm.models.outputs import ModelOutput, at_positions, check_masked_positions, first_tokens
 
 
-class BertConfig(ModelConfig, TransformerVariants):
+class BertConfig(ModelConfig, TransformerVariants, PrunedHeads):
     """Hugging Face ``BertConfig`` field names and defaults (bert-base), plus the layer
     variants of :class:`TransformerVariants` (reference settings by default: post-LN)."""
 
@@ -64,6 +64,7 @@ class BertConfig(ModelConfig, TransformerVariants):
 
     layers_name: ClassVar[str] = "layer"
     head_fields: ClassVar[tuple[str, tuple[str, ...]]] = ("hidden_size", ("num_attention_heads",))
+    heads_field: ClassVar[str] = "num_attention_heads"
 
     @property
     def head_dim(self) -> int:
@@ -128,7 +129,7 @@ class BertLayer(nn.Module):
                       for n in ("attention_LayerNorm", "output_LayerNorm"))
         pre = c.norm_position == "pre"
         h, weights = SelfAttention(
-            num_heads=c.num_attention_heads, head_dim=c.head_dim, num_kv_heads=c.num_kv_heads,
+            num_heads=c.heads_in(self.name), head_dim=c.head_dim, num_kv_heads=c.num_kv_heads,
             dropout_rate=c.attention_probs_dropout_prob, init_std=c.initializer_range,
             out_init_std=c.initializer_range, qkv_names=("query", "key", "value"), out_name="output",
             rope_theta=c.rope_theta if c.positions == "rotary" else None, sliding_window=c.sliding_window,

@@ -23,14 +23,14 @@ import jax.numpy as jnp
 
 from jaxlm.layers.attention import SelfAttention
 from jaxlm.layers.core import ACTIVATIONS, Dropout, dense, embed, layer_norm, zeros
-from jaxlm.models.base import ModelConfig, TorchKeyMap
+from jaxlm.models.base import ModelConfig, PrunedHeads, TorchKeyMap
 from jaxlm.models.bert import embed_ids
 from jaxlm.models.outputs import ModelOutput, at_positions, check_masked_positions, first_tokens
 
 LAYER_NORM_EPS = 1e-12
 
 
-class DistilBertConfig(ModelConfig):
+class DistilBertConfig(ModelConfig, PrunedHeads):
     """Hugging Face ``DistilBertConfig`` field names and defaults (distilbert-base)."""
 
     type: Literal["distilbert"] = "distilbert"
@@ -48,6 +48,8 @@ class DistilBertConfig(ModelConfig):
     pad_token_id: int | None = 0
     num_labels: int = 2
     id2label: dict[int, str] | None = None
+
+    heads_field: ClassVar[str] = "n_heads"
 
     @property
     def head_dim(self) -> int:
@@ -94,7 +96,7 @@ class DistilBertLayer(nn.Module):
         c = self.config
         kw = dict(std=c.initializer_range, dtype=self.dtype)
         h, weights = SelfAttention(
-            num_heads=c.n_heads, head_dim=c.head_dim, dropout_rate=c.attention_dropout,
+            num_heads=c.heads_in(self.name), head_dim=c.head_dim, dropout_rate=c.attention_dropout,
             init_std=c.initializer_range, out_init_std=c.initializer_range, qkv_names=("q_lin", "k_lin", "v_lin"),
             out_name="out_lin", implementation=c.attention_implementation, dtype=self.dtype, name="attention",
         )(x, attention_mask, deterministic=deterministic, output_attentions=output_attentions)

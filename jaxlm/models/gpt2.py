@@ -24,12 +24,12 @@ import jax.numpy as jnp
 from jaxlm.layers.attention import SelfAttention
 from jaxlm.layers.core import ACTIVATIONS, Dropout, dense, embed, norm
 from jaxlm.layers.embeddings import add_positions
-from jaxlm.models.base import ModelConfig, TorchKeyMap, TransformerVariants
+from jaxlm.models.base import ModelConfig, PrunedHeads, TorchKeyMap, TransformerVariants
 from jaxlm.models.layout import apply_layers
 from jaxlm.models.outputs import ModelOutput
 
 
-class GPT2Config(ModelConfig, TransformerVariants):
+class GPT2Config(ModelConfig, TransformerVariants, PrunedHeads):
     """Hugging Face ``GPT2Config`` field names and defaults (the 124M model), plus the layer
     variants of :class:`TransformerVariants` (reference settings by default)."""
 
@@ -51,6 +51,7 @@ class GPT2Config(ModelConfig, TransformerVariants):
 
     layers_name: ClassVar[str] = "h"
     head_fields: ClassVar[tuple[str, tuple[str, ...]]] = ("n_embd", ("n_head",))
+    heads_field: ClassVar[str] = "n_head"
 
     @property
     def head_dim(self) -> int:
@@ -93,7 +94,8 @@ class GPT2Block(nn.Module):
         ln_1, ln_2 = (norm(c.norm_type, c.layer_norm_epsilon, name=n, dtype=self.dtype) for n in ("ln_1", "ln_2"))
         pre = c.norm_position == "pre"
         h, weights = SelfAttention(
-            num_heads=c.n_head, head_dim=c.head_dim, num_kv_heads=c.num_kv_heads, dropout_rate=c.attn_pdrop,
+            num_heads=c.heads_in(self.name), head_dim=c.head_dim, num_kv_heads=c.num_kv_heads,
+            dropout_rate=c.attn_pdrop,
             causal=True, fused_qkv=True, qkv_names="c_attn", out_name="c_proj", init_std=c.initializer_range,
             out_init_std=c.initializer_range / math.sqrt(2 * c.n_layer),
             rope_theta=c.rope_theta if c.positions == "rotary" else None, sliding_window=c.sliding_window,

@@ -30,12 +30,12 @@ from pydantic import model_validator
 
 from jaxlm.layers.attention import SelfAttention
 from jaxlm.layers.core import ACTIVATIONS, Dropout, dense, layer_norm, normal, zeros
-from jaxlm.models.base import ModelConfig, TorchKeyMap
+from jaxlm.models.base import ModelConfig, PrunedHeads, TorchKeyMap
 from jaxlm.models.layout import apply_layers
 from jaxlm.models.outputs import ModelOutput
 
 
-class ViTConfig(ModelConfig):
+class ViTConfig(ModelConfig, PrunedHeads):
     """Hugging Face ``ViTConfig`` field names and defaults (vit-base-patch16-224)."""
 
     type: Literal["vit"] = "vit"
@@ -57,6 +57,7 @@ class ViTConfig(ModelConfig):
     id2label: dict[int, str] | None = None
 
     layers_name: ClassVar[str] = "layer"
+    heads_field: ClassVar[str] = "num_attention_heads"
 
     @model_validator(mode="after")
     def _shapes(self):
@@ -147,7 +148,7 @@ class ViTLayer(nn.Module):
         kw = dict(std=c.initializer_range, dtype=self.dtype)
         h = layer_norm(c.layer_norm_eps, name="layernorm_before", dtype=self.dtype)(x)
         h, weights = SelfAttention(
-            num_heads=c.num_attention_heads, head_dim=c.head_dim, dropout_rate=c.attention_probs_dropout_prob,
+            num_heads=c.heads_in(self.name), head_dim=c.head_dim, dropout_rate=c.attention_probs_dropout_prob,
             init_std=c.initializer_range, out_init_std=c.initializer_range, qkv_names=("query", "key", "value"),
             out_name="output", implementation=c.attention_implementation, dtype=self.dtype, name="attention",
         )(h, None, deterministic=deterministic, output_attentions=output_attentions)

@@ -89,7 +89,7 @@ class AdversarialTask:
             method = (train or attack).method
             raise ConfigError(f"adversarial {method} perturbs the embedding output, but this "
                               f"{type(model).__name__} has none (models that embed tokens or pixels do: bert, "
-                              "distilbert, gpt2, vit, resnet, text_cnn, rnn)")
+                              "distilbert, gpt2, vit, resnet, cnn, text_cnn, rnn)")
         self.task, self.train, self.attack = task, train, attack
 
     def __getattr__(self, name):

@@ -50,11 +50,15 @@ class Setup:
     abstract_model_state: Any
     fresh: frozenset = frozenset()
     """Param paths that ``model.init_from`` never provides (a PEFT method's own params)."""
+    teacher: Any = None
+    """A distillation teacher's params, on their shardings (``distill.teacher``)."""
 
     @property
     def abstract_constants(self) -> dict:
-        """The step's constant input: ``{"frozen": frozen params}`` (empty when everything trains)."""
-        return {"frozen": self.split.split(self.abstract_params)[1]}
+        """The step's constant input: ``{"frozen": frozen params}`` (empty when everything trains), and
+        ``"teacher"``, a distillation teacher's params."""
+        teacher = {} if self.teacher is None else {"teacher": jax.tree.map(_abstract, self.teacher)}
+        return {"frozen": self.split.split(self.abstract_params)[1], **teacher}
 
     def assemble(self, trainable, constants) -> dict:
         """The params the model is applied with, from the trainable tree and the constants."""
@@ -81,7 +85,8 @@ class Setup:
 
     def constants(self, params) -> dict:
         """The step's constants for ``params`` (every param; the trainable ones are ignored)."""
-        return {"frozen": self.split.split(params)[1]}
+        teacher = {} if self.teacher is None else {"teacher": self.teacher}
+        return {"frozen": self.split.split(params)[1], **teacher}
 
     def sharding_context(self):
         """The mesh and the logical-axis rules, active while steps are traced and run."""
@@ -148,8 +153,12 @@ def build_run_model(config: Config, head: str, **module_kwargs) -> tuple[nn.Modu
     of those a method adds to the trainable ones (both empty here)."""
     from jaxlm.models import build_model
 
-    return build_model(config.model, head, dtype=DTYPES[config.precision.compute], **module_kwargs), frozenset(), \
-        frozenset()
+    model = build_model(config.model, head, dtype=DTYPES[config.precision.compute], **module_kwargs)
+    if config.qat is not None:  # dense layers compute on fake-quantized weights and inputs
+        from jaxlm.compress.qat import qat_model
+
+        model = qat_model(model, config.qat.weights, config.qat.activations)
+    return model, frozenset(), frozenset()
 
 
 def full_params(config: Config, trainable, frozen_record: dict, where: str) -> dict:
@@ -177,20 +186,32 @@ def build_tx(config: Config, trainable, split: TrainableSplit, group: str = "all
         tx = optax.chain(tx, layerwise.layer_decay(opt.layer_decay, trainable, config.model))
     if t.unfreeze_every is not None:
         tx = layerwise.gradual_unfreeze(tx, t.unfreeze_every, trainable, config.model)
+    if config.prune is not None:  # masks in the optimizer state, applied after every update
+        from jaxlm.compress.prune import prune_optimizer
+
+        tx = prune_optimizer(tx, config.prune, t.max_steps, config.run.seed)
     return skip_nonfinite(tx, config.precision.compute), schedule
 
 
 def setup(config: Config) -> Setup:
     run_dir = Path(config.run.out_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)  # train has claimed it already (claim_run_dir)
     mesh, rules = make_mesh(config.mesh), rules_for(config.mesh)
     t = config.trainer
     check_batch("trainer.batch_size", t.batch_size, mesh, rules)
     check_batch("trainer.batch_size / trainer.grad_accum_steps", t.batch_size // t.grad_accum_steps, mesh, rules)
     check_batch("trainer.eval_batch_size", t.eval_batch_size or t.batch_size, mesh, rules)
     task = build_task(config, run_dir)
+    teacher = None
+    if config.distill is not None:  # the task's loss against a frozen teacher: a constant of the step
+        from jaxlm.compress.distill import build_distillation
+
+        task, teacher = build_distillation(config, task, run_dir)
     # A task may pass the module data-dependent arguments (a word model's pretrained embeddings).
     model, fresh, peft_trainable = build_run_model(config, task.head, **getattr(task, "model_kwargs", {}))
+    if teacher is not None:
+        model = task.wrap_model(model)
+        teacher = _place(task.teacher, teacher, mesh, rules)
     if t.adversarial is not None:  # a loss wrapper: clean + adversarial loss
         task = AdversarialTask(task, model, t.adversarial)
     example = task.model_inputs(task.example_batch(1))
@@ -215,4 +236,12 @@ def setup(config: Config) -> Setup:
     if not split.everything:
         log.info("%s", describe(abstract.params, abstract_frozen))
     return Setup(config, run_dir, mesh, task, model, groups, abstract, batch_sharding(mesh, rules), rules,
-                 split, merge(abstract.params, abstract_frozen), abstract.model_state, fresh)
+                 split, merge(abstract.params, abstract_frozen), abstract.model_state, fresh, teacher)
+
+
+def _place(model, params, mesh, rules):
+    """A second model's params on the shardings its logical axes give under the run's rules."""
+    module = getattr(model, "module", model)
+    boxed = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), **module.config.dummy_inputs())["params"])
+    shardings = param_shardings(nn.get_partition_spec(boxed), nn.meta.unbox(boxed), mesh, rules)
+    return jax.device_put(params, shardings)

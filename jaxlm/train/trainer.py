@@ -162,11 +162,13 @@ def start_state(s: Setup, ckpt: Checkpoints, data) -> tuple[TrainState, dict]:
     c = s.config
     resume = c.checkpoint.resume
     params = model_state = None
-    constants = {"frozen": {}}
+    constants = {"frozen": {}, **({} if s.teacher is None else {"teacher": s.teacher})}
     if not s.split.everything:  # the frozen params come from the initialisation, also when resuming
         params, model_state = s.initial_params()
         constants = s.constants(params)
     ckpt.extra_meta = {"frozen": frozen_meta(constants["frozen"])} if not s.split.everything else {}
+    if s.teacher is not None:  # a distillation teacher: its fingerprint, so a resume cannot switch teachers
+        ckpt.extra_meta["teacher"] = {"source": c.distill.teacher, **frozen_meta(s.teacher)}
 
     def check(meta: dict, where) -> None:
         conflicts = resume_conflicts(meta["config"], c)
@@ -175,6 +177,11 @@ def start_state(s: Setup, ckpt: Checkpoints, data) -> tuple[TrainState, dict]:
                                   "(or undo the change)")
         check_frozen(meta.get("frozen"), constants["frozen"], f"cannot resume {where}: the checkpoint",
                      "point model.init_from at the base it was trained from, or use a new run.out_dir")
+        if s.teacher is not None and meta.get("teacher", {}).get("fingerprint") != frozen_meta(s.teacher)["fingerprint"]:
+            raise CheckpointError(f"cannot resume {where}: it was distilled from the teacher "
+                                  f"{meta.get('teacher', {}).get('source')} (fingerprint "
+                                  f"{meta.get('teacher', {}).get('fingerprint')}), but distill.teacher={c.distill.teacher} "
+                                  f"is {frozen_meta(s.teacher)['fingerprint']}; use that teacher or a new run.out_dir")
 
     if ckpt.all_steps():
         if resume == "never":
