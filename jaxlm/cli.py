@@ -92,7 +92,7 @@ def cmd_generate(args) -> int:
     """Print the prompt's continuation; greedy and sampled text streams as it is decoded, beam search at the end."""
     import numpy as np
 
-    from jaxlm.generate import generate, generate_stream
+    from jaxlm.generation import generate, generate_stream
 
     from jaxlm.models import head_of
 
@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="continue a prompt with a language model, or translate it with a seq2seq "
                        "model (greedy, sampling, beam search)",
-                       description="Options and defaults as in transformers' generate; see jaxlm.generate.")
+                       description="Options and defaults as in transformers' generate; see jaxlm.generation.")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", help="a jaxlm run directory (or one of its checkpoints/N)")
     source.add_argument("--model", help="a Hugging Face directory (config.json + weights + tokenizer files)")
@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (printed at the end)")
     p.add_argument("--length-penalty", type=float, default=1.0, help="beam search: score / new_tokens ** this")
     p.add_argument("--early-stopping", choices=("false", "true", "never"), default="false",
-                   help="beam search: when to stop a prompt (see jaxlm.generate.GenerationOptions)")
+                   help="beam search: when to stop a prompt (see jaxlm.generation.GenerationOptions)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--num-return-sequences", type=int, default=1,
                    help="print this many continuations: samples, or beam search's best (blank line between)")

@@ -12,7 +12,7 @@ import pytest
 from jaxlm.cli import main
 from jaxlm.config import load_config, validate_config
 from jaxlm.errors import ConfigError, DataError, JaxlmError
-from jaxlm.generate import generate
+from jaxlm.generation import generate
 from jaxlm.models.lstm_seq2seq import LSTMSeq2Seq, LSTMSeq2SeqConfig
 from jaxlm.models.seq2seq import TransformerSeq2Seq, TransformerSeq2SeqConfig
 from jaxlm.tasks.seq2seq import SPECIALS, Seq2SeqTask, frame_pairs, synthetic_pairs
@@ -141,7 +141,7 @@ def test_greedy_is_the_argmax_and_beam_search_decodes_each_row_alone(which, requ
 def test_beam_search_holds_what_a_prompts_beams_share_once(transformer):
     """The encoder output and the cross-attention keys / values stay one row per source under beam search
     (the attention reads them for all of a source's beams); the self-attention cache has a row per beam."""
-    from jaxlm import generate as decoding
+    from jaxlm import generation as decoding
 
     model, params = transformer
     ids, mask, plan, knobs, _ = decoding._prepare(model, SOURCES, MASK, dict(max_new_tokens=4, num_beams=3,
@@ -160,7 +160,7 @@ def test_decoding_reads_the_cross_attention_cache_as_stored(transformer, num_bea
     transposed every layer's at every token, and beam search gathered them)."""
     import re
 
-    from jaxlm import generate as decoding
+    from jaxlm import generation as decoding
 
     model, params = transformer
     ids, mask, plan, knobs, _ = decoding._prepare(model, SOURCES, MASK, dict(max_new_tokens=4, num_beams=num_beams,

@@ -102,7 +102,7 @@ class DecoderStep(nn.Module):
 
 class LSTMSeq2Seq(nn.Module):
     """``__call__(input_ids, attention_mask, decoder_input_ids)`` -> ``logits [batch, target, vocab]``;
-    ``encode`` / ``decode`` split it for generation (:mod:`jaxlm.generate`)."""
+    ``encode`` / ``decode`` split it for generation (:mod:`jaxlm.generation`)."""
 
     config: LSTMSeq2SeqConfig
     dtype: jnp.dtype = jnp.float32
