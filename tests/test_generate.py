@@ -418,7 +418,8 @@ def bpe_checkpoint(tmp_path_factory):
 
     tokenizer = train_bpe(embedded_corpus()[:5], 300)
     directory = random_checkpoint("GPT2LMHeadModel", tmp_path_factory.mktemp("gpt2-bpe"),
-                                  vocab_size=tokenizer.vocab_size, n_positions=80)
+                                  vocab_size=tokenizer.vocab_size, n_positions=80, bos_token_id=tokenizer.eos_id,
+                                  eos_token_id=tokenizer.eos_id)
     tokenizer.save(directory)
     return directory, tokenizer
 

@@ -1,8 +1,8 @@
 """Tokenizers through HF ``tokenizers``: train a byte-level BPE, a BERT WordPiece or a
 word-level vocabulary, or load existing files.
 
-Loadable: a ``tokenizer.json`` (any kind), GPT-2's ``vocab.json`` + ``merges.txt``, or
-BERT's WordPiece ``vocab.txt`` (lower-cased when ``tokenizer_config.json`` says so).
+Loadable: a ``tokenizer.json`` (any kind: Llama's, Qwen2's, Mistral's ...), GPT-2's or RoBERTa's
+``vocab.json`` + ``merges.txt``, or BERT's WordPiece ``vocab.txt`` (lower-cased when ``tokenizer_config.json`` says so).
 """
 
 from __future__ import annotations
@@ -23,12 +23,13 @@ WORD_SPECIALS = ["<PAD>", "<UNK>"]
 
 
 class Tokenizer:
-    """A thin wrapper that knows its end-of-text id (``<|endoftext|>`` or ``[SEP]``)."""
+    """A thin wrapper that knows its end-of-text id: ``eos_token`` when given (a Hugging Face
+    directory's ``tokenizer_config.json`` names it), else ``<|endoftext|>``, ``[SEP]`` or ``</s>``."""
 
-    def __init__(self, tok: tokenizers.Tokenizer):
+    def __init__(self, tok: tokenizers.Tokenizer, eos_token: str | None = None):
         self.tok = tok
-        for name in (EOS, "[SEP]", "</s>"):
-            if tok.token_to_id(name) is not None:
+        for name in (eos_token, EOS, "[SEP]", "</s>"):
+            if name is not None and tok.token_to_id(name) is not None:
                 self.eos_token, self.eos_id = name, tok.token_to_id(name)
                 break
         else:
@@ -128,20 +129,42 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     if not path.is_dir():
         raise DataError(f"tokenizer path {str(path)!r} does not exist")
     if (path / FILE).is_file():
-        return Tokenizer(tokenizers.Tokenizer.from_file(str(path / FILE)))
+        return Tokenizer(tokenizers.Tokenizer.from_file(str(path / FILE)), _configured_eos(path))
     if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
-        return _gpt2_files(path)
+        return _byte_level_files(path)
     if (path / "vocab.txt").is_file():
         return _wordpiece_files(path)
     raise DataError(f"no tokenizer in {path}: expected tokenizer.json, vocab.json + merges.txt, or vocab.txt")
 
 
-def _gpt2_files(path: Path) -> Tokenizer:
+def _configured_eos(path: Path) -> str | None:
+    """The ``eos_token`` a Hugging Face directory's ``tokenizer_config.json`` names (Llama 3's
+    ``<|end_of_text|>``, ...), if any."""
+    config = path / "tokenizer_config.json"
+    if not config.is_file():
+        return None
+    eos = json.loads(config.read_text()).get("eos_token")
+    return eos.get("content") if isinstance(eos, dict) else eos
+
+
+ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+
+
+def _byte_level_files(path: Path) -> Tokenizer:
+    """GPT-2's ``vocab.json`` + ``merges.txt``; with ``<s>`` and ``</s>`` in the vocabulary, RoBERTa's:
+    its special tokens and ``<s> A </s></s> B </s>`` framing."""
     tok = tokenizers.Tokenizer(models.BPE.from_file(str(path / "vocab.json"), str(path / "merges.txt")))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    _mark_special(tok, [EOS])
-    return Tokenizer(tok)
+    bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+    if bos is None or eos is None:
+        _mark_special(tok, [EOS])
+        return Tokenizer(tok, _configured_eos(path))
+    _mark_special(tok, [t for t in ROBERTA_SPECIALS if t != "<mask>"])
+    if tok.token_to_id("<mask>") is not None:  # as RobertaTokenizer adds it: the space before it goes with it
+        tok.add_special_tokens([tokenizers.AddedToken("<mask>", lstrip=True, special=True)])
+    tok.post_processor = processors.RobertaProcessing(("</s>", eos), ("<s>", bos), add_prefix_space=False)
+    return Tokenizer(tok, _configured_eos(path))
 
 
 def _mark_special(tok: tokenizers.Tokenizer, names: list[str]) -> None:
