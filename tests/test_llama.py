@@ -302,3 +302,29 @@ def test_cli_generate_with_a_llama_directory(tmp_path, capsys):
     assert prompt[0] == 0
     want = np.asarray(generate(model, params, np.array([prompt]), max_new_tokens=12, eos_token_id=1))[0]
     assert capsys.readouterr().out == tok.decode(want.tolist()) + "\n"
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name", ["LlamaForCausalLM (dynamic rope past 4 positions, tied)",
+                                  "LlamaForCausalLM (llama3 rope, no biases)"])
+def test_rope_scaling_variants_match_transformers(name):
+    """More tiny settings than tests/test_interop.py's one per architecture: outputs, gradients, AdamW step."""
+    pytest.importorskip("torch")
+    from jaxlm.interop.parity import TINY_VARIANTS, tiny_parity
+
+    architecture, config = TINY_VARIANTS[name]
+    diffs = tiny_parity(architecture, **config)
+    assert max(diffs[k] for k in ("logits", "hidden_states", "attentions")) <= 1e-5, diffs
+    assert diffs["gradients (max relative)"] <= 1e-4 and diffs["params after one AdamW step"] <= 1e-6, diffs
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_qwen2_0_5b_shapes_random_weights(tmp_path):
+    """Qwen2-0.5B's shapes (494M parameters, float32) with random weights: one forward's logits."""
+    transformers = pytest.importorskip("transformers")
+    from jaxlm.interop.parity import QWEN2_0_5B, compare_outputs, example_inputs, random_checkpoint
+
+    directory = random_checkpoint("Qwen2ForCausalLM", tmp_path, tiny=False, **QWEN2_0_5B)
+    diffs = compare_outputs(directory, example_inputs(transformers.AutoConfig.from_pretrained(directory)))
+    assert diffs["logits"] <= 1e-4, diffs

@@ -20,6 +20,7 @@ EOS = "<|endoftext|>"
 FILE = "tokenizer.json"
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORD_SPECIALS = ["<PAD>", "<UNK>"]
+ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 
 
 class Tokenizer:
@@ -89,6 +90,28 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     return Tokenizer(tok)
 
 
+def train_roberta_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    """Byte-level BPE as RoBERTa builds it: ``<s> <pad> </s> <unk> <mask>`` as ids 0-4,
+    ``<s> A </s></s> B </s>`` framing."""
+    tok = tokenizers.Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=ROBERTA_SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer=trainer)
+    _roberta_framing(tok)
+    return Tokenizer(tok)
+
+
+def _roberta_framing(tok: tokenizers.Tokenizer) -> None:
+    """RoBERTa's special tokens marked as such and ``<s> A </s></s> B </s>`` framing, as transformers 5's
+    RobertaTokenizer builds them from vocabulary files (its ``<mask>`` keeps the space before it apart;
+    a tokenizer.json carries its own setting)."""
+    _mark_special(tok, ROBERTA_SPECIALS)
+    tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")),
+                                                      ("<s>", tok.token_to_id("<s>")), add_prefix_space=False)
+
+
 def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool = True) -> Tokenizer:
     """BERT's WordPiece: BERT normalisation and pre-tokenization (CJK characters are words of
     their own), ``[PAD] [UNK] [CLS] [SEP] [MASK]`` as ids 0-4, ``[CLS] A [SEP] B [SEP]`` framing."""
@@ -118,8 +141,8 @@ def train_wordlevel(texts: Iterable[str], vocab_size: int, min_frequency: int = 
 
 def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int, **options) -> Tokenizer:
     """``options``: ``min_frequency`` and ``lowercase`` of a word vocabulary."""
-    return {"bpe": train_bpe, "wordpiece": train_wordpiece, "word": train_wordlevel}[kind](texts, vocab_size,
-                                                                                         **options)
+    return {"bpe": train_bpe, "wordpiece": train_wordpiece, "word": train_wordlevel,
+            "roberta_bpe": train_roberta_bpe}[kind](texts, vocab_size, **options)
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
@@ -147,9 +170,6 @@ def _configured_eos(path: Path) -> str | None:
     return eos.get("content") if isinstance(eos, dict) else eos
 
 
-ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-
-
 def _byte_level_files(path: Path) -> Tokenizer:
     """GPT-2's ``vocab.json`` + ``merges.txt``; with ``<s>`` and ``</s>`` in the vocabulary, RoBERTa's:
     its special tokens and ``<s> A </s></s> B </s>`` framing."""
@@ -160,10 +180,7 @@ def _byte_level_files(path: Path) -> Tokenizer:
     if bos is None or eos is None:
         _mark_special(tok, [EOS])
         return Tokenizer(tok, _configured_eos(path))
-    _mark_special(tok, [t for t in ROBERTA_SPECIALS if t != "<mask>"])
-    if tok.token_to_id("<mask>") is not None:  # as RobertaTokenizer adds it: the space before it goes with it
-        tok.add_special_tokens([tokenizers.AddedToken("<mask>", lstrip=True, special=True)])
-    tok.post_processor = processors.RobertaProcessing(("</s>", eos), ("<s>", bos), add_prefix_space=False)
+    _roberta_framing(tok)
     return Tokenizer(tok, _configured_eos(path))
 
 

@@ -71,6 +71,10 @@ TINY_VARIANTS = {
                                                "high_freq_factor": 4.0, "original_max_position_embeddings": 8},
                                  attention_bias=False, mlp_bias=False)),
 }
+# Qwen2-0.5B's shapes (494M parameters, tied embeddings): the full-size decoder check.
+QWEN2_0_5B = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                  num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1e6,
+                  rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=151643, eos_token_id=151643)
 NOT_COMPARED = {"loss", "past_key_values", "cross_attentions"}  # the last: empty, BERT as encoder
 
 

@@ -174,8 +174,9 @@ def classify(model, params, tokenizer: Tokenizer, text: str, text_pair: str | No
         return _ranked(model, params, inputs)
     first = [tokenizer.encode(text)]
     second = [tokenizer.encode(text_pair)] if text_pair is not None else None
-    length = min(c.max_positions, len(first[0]) + len(second[0] if second else []) + (3 if second else 2))
-    frame = framer(tokenizer, length)
+    frame = framer(tokenizer, c.max_positions)
+    frame.length = min(c.max_positions, len(first[0]) + len(second[0] if second else []) +
+                       frame.overhead(pair=second is not None))
     rows, cut = frame_texts(first, second, frame)
     if cut.any():
         log.warning("the text is longer than the model's %d positions; its end was cut", c.max_positions)

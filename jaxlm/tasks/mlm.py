@@ -27,7 +27,7 @@ from jaxlm.data.bert_inputs import pack_blocks, sentence_pairs, split_sentences
 from jaxlm.data.corpus import load_documents, split_documents
 from jaxlm.data.masking import EVAL_EPOCH, Masker, MaskedBatches, row_rng
 from jaxlm.data.pipeline import BatchIterator
-from jaxlm.tasks.encoder import EncoderTask, encoder_tokenizer, framer
+from jaxlm.tasks.encoder import EncoderTask, encoder_tokenizer, framer, mask_token
 from jaxlm.train.losses import cross_entropy_sum
 
 PAIRS_STREAM = 1  # generator streams for building the sentence pairs of each split
@@ -89,7 +89,7 @@ class MaskedLMTask(EncoderTask):
             train = pack_blocks(tok.encode_batch(train_text), frame, keep_last=False)
             valid = pack_blocks(tok.encode_batch(valid_text), frame, keep_last=True)
         self.masker = Masker.for_vocab(
-            tok.tok.get_vocab(), tok.special_ids, continuation_prefix=tok.continuation_prefix,
+            tok.tok.get_vocab(), tok.special_ids, mask_token(tok), continuation_prefix=tok.continuation_prefix,
             probability=t.mask_probability, mask_fraction=t.mask_token_fraction,
             random_fraction=t.random_token_fraction, unit=t.masking, span_p=t.span_p, max_span=t.max_span)
         self.train = {**train, "row": np.arange(len(train["input_ids"]))}
