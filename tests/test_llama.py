@@ -102,6 +102,47 @@ def test_scan_layers_and_remat_give_the_same_outputs_and_gradients():
                      stack_layers(want, model.config) if fields.get("scan_layers") else want)
 
 
+SHARDED = """
+import json, sys, tempfile
+from conftest import tiny_overrides
+from jaxlm.config import load_config
+from jaxlm.train.logging import read_metrics
+from jaxlm.train.trainer import train
+
+out = {}
+for mesh in sys.argv[2:]:
+    data, fsdp, tensor = mesh.split(",")
+    run = tempfile.mkdtemp()
+    overrides = [o for o in tiny_overrides(run) if not o.startswith("model.")] + [
+        f"data.paths={sys.argv[1]}", "trainer.batch_size=8", "trainer.max_steps=3", "trainer.log_every=1",
+        "trainer.eval_every=3", "checkpoint.every=3", f"mesh.data={data}", f"mesh.fsdp={fsdp}", f"mesh.tensor={tensor}",
+        "model.vocab_size=300", "model.hidden_size=64", "model.intermediate_size=96", "model.num_hidden_layers=2",
+        "model.attention_dropout=0.0"]
+    train(load_config("configs/llama-tiny.yaml", overrides))
+    out[mesh] = [r["loss"] for r in read_metrics(run) if "loss" in r] + [
+        r["eval_loss"] for r in read_metrics(run) if "eval_loss" in r]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_fsdp_and_tensor_parallel_training_equals_data_parallel(corpus_file):
+    """8 fake CPU devices: GQA's 2 key/value heads split over tensor=2, the rest as for GPT-2 and BERT."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": os.pathsep.join([root, os.path.join(root, "tests")])}
+    result = subprocess.run([sys.executable, "-c", SHARDED, str(corpus_file), "8,1,1", "1,4,2"], cwd=root,
+                            env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = json.loads(result.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(losses["1,4,2"], losses["8,1,1"], rtol=2e-5)
+
+
 def test_bfloat16_compute_stays_close_to_float32():
     model, params = tiny("llama")
     x = ids()
