@@ -344,6 +344,32 @@ def test_cli_generate_with_a_llama_directory(tmp_path, capsys):
     want = np.asarray(generate(model, params, np.array([prompt]), max_new_tokens=12, eos_token_id=1))[0]
     assert capsys.readouterr().out == tok.decode(want.tolist()) + "\n"
 
+    # convert to a jaxlm run (tokenizer files along), fine-tune it briefly, export it back
+    run, tuned, exported = tmp_path / "run", tmp_path / "tuned", tmp_path / "exported"
+    assert main(["convert", "--from-torch", str(directory), "--out", str(run)]) == 0
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(embedded_corpus()[:6]))
+    assert main(["train", str(run / "config.yaml"), f"run.out_dir={tuned}", f"model.init_from={run}",
+                 f"data.paths={corpus}", "data.seq_len=32", "trainer.batch_size=2", "trainer.max_steps=2",
+                 "trainer.eval_batches=1", "trainer.progress_bar=false", "checkpoint.every=2"]) == 0
+    assert main(["convert", "--to-torch", str(tuned), "--out", str(exported)]) == 0
+    capsys.readouterr()
+    hf = transformers.LlamaForCausalLM.from_pretrained(exported).eval()
+    model, params = jaxlm.from_pretrained(exported)
+    ids = np.array([prompt])
+    import torch
+
+    with torch.no_grad():
+        want = hf(torch.tensor(ids)).logits.numpy()
+    np.testing.assert_allclose(logits(model, params, jnp.asarray(ids)), want, atol=1e-5)
+    assert load_tokenizer_ids(exported, "The import") == prompt
+
+
+def load_tokenizer_ids(directory, text):
+    from jaxlm.data.tokenizer import load_tokenizer
+
+    return load_tokenizer(directory).encode(text, add_special_tokens=True)
+
 
 @pytest.mark.torch
 @pytest.mark.parametrize("name", ["LlamaForCausalLM (dynamic rope past 4 positions, tied)",
