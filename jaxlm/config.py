@@ -34,8 +34,9 @@ class TokenizerConfig(Section):
     path: str | None = None
     """A directory or file with ``tokenizer.json``, or GPT-2 ``vocab.json`` + ``merges.txt``.
     ``None`` trains a byte-level BPE tokenizer on the training text (cached in the run dir)."""
-    vocab_size: int = Field(4096, gt=256)
-    """Tokens to train; for the word vocabulary of the classic text models, the most it keeps."""
+    vocab_size: int = Field(4096, gt=0)
+    """Tokens to train (a byte-level BPE needs more than its 256 byte tokens); for the word
+    vocabulary of the classic text models, the most it keeps."""
     min_frequency: int = Field(1, ge=1)
     """Word vocabularies: words seen fewer times in the training split become ``<UNK>``."""
     lowercase: bool = True
@@ -92,6 +93,15 @@ class TrainerConfig(Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     progress_bar: bool = True
     early_stopping: EarlyStoppingConfig | None = None
+    trainable: list[str] = []
+    """Regexes over param paths (``bert/layer_0/attention/query/kernel``): only matching params
+    train (``[classifier]``: a linear probe); the rest is frozen. Empty: every param (or a
+    ``peft`` method's own) trains."""
+    freeze: list[str] = []
+    """Regexes over param paths taken out of training (``[embeddings]``)."""
+    unfreeze_every: int | None = Field(None, gt=0)
+    """Gradual unfreezing (ULMFiT): only the top group (head, final norm) trains at first, and one
+    more layer group downwards every N steps, the embeddings last."""
 
 
 class OptimizerConfig(Section):
@@ -110,6 +120,9 @@ class OptimizerConfig(Section):
     adagrad_initial_accumulator: float = 0.0
     clip_norm: float | None = Field(1.0, gt=0)
     """Clip gradients to this global L2 norm; ``None`` disables clipping."""
+    layer_decay: float | None = Field(None, gt=0, le=1)
+    """Layer-wise learning-rate decay: layer i of n learns at ``decay ** (n - i)`` times the rate,
+    the embeddings at ``decay ** (n + 1)``, the head at the full rate."""
 
 
 class PlateauConfig(Section):
@@ -520,7 +533,8 @@ def _describe(err: dict) -> str:
             f"valid keys here: {', '.join(valid)}"
         return f"unknown config key {key!r}; {hint}"
     if kind == "union_tag_invalid":
-        return f"{loc[0]}.type={err['ctx']['tag']!r} is unknown; choose one of: {', '.join(unions[loc[0]])}"
+        tag = err["ctx"].get("discriminator", "'type'").strip("'")
+        return f"{loc[0]}.{tag}={err['ctx']['tag']!r} is unknown; choose one of: {', '.join(unions[loc[0]])}"
     if kind == "value_error":
         return str(err.get("ctx", {}).get("error", err["msg"]))
     if kind == "missing":
@@ -546,7 +560,8 @@ def save_config(config: Config, path: Path) -> None:
 # checkpoint that agrees on them. Everything else (max_steps, log/eval cadence, learning
 # rate, dropout, ...) may change between restarts.
 STATE_KEYS = ("task", "model", "precision.params", "optimizer.name", "run.seed", "trainer.batch_size",
-              "data.seq_len", "data.paths", "data.tokenizer")
+              "data.seq_len", "data.paths", "data.tokenizer", "trainer.trainable", "trainer.freeze",
+              "trainer.unfreeze_every")
 HARMLESS_MODEL_KEYS = {"init_from", "attention_implementation", "remat"}  # and every dropout rate
 HARMLESS_TASK_KEYS = {"eval_split", "truncation"}
 
@@ -565,9 +580,16 @@ def resume_conflicts(saved: dict, config: Config) -> list[str]:
                 "schedule.plateau": get(tree, "schedule.plateau") is not None,
                 "precision.compute float16": get(tree, "precision.compute") == "float16"}
 
+    def written(tree, dotted):  # False for settings added to jaxlm after the checkpoint was written
+        *parents, last = dotted.split(".")
+        node = get(tree, ".".join(parents)) if parents else tree
+        return isinstance(node, dict) and last in node
+
     out = []
     for key in STATE_KEYS:
         a, b = get(saved, key), get(now, key)
+        if not written(saved, key):
+            a = _default(key)
         if key == "task" and isinstance(a, str):  # written before tasks had settings
             a = {"type": a}
         harmless = {"model": HARMLESS_MODEL_KEYS, "task": HARMLESS_TASK_KEYS}.get(key)
@@ -583,3 +605,13 @@ def resume_conflicts(saved: dict, config: Config) -> list[str]:
     sa, sb = structure(saved), structure(now)
     out += [f"{k} set: {sa[k]} in the checkpoint, {sb[k]} now" for k in sa if sa[k] != sb[k]]
     return out
+
+
+def _default(dotted: str):
+    """The schema default of a setting (``trainer.freeze`` -> ``[]``), JSON-dumped like a saved config."""
+    section: Any = Config
+    *parents, last = dotted.split(".")
+    for part in parents:
+        section = _section_type(section.model_fields[part].annotation)
+    default = section.model_fields[last].default
+    return default.model_dump(mode="json") if isinstance(default, BaseModel) else default

@@ -10,7 +10,7 @@ from jaxlm.cli import main
 from jaxlm.config import load_config
 from jaxlm.parallel.memory import activation_memory, device_rows, state_memory
 from jaxlm.train.step import make_train_step
-from jaxlm.train.trainer import setup
+from jaxlm.train.setup import setup
 
 TOLERANCE = 0.25
 """Activations + gradients against XLA's temporary bytes: XLA also holds short-lived buffers (attention
@@ -21,11 +21,11 @@ def xla_temp_bytes(config) -> int:
     """Temporary bytes of the compiled train step, as the trainer builds it."""
     s = setup(config)
     step = make_train_step(s.model, s.task, s.tx, s.schedule, config.trainer.grad_accum_steps, 0.0,
-                           config.model.uses_dropout)
+                           config.model.uses_dropout, s.assemble)
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in s.task.example_batch(
         config.trainer.batch_size).items()}
     with s.sharding_context():
-        compiled = jax.jit(step, donate_argnums=0).lower(s.abstract_state, batch).compile()
+        compiled = jax.jit(step, donate_argnums=0).lower(s.abstract_state, batch, s.abstract_constants).compile()
     return compiled.memory_analysis().temp_size_in_bytes
 
 

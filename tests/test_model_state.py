@@ -93,7 +93,7 @@ def test_checkpoint_resume_restores_batch_stats(tmp_path):
     ckpt = Checkpoints(tmp_path, s.config.checkpoint)
     try:
         data = s.task.train_iterator(16)
-        resumed = start_state(s, ckpt, LoopPosition(data, EarlyStopping(None)))
+        resumed, _ = start_state(s, ckpt, LoopPosition(data, EarlyStopping(None)))
     finally:
         ckpt.close()
     assert int(resumed.step) == 2 and close(resumed.model_state, saved)

@@ -1,4 +1,12 @@
-"""The train state and the jit-compiled train / eval steps."""
+"""The train state and the jit-compiled train / eval steps.
+
+Both steps take ``constants``: a pytree the step reads but never updates or donates (the
+frozen params of a parameter-efficient run, a distillation teacher). ``assemble(trainable,
+constants)`` builds the params the model is applied with; gradients are taken with respect to
+the trainable tree only, so none are computed for what ``constants`` holds. A task whose loss
+needs the constants itself (a teacher's logits) sets ``needs_constants = True`` and receives them
+as the ``constants`` keyword of ``loss`` and ``eval_sums``. See docs/constants.md.
+"""
 
 from __future__ import annotations
 
@@ -31,9 +39,19 @@ class TrainState:
     model_state: dict = flax.struct.field(default_factory=dict)
 
 
+def trainable_only(trainable, constants):
+    """The default ``assemble``: the model's params are the trainable tree itself."""
+    return trainable
+
+
+def task_kwargs(task, constants) -> dict:
+    return {"constants": constants} if getattr(task, "needs_constants", False) else {}
+
+
 def make_train_step(model, task, tx: optax.GradientTransformationExtraArgs, schedule: Callable,
-                    grad_accum_steps: int, label_smoothing: float, dropout: bool):
-    """One optimizer update per call.
+                    grad_accum_steps: int, label_smoothing: float, dropout: bool,
+                    assemble: Callable = trainable_only):
+    """One optimizer update per call: ``step(state, batch, constants=None)``.
 
     Gradient accumulation is a ``lax.scan`` over micro-batches inside the step rather than
     ``optax.MultiSteps``: one call is one update (so steps, the data position and checkpoints
@@ -43,19 +61,20 @@ def make_train_step(model, task, tx: optax.GradientTransformationExtraArgs, sche
     normalised by its own, and updates the running averages in turn).
     """
 
-    def summed_loss(params, model_state, batch, rng, scale):
+    def summed_loss(params, constants, model_state, batch, rng, scale):
         bound = StatefulModel(model, model_state, train=True)
-        loss, weight = task.loss(bound, params, batch, rng if dropout else None, label_smoothing)
+        loss, weight = task.loss(bound, assemble(params, constants), batch, rng if dropout else None,
+                                 label_smoothing, **task_kwargs(task, constants))
         return loss * scale, (weight, bound.state)  # float16: scaled up so small gradients survive
 
-    grad_fn = jax.value_and_grad(summed_loss, has_aux=True)
+    grad_fn = jax.value_and_grad(summed_loss, has_aux=True)  # argument 0: the trainable params only
 
-    def step(state: TrainState, batch):
+    def step(state: TrainState, batch, constants=None):
         rng, step_rng = jax.random.split(state.rng)
         scale = state.loss_scale.scale
         if grad_accum_steps == 1:
-            (loss_sum, (weight, model_state)), grads = grad_fn(state.params, state.model_state, batch, step_rng,
-                                                               scale)
+            (loss_sum, (weight, model_state)), grads = grad_fn(state.params, constants, state.model_state, batch,
+                                                               step_rng, scale)
         else:
             # Row j of micro-batch i is row j*k + i: each device keeps its own rows.
             micro = jax.tree.map(
@@ -64,8 +83,8 @@ def make_train_step(model, task, tx: optax.GradientTransformationExtraArgs, sche
             def body(carry, xs):
                 i, mb = xs
                 sums, model_state = carry
-                (s, (w, model_state)), g = grad_fn(state.params, model_state, mb, jax.random.fold_in(step_rng, i),
-                                                   scale)
+                (s, (w, model_state)), g = grad_fn(state.params, constants, model_state, mb,
+                                                   jax.random.fold_in(step_rng, i), scale)
                 return (jax.tree.map(jnp.add, sums, (s, w, g)), model_state), None
 
             zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params))
@@ -92,8 +111,9 @@ def make_train_step(model, task, tx: optax.GradientTransformationExtraArgs, sche
     return step
 
 
-def make_eval_step(model, task):
-    def step(params, model_state, batch):
-        return task.eval_sums(StatefulModel(model, model_state), params, batch)
+def make_eval_step(model, task, assemble: Callable = trainable_only):
+    def step(params, model_state, batch, constants=None):
+        return task.eval_sums(StatefulModel(model, model_state), assemble(params, constants), batch,
+                              **task_kwargs(task, constants))
 
     return step

@@ -3,140 +3,42 @@ seq2seq) runs through :func:`train`; a task supplies data and a loss, nothing el
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
+import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from jaxlm.checkpoint import (CheckpointError, Checkpoints, checkpoint_dir, load_model_state, load_params_into,
-                              resolve)
+from jaxlm.checkpoint import CheckpointError, Checkpoints, checkpoint_dir, resolve
 from jaxlm.config import Config, resume_conflicts, save_config
-from jaxlm.errors import ConfigError, JaxlmError
-from jaxlm.train.preemption import PreemptionGuard
-from jaxlm.models import build_model
-from jaxlm.models.state import split_variables
-from jaxlm.parallel.mesh import batch_sharding, data_parallel_size, make_mesh, param_shardings, rules_for
-from jaxlm.tasks import Task, build_task
+from jaxlm.errors import JaxlmError
+from jaxlm.rundir import RunClaim, claim_run_dir
 from jaxlm.train.early_stopping import EarlyStopping, LoopPosition
 from jaxlm.train.logging import MetricsLogger, console_summary, rewind_metrics
-from jaxlm.train.optim import build_optimizer
-from jaxlm.train.precision import DTYPES, LossScale, cast_floats, skip_nonfinite
+from jaxlm.train.preemption import PreemptionGuard
+from jaxlm.train.setup import Setup, setup  # noqa: F401 - setup is part of this module's interface
 from jaxlm.train.step import TrainState, make_eval_step, make_train_step
+from jaxlm.train.trainable import check_frozen, frozen_meta
 
 log = logging.getLogger("jaxlm")
 
 
-@dataclass
-class Setup:
-    """Everything built from a config before the loop starts."""
-
-    config: Config
-    run_dir: Path
-    mesh: jax.sharding.Mesh
-    task: Task
-    model: nn.Module
-    tx: Any
-    schedule: Any
-    abstract_state: TrainState  # ShapeDtypeStructs carrying the target shardings
-    batch_sharding: jax.sharding.NamedSharding
-    rules: tuple
-
-    def init_state(self) -> TrainState:
-        c = self.config
-        example = self.task.model_inputs(self.task.example_batch(1))
-        shardings = jax.tree.map(lambda a: a.sharding, self.abstract_state)
-
-        @jax.jit
-        def init(key):
-            params_key, key = jax.random.split(key)
-            params, model_state = nn.meta.unbox(init_variables(self.model, self.config, params_key, example))
-            return TrainState(jnp.zeros((), jnp.int32), params, self.tx.init(params), key, new_loss_scale(c),
-                              model_state)
-
-        with self.sharding_context():
-            state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(c.run.seed))
-        return state
-
-    def sharding_context(self):
-        """The mesh and the logical-axis rules, active while steps are traced and run."""
-        stack = contextlib.ExitStack()
-        stack.enter_context(self.mesh)
-        stack.enter_context(nn.logical_axis_rules(list(self.rules)))
-        return stack
-
-    def put_batch(self, batch: dict[str, np.ndarray], *, is_global: bool = False) -> dict[str, jax.Array]:
-        """Device arrays from this process's rows (``is_global``: take them from the full batch)."""
-        if is_global and jax.process_count() > 1:
-            n, p, c = len(next(iter(batch.values()))), jax.process_index(), jax.process_count()
-            batch = {k: v[p * n // c:(p + 1) * n // c] for k, v in batch.items()}
-        return {k: jax.make_array_from_process_local_data(self.batch_sharding, v) for k, v in batch.items()}
-
-
-def init_variables(model, config: Config, key, example):
-    """Freshly initialised (boxed) params in ``precision.params``, and the model's other
-    collections (``model_state``: BatchNorm statistics, kept in float32)."""
-    params, model_state = split_variables(model.init(key, **example))
-    return cast_floats(params, DTYPES[config.precision.params]), model_state
-
-
-def new_loss_scale(config: Config) -> LossScale:
-    p = config.precision
-    return LossScale.create(p.compute, p.loss_scale, p.loss_scale_period)
-
-
-def check_batch(name: str, size: int, mesh, rules) -> None:
-    dp = data_parallel_size(mesh, rules)
-    if size % dp:
-        raise ConfigError(f"{name}={size} is not divisible by the {dp} data-parallel devices "
-                          f"(mesh.data x mesh.fsdp); use a multiple of {dp}")
-
-
-def setup(config: Config) -> Setup:
-    run_dir = Path(config.run.out_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    mesh, rules = make_mesh(config.mesh), rules_for(config.mesh)
-    t = config.trainer
-    check_batch("trainer.batch_size", t.batch_size, mesh, rules)
-    check_batch("trainer.batch_size / trainer.grad_accum_steps", t.batch_size // t.grad_accum_steps, mesh, rules)
-    check_batch("trainer.eval_batch_size", t.eval_batch_size or t.batch_size, mesh, rules)
-    task = build_task(config, run_dir)
-    # A task may pass the module data-dependent arguments (a word model's pretrained embeddings).
-    model = build_model(config.model, task.head, dtype=DTYPES[config.precision.compute],
-                        **getattr(task, "model_kwargs", {}))
-    tx, schedule = build_optimizer(config.optimizer, config.schedule, t.max_steps)
-    tx = skip_nonfinite(tx, config.precision.compute)
-
-    example = task.model_inputs(task.example_batch(1))
-
-    def boxed_state(key):
-        params, model_state = init_variables(model, config, key, example)
-        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), key, new_loss_scale(config), model_state)
-
-    boxed = jax.eval_shape(boxed_state, jax.random.PRNGKey(0))
-    shardings = param_shardings(nn.get_partition_spec(boxed), nn.meta.unbox(boxed), mesh, rules)
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            nn.meta.unbox(boxed), shardings)
-    return Setup(config, run_dir, mesh, task, model, tx, schedule, abstract, batch_sharding(mesh, rules), rules)
-
-
-def evaluate(s: Setup, params, eval_fn=None, model_state=None) -> dict[str, float]:
-    """Eval metrics of ``params`` (and ``model_state``: BatchNorm running averages, if the model has any)."""
+def evaluate(s: Setup, params, eval_fn=None, model_state=None, constants=None) -> dict[str, float]:
+    """Eval metrics of ``params`` (and ``model_state``: BatchNorm running averages, if the model has any):
+    the trainable params with the step's ``constants``, or, without them, every param."""
     t = s.config.trainer
-    eval_fn = eval_fn or jax.jit(make_eval_step(s.model, s.task))
+    if constants is None:
+        params, constants = s.split.split(params)[0], s.constants(params)
+    eval_fn = eval_fn or jax.jit(make_eval_step(s.model, s.task, s.assemble))
     model_state = {} if model_state is None else model_state
     totals, n_batches = None, 0
     with s.sharding_context():
         for batch in s.task.eval_batches(t.eval_batch_size or t.batch_size, t.eval_batches):
-            sums = eval_fn(params, model_state, s.put_batch(batch, is_global=True))
+            sums = eval_fn(params, model_state, s.put_batch(batch, is_global=True), constants)
             totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
             n_batches += 1
     if totals is None:
@@ -147,26 +49,37 @@ def evaluate(s: Setup, params, eval_fn=None, model_state=None) -> dict[str, floa
 
 
 def train(config: Config) -> dict[str, float]:
-    """Train until ``trainer.max_steps``, resuming from the run directory's latest checkpoint."""
-    s = setup(config)
-    c, t = config, config.trainer
+    """Train until ``trainer.max_steps``, resuming from the run directory's latest checkpoint.
+
+    The run directory is this job's alone while it trains (:func:`claim_run_dir`); a run that
+    fails before its first step leaves no directory it created.
+    """
+    with claim_run_dir(config.run.out_dir) as claim:
+        return _train(setup(config), claim)
+
+
+def _train(s: Setup, claim: RunClaim) -> dict[str, float]:
+    c, t = s.config, s.config.trainer
     is_main = jax.process_index() == 0
     ckpt = Checkpoints(s.run_dir, c.checkpoint)
     data = s.task.train_iterator(t.batch_size, jax.process_index(), jax.process_count())
     stopping = EarlyStopping(t.early_stopping)
     position = LoopPosition(data, stopping)
-    state = start_state(s, ckpt, position)
+    state, constants = start_state(s, ckpt, position)
     if is_main:
         save_config(c, s.run_dir / "config.yaml")
         rewind_metrics(s.run_dir, int(state.step))
 
     shardings = jax.tree.map(lambda a: a.sharding, s.abstract_state)
+    constant_shardings = jax.tree.map(lambda a: a.sharding, s.abstract_constants)
+    # The constants (the frozen params) are an input of every step, never donated, never updated.
     train_step = jax.jit(
         make_train_step(s.model, s.task, s.tx, s.schedule, t.grad_accum_steps, t.label_smoothing,
-                        c.model.uses_dropout),
-        in_shardings=(shardings, s.batch_sharding), out_shardings=(shardings, None), donate_argnums=0)
-    eval_fn = jax.jit(make_eval_step(s.model, s.task),
-                      in_shardings=(shardings.params, shardings.model_state, s.batch_sharding))
+                        c.model.uses_dropout, s.assemble),
+        in_shardings=(shardings, s.batch_sharding, constant_shardings), out_shardings=(shardings, None),
+        donate_argnums=0)
+    eval_fn = jax.jit(make_eval_step(s.model, s.task, s.assemble),
+                      in_shardings=(shardings.params, shardings.model_state, s.batch_sharding, constant_shardings))
 
     logger = MetricsLogger(s.run_dir, enabled=is_main)
     step = int(state.step)
@@ -183,9 +96,11 @@ def train(config: Config) -> dict[str, float]:
             log.warning("this run already stopped early; raise trainer.early_stopping.patience to continue it")
         while step < t.max_steps and not stopping.stop:
             with s.sharding_context():
-                state, metrics = train_step(state, s.put_batch(next(data)))
+                state, metrics = train_step(state, s.put_batch(next(data)), constants)
             step += 1
+            claim.mark_started()
             bar.update(1)
+            ckpt.check_saved()
             if step % t.log_every == 0 or step == t.max_steps:
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 now = time.perf_counter()
@@ -201,7 +116,7 @@ def train(config: Config) -> dict[str, float]:
                 last.update(metrics)
             evaluated, improved = {}, False
             if step % t.eval_every == 0 or step == t.max_steps:
-                evaluated = evaluate(s, state.params, eval_fn, state.model_state)
+                evaluated = evaluate(s, state.params, eval_fn, state.model_state, constants)
                 logger.log(step, evaluated)
                 last.update(evaluated)
                 if is_main:
@@ -219,55 +134,67 @@ def train(config: Config) -> dict[str, float]:
                             guard.signal_name, step)
                 break
     finally:
-        guard.close()
-        bar.close()
-        ckpt.wait()
-        ckpt.close()
-        logger.close()
+        close_all(guard.close, bar.close, ckpt.close, logger.close)
     return last
 
 
-def start_state(s: Setup, ckpt: Checkpoints, data) -> TrainState:
-    """Resume (``checkpoint.resume``) or initialise, with ``model.init_from`` params if given."""
+def close_all(*closers) -> None:
+    """Run every closer; raise the first error, unless an exception is already on its way out
+    (a save that failed also fails the close that waits for it: the first report stands)."""
+    leaving = sys.exc_info()[1] is not None
+    first = None
+    for close in closers:
+        try:
+            close()
+        except Exception as e:  # noqa: BLE001
+            first = first or e
+    if first is not None and not leaving:
+        raise first
+
+
+def start_state(s: Setup, ckpt: Checkpoints, data) -> tuple[TrainState, dict]:
+    """Resume (``checkpoint.resume``) or initialise, with ``model.init_from`` params if given; and
+    the step's constants (the frozen params, checked against a resumed checkpoint's fingerprint)."""
     c = s.config
     resume = c.checkpoint.resume
+    params = model_state = None
+    constants = {"frozen": {}}
+    if not s.split.everything:  # the frozen params come from the initialisation, also when resuming
+        params, model_state = s.initial_params()
+        constants = s.constants(params)
+    ckpt.extra_meta = {"frozen": frozen_meta(constants["frozen"])} if not s.split.everything else {}
 
-    def check(saved_config: dict) -> None:
-        conflicts = resume_conflicts(saved_config, c)
+    def check(meta: dict, where) -> None:
+        conflicts = resume_conflicts(meta["config"], c)
         if conflicts:
             raise CheckpointError(f"cannot resume {s.run_dir}: {'; '.join(conflicts)}. Use a new run.out_dir "
                                   "(or undo the change)")
+        check_frozen(meta.get("frozen"), constants["frozen"], f"cannot resume {where}: the checkpoint",
+                     "point model.init_from at the base it was trained from, or use a new run.out_dir")
 
     if ckpt.all_steps():
         if resume == "never":
             raise CheckpointError(f"{checkpoint_dir(s.run_dir)} already holds checkpoints and checkpoint.resume="
                                   "never; choose a new run.out_dir or set checkpoint.resume=auto")
-        found = ckpt.restore_latest(s.abstract_state, check)
+        found = ckpt.restore_latest(s.abstract_state, lambda meta: check(meta, s.run_dir))
         if found is not None:
             state, data_state, step = found
             data.restore(data_state)
             log.info("resumed from %s at step %d", checkpoint_dir(s.run_dir), step)
-            return state
+            return state, constants
     elif resume not in ("auto", "never"):
         source_dir, step = resolve(resume)
         source = Checkpoints(source_dir, read_only=True) if checkpoint_dir(source_dir).is_dir() else None
         if source is None or not source.all_steps():
             raise CheckpointError(f"checkpoint.resume={resume} holds no jaxlm checkpoint")
+        if step is not None and step not in source.all_steps():
+            raise CheckpointError(f"checkpoint.resume={resume}: {source_dir} has no checkpoint at step {step}; it "
+                                  f"has {source.all_steps()}")
         step = source.latest_step() if step is None else step
-        check(source.read_meta(step)["config"])
+        check(source.read_meta(step), resume)
         state, data_state = source.restore(step, s.abstract_state)
         source.close()
         data.restore(data_state)
         log.info("started from %s at step %d", resume, step)
-        return state
-
-    state = s.init_state()
-    if c.model.init_from:
-        params = load_params_into(c.model.init_from, s.abstract_state.params, initial=state.params)
-        state = state.replace(params=params, opt_state=jax.jit(s.tx.init, out_shardings=jax.tree.map(
-            lambda a: a.sharding, s.abstract_state.opt_state))(params))
-        log.info("initialised params from %s", c.model.init_from)
-        if state.model_state:  # BatchNorm statistics come with the weights when the checkpoint has them
-            saved = load_model_state(c.model.init_from, abstract_state=s.abstract_state.model_state)
-            state = state.replace(model_state=saved or state.model_state)
-    return state
+        return state, constants
+    return s.init_state(params, model_state), constants

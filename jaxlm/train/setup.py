@@ -1,0 +1,209 @@
+"""Everything built from a config before the training loop: mesh, task, model, optimizer,
+the trainable / frozen split and the abstract (sharded) shapes of the state."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlm.config import Config
+from jaxlm.errors import ConfigError
+from jaxlm.models.state import split_variables
+from jaxlm.parallel.mesh import batch_sharding, data_parallel_size, make_mesh, param_shardings, rules_for
+from jaxlm.tasks import Task, build_task
+from jaxlm.train import layerwise
+from jaxlm.train.optim import build_optimizer
+from jaxlm.train.precision import DTYPES, LossScale, cast_floats, skip_nonfinite
+from jaxlm.train.step import TrainState
+from jaxlm.train.trainable import TrainableSplit, check_frozen, describe, flat, make_split, merge, unflat
+
+log = logging.getLogger("jaxlm")
+
+
+@dataclass
+class Setup:
+    """Everything built from a config before the loop starts."""
+
+    config: Config
+    run_dir: Path
+    mesh: jax.sharding.Mesh
+    task: Task
+    model: nn.Module
+    tx: Any
+    schedule: Any
+    abstract_state: TrainState  # ShapeDtypeStructs carrying the target shardings (trainable params only)
+    batch_sharding: jax.sharding.NamedSharding
+    rules: tuple
+    split: TrainableSplit
+    abstract_params: Any  # every param (trainable and frozen), with shardings
+    abstract_model_state: Any
+    fresh: frozenset = frozenset()
+    """Param paths that ``model.init_from`` never provides (a PEFT method's own params)."""
+
+    @property
+    def abstract_constants(self) -> dict:
+        """The step's constant input: ``{"frozen": frozen params}`` (empty when everything trains)."""
+        return {"frozen": self.split.split(self.abstract_params)[1]}
+
+    def assemble(self, trainable, constants) -> dict:
+        """The params the model is applied with, from the trainable tree and the constants."""
+        return merge(trainable, constants["frozen"])
+
+    def initial_params(self) -> tuple[Any, dict]:
+        """Freshly initialised params (and model state) on their shardings, with ``model.init_from`` loaded."""
+        example = self.task.model_inputs(self.task.example_batch(1))
+        shardings = jax.tree.map(lambda a: a.sharding, (self.abstract_params, self.abstract_model_state))
+        with self.sharding_context():
+            return initial_params(self.config, self.model, example, self.fresh, shardings)
+
+    def init_state(self, params=None, model_state=None) -> TrainState:
+        """A step-0 state over the trainable part of ``params`` (default: :meth:`initial_params`)."""
+        if params is None:
+            params, model_state = self.initial_params()
+        trainable, frozen = self.split.split(params)
+        shardings = jax.tree.map(lambda a: a.sharding, self.abstract_state.opt_state)
+        with self.sharding_context():
+            opt_state = jax.jit(self.tx.init, out_shardings=shardings)(trainable)
+        _, rng = jax.random.split(jax.random.PRNGKey(self.config.run.seed))
+        return TrainState(jnp.zeros((), jnp.int32), trainable, opt_state, rng, new_loss_scale(self.config),
+                          model_state)
+
+    def constants(self, params) -> dict:
+        """The step's constants for ``params`` (every param; the trainable ones are ignored)."""
+        return {"frozen": self.split.split(params)[1]}
+
+    def sharding_context(self):
+        """The mesh and the logical-axis rules, active while steps are traced and run."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.mesh)
+        stack.enter_context(nn.logical_axis_rules(list(self.rules)))
+        return stack
+
+    def put_batch(self, batch: dict[str, np.ndarray], *, is_global: bool = False) -> dict[str, jax.Array]:
+        """Device arrays from this process's rows (``is_global``: take them from the full batch)."""
+        if is_global and jax.process_count() > 1:
+            n, p, c = len(next(iter(batch.values()))), jax.process_index(), jax.process_count()
+            batch = {k: v[p * n // c:(p + 1) * n // c] for k, v in batch.items()}
+        return {k: jax.make_array_from_process_local_data(self.batch_sharding, v) for k, v in batch.items()}
+
+
+def initial_params(config: Config, model, example: dict, fresh=frozenset(), shardings=None) -> tuple[Any, dict]:
+    """A run's params (and model state) before its first step: initialised from ``run.seed``, with
+    ``model.init_from`` loaded over them but for the ``fresh`` paths (a PEFT method's own params)."""
+    from jaxlm.checkpoint import load_model_state, load_params_into
+
+    def init(key):
+        params_key, _ = jax.random.split(key)
+        return nn.meta.unbox(init_variables(model, config, params_key, example))
+
+    params, model_state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(config.run.seed))
+    if config.model.init_from:
+        initial = flat(params)
+        base = {p: x for p, x in initial.items() if p not in fresh}
+        loaded = load_params_into(config.model.init_from, unflat(jax.tree.map(_abstract, base)), initial=unflat(base))
+        params = unflat({**initial, **flat(loaded)})
+        log.info("initialised params from %s", config.model.init_from)
+        if model_state:  # BatchNorm statistics come with the weights when the checkpoint has them
+            saved = load_model_state(config.model.init_from, abstract_state=jax.tree.map(_abstract, model_state))
+            model_state = saved or model_state
+    return params, model_state
+
+
+def _abstract(x: jax.Array) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+
+
+def init_variables(model, config: Config, key, example):
+    """Freshly initialised (boxed) params in ``precision.params``, and the model's other
+    collections (``model_state``: BatchNorm statistics, kept in float32)."""
+    params, model_state = split_variables(model.init(key, **example))
+    return cast_floats(params, DTYPES[config.precision.params]), model_state
+
+
+def new_loss_scale(config: Config) -> LossScale:
+    p = config.precision
+    return LossScale.create(p.compute, p.loss_scale, p.loss_scale_period)
+
+
+def check_batch(name: str, size: int, mesh, rules) -> None:
+    dp = data_parallel_size(mesh, rules)
+    if size % dp:
+        raise ConfigError(f"{name}={size} is not divisible by the {dp} data-parallel devices "
+                          f"(mesh.data x mesh.fsdp); use a multiple of {dp}")
+
+
+def build_run_model(config: Config, head: str, **module_kwargs) -> tuple[nn.Module, frozenset, frozenset]:
+    """The model a run trains, and the paths of params that ``model.init_from`` never provides and
+    of those a method adds to the trainable ones (both empty here)."""
+    from jaxlm.models import build_model
+
+    return build_model(config.model, head, dtype=DTYPES[config.precision.compute], **module_kwargs), frozenset(), \
+        frozenset()
+
+
+def full_params(config: Config, trainable, frozen_record: dict, where: str) -> dict:
+    """Every param of a run whose checkpoint holds only its trainable ones (``trainable``): the frozen
+    ones are rebuilt as training built them (initialisation, ``model.init_from``) and must match the
+    checkpoint's fingerprint (``frozen_record``)."""
+    model, fresh, peft_trainable = build_run_model(config, config.task.head)
+    params, _ = initial_params(config, model, config.model.dummy_inputs(), fresh)
+    t = config.trainer
+    frozen = make_split(params, trainable=t.trainable, freeze=t.freeze, extra=peft_trainable).split(params)[1]
+    check_frozen(frozen_record, frozen, f"{where}: its checkpoint",
+                 f"the base it was trained from (model.init_from={config.model.init_from}) has changed; restore it")
+    return merge(trainable, frozen)
+
+
+def build_tx(config: Config, trainable, split: TrainableSplit) -> tuple[Callable, Any]:
+    """The optimizer over the trainable params: the configured chain, layer-wise learning-rate
+    decay, gradual unfreezing and float16's skipping of overflowing updates."""
+    t, opt = config.trainer, config.optimizer
+    tx, schedule = build_optimizer(opt, config.schedule, t.max_steps)
+    if opt.layer_decay is not None:
+        import optax
+
+        tx = optax.chain(tx, layerwise.layer_decay(opt.layer_decay, trainable, config.model))
+    if t.unfreeze_every is not None:
+        tx = layerwise.gradual_unfreeze(tx, t.unfreeze_every, trainable, config.model)
+    return skip_nonfinite(tx, config.precision.compute), schedule
+
+
+def setup(config: Config) -> Setup:
+    run_dir = Path(config.run.out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    mesh, rules = make_mesh(config.mesh), rules_for(config.mesh)
+    t = config.trainer
+    check_batch("trainer.batch_size", t.batch_size, mesh, rules)
+    check_batch("trainer.batch_size / trainer.grad_accum_steps", t.batch_size // t.grad_accum_steps, mesh, rules)
+    check_batch("trainer.eval_batch_size", t.eval_batch_size or t.batch_size, mesh, rules)
+    task = build_task(config, run_dir)
+    # A task may pass the module data-dependent arguments (a word model's pretrained embeddings).
+    model, fresh, peft_trainable = build_run_model(config, task.head, **getattr(task, "model_kwargs", {}))
+    example = task.model_inputs(task.example_batch(1))
+    boxed_params, boxed_model_state = jax.eval_shape(
+        lambda key: init_variables(model, config, key, example), jax.random.PRNGKey(0))
+    split = make_split(boxed_params, trainable=t.trainable, freeze=t.freeze, extra=peft_trainable)
+    boxed_trainable, boxed_frozen = split.split(boxed_params)
+    tx, schedule = build_tx(config, nn.meta.unbox(boxed_trainable), split)
+
+    def boxed_state(key):
+        return TrainState(jnp.zeros((), jnp.int32), boxed_trainable, tx.init(boxed_trainable), key,
+                          new_loss_scale(config), boxed_model_state)
+
+    boxed = jax.eval_shape(boxed_state, jax.random.PRNGKey(0))
+    tree = (boxed, boxed_frozen)
+    shardings = param_shardings(nn.get_partition_spec(tree), nn.meta.unbox(tree), mesh, rules)
+    abstract, abstract_frozen = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                             nn.meta.unbox(tree), shardings)
+    if not split.everything:
+        log.info("%s", describe(abstract.params, abstract_frozen))
+    return Setup(config, run_dir, mesh, task, model, tx, schedule, abstract, batch_sharding(mesh, rules), rules,
+                 split, merge(abstract.params, abstract_frozen), abstract.model_state, fresh)
