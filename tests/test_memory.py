@@ -3,30 +3,15 @@ CPU, for every ``model.remat`` setting, and printed for every shipped config (ev
 
 import glob
 
-import jax
 import pytest
 
 from jaxlm.cli import main
 from jaxlm.config import load_config
-from jaxlm.parallel.memory import activation_memory, device_rows, state_memory
-from jaxlm.train.step import make_train_step
-from jaxlm.train.setup import setup
+from jaxlm.parallel.memory import activation_memory, compiled_step_memory, device_rows, state_memory
 
 TOLERANCE = 0.25
 """Activations + gradients against XLA's temporary bytes: XLA also holds short-lived buffers (attention
 masks, dropout bits) and may fuse an elementwise residual into the backward pass instead of keeping it."""
-
-
-def xla_temp_bytes(config) -> int:
-    """Temporary bytes of the compiled train step, as the trainer builds it."""
-    s = setup(config)
-    step = make_train_step(s.model, s.task, s.tx, s.schedule, config.trainer.grad_accum_steps, 0.0,
-                           config.model.uses_dropout, s.assemble)
-    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in s.task.example_batch(
-        config.trainer.batch_size).items()}
-    with s.sharding_context():
-        compiled = jax.jit(step, donate_argnums=0).lower(s.abstract_state, batch, s.abstract_constants).compile()
-    return compiled.memory_analysis().temp_size_in_bytes
 
 
 # XLA:CPU honours model.remat only for scanned layers (unrolled, it schedules the recomputation early and keeps
@@ -51,7 +36,7 @@ def test_activation_estimate_matches_the_compiled_train_step(case, corpus_file, 
     config = load_config(path, [f"run.out_dir={tmp_path}", "trainer.batch_size=16", *text, *small, *overrides])
     head = config.task.head
     estimate = activation_memory(config, head, 1)[config.model.remat] + state_memory(config, head, 1)["grads"]
-    actual = xla_temp_bytes(config)
+    actual = compiled_step_memory(config).temp_size_in_bytes
     assert abs(estimate - actual) <= TOLERANCE * actual, (estimate, actual)
 
 

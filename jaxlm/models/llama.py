@@ -91,7 +91,7 @@ class DecoderConfig(ModelConfig):
 
     layers_name: ClassVar[str] = "layers"
 
-    # The per-family differences, as properties: Llama / Mistral override them from their fields.
+    # The per-family differences, as properties each family sets (Llama from its fields).
     @property
     def attention_head_dim(self) -> int:
         return getattr(self, "head_dim", None) or self.hidden_size // self.num_attention_heads
@@ -101,16 +101,9 @@ class DecoderConfig(ModelConfig):
         return self.num_key_value_heads or self.num_attention_heads
 
     @property
-    def qkv_bias(self) -> bool:
-        return False
-
-    @property
-    def o_bias(self) -> bool:
-        return False
-
-    @property
-    def mlp_bias_on(self) -> bool:
-        return False
+    def biases(self) -> tuple[bool, bool, bool]:
+        """Whether the query / key / value projections, the attention output and the MLP have biases."""
+        return False, False, False
 
     def layer_window(self, i: int) -> int | None:
         """Layer ``i``'s sliding window (``None``: full causal attention)."""
@@ -174,16 +167,8 @@ class LlamaConfig(DecoderConfig):
     mlp_bias: bool = False
 
     @property
-    def qkv_bias(self) -> bool:
-        return self.attention_bias
-
-    @property
-    def o_bias(self) -> bool:
-        return self.attention_bias
-
-    @property
-    def mlp_bias_on(self) -> bool:
-        return self.mlp_bias
+    def biases(self) -> tuple[bool, bool, bool]:
+        return self.attention_bias, self.attention_bias, self.mlp_bias
 
 
 class Qwen2Config(DecoderConfig):
@@ -204,8 +189,8 @@ class Qwen2Config(DecoderConfig):
     layer_types: tuple[Literal["full_attention", "sliding_attention"], ...] | None = None
 
     @property
-    def qkv_bias(self) -> bool:
-        return True
+    def biases(self) -> tuple[bool, bool, bool]:
+        return True, False, False
 
     def layer_window(self, i: int) -> int | None:
         if not self.use_sliding_window or self.sliding_window is None:
@@ -252,7 +237,7 @@ class LlamaMLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         c = self.config
-        kw = dict(std=c.initializer_range, use_bias=c.mlp_bias_on, dtype=self.dtype)
+        kw = dict(std=c.initializer_range, use_bias=c.biases[2], dtype=self.dtype)
         gate = dense(c.intermediate_size, ("embed", "mlp"), name="gate_proj", **kw)(x)
         up = dense(c.intermediate_size, ("embed", "mlp"), name="up_proj", **kw)(x)
         return dense(c.hidden_size, ("mlp", "embed"), name="down_proj", **kw)(ACTIVATIONS[c.hidden_act](gate) * up)
@@ -271,7 +256,7 @@ class LlamaDecoderLayer(nn.Module):
         h, weights = SelfAttention(
             num_heads=c.num_attention_heads, head_dim=c.attention_head_dim, num_kv_heads=c.kv_heads,
             dropout_rate=c.attention_dropout, init_std=c.initializer_range, out_init_std=c.initializer_range,
-            use_bias=c.qkv_bias, out_bias=c.o_bias, causal=True, rope=c.rope, sliding_window=self.sliding_window,
+            use_bias=c.biases[0], out_bias=c.biases[1], causal=True, rope=c.rope, sliding_window=self.sliding_window,
             qkv_names=("q_proj", "k_proj", "v_proj"), out_name="o_proj", implementation=c.attention_implementation,
             dtype=self.dtype, name="self_attn",
         )(rms_norm(c.rms_norm_eps, name="input_layernorm", dtype=self.dtype)(x), attention_mask, decode=decode,

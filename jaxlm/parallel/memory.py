@@ -110,6 +110,22 @@ def num_layers(model_config) -> int:
     return found or (getattr(model_config, "encoder_layers", 0) + getattr(model_config, "decoder_layers", 0)) or 1
 
 
+def compiled_step_memory(config: Config):
+    """XLA's memory analysis (``temp_size_in_bytes``, ``argument_size_in_bytes``, ...) of the train step
+    as the trainer compiles it for this device set: builds the run's setup, so it reads the data."""
+    from jaxlm.train.setup import setup
+    from jaxlm.train.step import make_train_step
+
+    s = setup(config)
+    t = config.trainer
+    step = make_train_step(s.model, s.task, s.tx, s.schedule, t.grad_accum_steps, t.label_smoothing,
+                           config.model.uses_dropout, s.assemble)
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in s.task.example_batch(t.batch_size).items()}
+    with s.sharding_context():
+        return jax.jit(step, donate_argnums=0).lower(s.abstract_state, batch, s.abstract_constants).compile(
+        ).memory_analysis()
+
+
 def abstract_inputs(config: Config, head: str, rows: int) -> dict[str, jax.ShapeDtypeStruct]:
     """The model's inputs for ``rows`` rows of ``config.data.seq_len`` tokens, as the tasks feed them:
     images as the model takes them, masked LMs with their scored positions, seq2seq with the shifted target."""
