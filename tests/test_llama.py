@@ -182,6 +182,25 @@ def test_sequence_classification_reads_each_rows_last_real_token():
     np.testing.assert_allclose(scores[2], logits(model, params, x[2:, :])[0], atol=1e-6)
 
 
+def test_sequence_classification_trains_and_predicts(tmp_path, capsys):
+    from conftest import tiny_overrides
+    from jaxlm.cli import main
+    from jaxlm.train.trainer import train
+
+    run = tmp_path / "run"
+    overrides = [o for o in tiny_overrides(run, **{"trainer.max_steps": 2, "trainer.eval_every": 2,
+                                                   "checkpoint.every": 2}) if not o.startswith("model.")]
+    overrides += [f"model.{k}={v}" for k, v in TINY["qwen2"].items() if k != "vocab_size"] + [
+        "model.vocab_size=300", "task.type=classification", "task.dataset=sentiment_en", "model.num_labels=2",
+        "model.id2label={0: negative, 1: positive}", "data.seq_len=32"]
+    metrics = train(load_config(None, overrides))
+    assert 0 <= metrics["eval_accuracy"] <= 1
+    capsys.readouterr()
+    assert main(["predict", "--run", str(run), "a great film"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] in ("negative", "positive") and len(lines) == 3
+
+
 def test_rope_scaling_kinds_change_the_frequencies_as_transformers_defines_them():
     positions = jnp.arange(10)
     default = Rope(theta=100.0).inverse_frequencies(8, positions)

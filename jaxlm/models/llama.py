@@ -90,6 +90,8 @@ class DecoderConfig(ModelConfig):
     id2label: dict[int, str] | None = None
 
     layers_name: ClassVar[str] = "layers"
+    tokenizer_kind: ClassVar[str] = "bpe"
+    """Classification reads plain subword rows (jaxlm.tasks.classification)."""
 
     # The per-family differences, as properties each family sets (Llama from its fields).
     @property

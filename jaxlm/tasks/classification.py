@@ -83,6 +83,13 @@ class ClassificationTask(EncoderTask):
             tok = word_tokenizer(config, train_texts, run_dir)
             rows, cut = word_rows(tok.encode_batch(texts), config.data.seq_len)
             self.model_kwargs = word_model_kwargs(model, tok)
+        elif reads_token_rows(model):
+            if pairs:
+                raise ConfigError(f"model.type={model.type} classifies single texts; {table.where} has a "
+                                  f"{pair_column!r} column: set task.text_pair_column=null or use a BERT model")
+            tok = decoder_tokenizer(config, train_texts, run_dir)
+            rows, cut = word_rows(tok.encode_batch(texts, add_special_tokens=True), config.data.seq_len,
+                                  model.pad_token_id or 0)
         else:
             tok = encoder_tokenizer(config, train_texts, run_dir, needs=("[PAD]", "[CLS]", "[SEP]"))
             rows, cut = frame_texts(tok.encode_batch(texts), tok.encode_batch(pairs) if pairs else None,
@@ -133,6 +140,22 @@ def uses_words(model_config) -> bool:
     return getattr(model_config, "tokenizer_kind", None) == "word"
 
 
+def reads_token_rows(model_config) -> bool:
+    """Whether the model reads plain subword rows, framed as its tokenizer frames a text (Llama's BOS),
+    and classifies from the last real token (the decoder families)."""
+    return getattr(model_config, "tokenizer_kind", None) == "bpe"
+
+
+def decoder_tokenizer(config: Config, train_texts: list[str], run_dir: Path) -> Tokenizer:
+    """The configured tokenizer (an imported decoder's own), or a byte-level BPE trained on ``train_texts``."""
+    t = config.data.tokenizer
+    tok = get_tokenizer(t.path, t.vocab_size, train_texts, run_dir / "tokenizer")
+    if tok.vocab_size > config.model.vocab_size:
+        raise DataError(f"the tokenizer in {t.path or run_dir / 'tokenizer'} has {tok.vocab_size} tokens but "
+                        f"model.vocab_size={config.model.vocab_size}; set model.vocab_size={tok.vocab_size}")
+    return tok
+
+
 def word_tokenizer(config: Config, train_texts: list[str], run_dir: Path) -> Tokenizer:
     """The configured word vocabulary, or one built from ``train_texts`` (saved with the run,
     so a resumed, evaluated or served run reads the same ids)."""
@@ -150,10 +173,10 @@ def word_tokenizer(config: Config, train_texts: list[str], run_dir: Path) -> Tok
     return tok
 
 
-def word_rows(ids: list[list[int]], length: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """``input_ids`` padded with ``<PAD>`` (0) to ``length`` and their ``attention_mask``;
-    longer texts are cut (the second value marks them)."""
-    rows = np.zeros((len(ids), length), np.int32)
+def word_rows(ids: list[list[int]], length: int, pad: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """``input_ids`` padded with ``pad`` (a word vocabulary's ``<PAD>``, 0) to ``length`` and their
+    ``attention_mask``; longer texts are cut (the second value marks them)."""
+    rows = np.full((len(ids), length), pad, np.int32)
     mask = np.zeros((len(ids), length), np.int32)
     for i, row in enumerate(ids):
         rows[i, :len(row[:length])] = row[:length]
@@ -178,10 +201,11 @@ def classify(model, params, tokenizer: Tokenizer, text: str, text_pair: str | No
         raise JaxlmError(f"this is a {type(model).__name__}; predict needs a sequence classifier (a run of "
                          "task: classification, or a converted *ForSequenceClassification)")
     c = model.config
-    if uses_words(c):
+    if uses_words(c) or reads_token_rows(c):
         if text_pair is not None:
             raise JaxlmError(f"a {c.type} model classifies single texts; give one TEXT")
-        ids = tokenizer.encode(text) or [tokenizer.token_id("<UNK>")]
+        ids = tokenizer.encode(text, add_special_tokens=reads_token_rows(c)) or [tokenizer.token_id("<UNK>")]
+        ids = ids[:c.max_positions] if c.max_positions else ids
         inputs = {"input_ids": jnp.asarray([ids], jnp.int32), "attention_mask": jnp.ones((1, len(ids)), jnp.int32)}
         return _ranked(model, params, inputs)
     first = [tokenizer.encode(text)]
