@@ -22,7 +22,7 @@ from jax.sharding import AbstractMesh
 from jaxlm.config import Config, MeshConfig
 from jaxlm.models import build_model
 from jaxlm.models.state import StatefulModel, split_variables
-from jaxlm.parallel.mesh import AXES, BATCH, mesh_shape, param_shardings, rules_for
+from jaxlm.parallel.mesh import AXES, mesh_shape, param_shardings, rules_for
 from jaxlm.train.optim import build_optimizer
 from jaxlm.train.precision import DTYPES
 

@@ -17,15 +17,17 @@ BERT_TOKENS = ("[CLS]", "[SEP]", "[PAD]", "[MASK]")
 ROBERTA_TOKENS = ("<s>", "</s>", "<pad>", "<mask>")  # the same roles, RoBERTa's names
 
 
-def encoder_tokenizer(config: Config, train_texts: list[str], run_dir: Path, needs: tuple[str, ...]) -> Tokenizer:
+def encoder_tokenizer(config: Config, train_texts: list[str] | Tokenizer, run_dir: Path, needs: tuple[str, ...]
+                      ) -> Tokenizer:
     """The configured tokenizer, or one trained on ``train_texts`` (WordPiece; for RoBERTa a byte-level
-    BPE); it must hold the special tokens ``needs`` (BERT's names; RoBERTa's counterparts for RoBERTa)
-    and exactly ``model.vocab_size`` tokens."""
+    BPE), or the tokenizer given there (prepared data's); it must hold the special tokens ``needs``
+    (BERT's names; RoBERTa's counterparts for RoBERTa) and exactly ``model.vocab_size`` tokens."""
     t = config.data.tokenizer
     where = t.path or run_dir / "tokenizer"
     roberta = config.model.type == "roberta"
-    tok = get_tokenizer(t.path, t.vocab_size, train_texts, run_dir / "tokenizer",
-                        kind="roberta_bpe" if roberta else "wordpiece")
+    tok = train_texts if isinstance(train_texts, Tokenizer) else \
+        get_tokenizer(t.path, t.vocab_size, train_texts, run_dir / "tokenizer",
+                      kind="roberta_bpe" if roberta else "wordpiece")
     if roberta:
         needs = tuple(ROBERTA_TOKENS[BERT_TOKENS.index(n)] if n in BERT_TOKENS else n for n in needs)
     require_tokens(tok, needs, f"the tokenizer in {where}")
