@@ -169,6 +169,18 @@ def test_params_carry_logical_axes_and_peft_names():
         boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned)))
 
 
+def test_the_adversarial_hook_perturbs_the_token_embeddings():
+    model, params = tiny("llama")
+    x = ids()
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x))["perturbations"]
+    delta = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    assert jax.tree.leaves(shapes)[0].shape == (2, 13, 32)  # embed_tokens_output
+    clean = logits(model, params, x)
+    np.testing.assert_allclose(model.apply({"params": params, "perturbations": delta}, x).logits, clean, atol=1e-6)
+    nudged = jax.tree.map(lambda d: d + 0.1, delta)
+    assert not np.allclose(model.apply({"params": params, "perturbations": nudged}, x).logits, clean)
+
+
 def test_sequence_classification_reads_each_rows_last_real_token():
     x = jnp.array([[5, 6, 7, 0, 0], [0, 0, 5, 6, 7], [5, 6, 7, 8, 9]])
     mask = (x != 0).astype(jnp.int32)

@@ -282,7 +282,8 @@ class LlamaModel(nn.Module):
         deterministic = not self.has_rng("dropout")
         table = embed(c.vocab_size, c.hidden_size, ("vocab", "embed"), std=c.initializer_range, name="embed_tokens",
                       dtype=self.dtype)
-        x = nn.with_logical_constraint(embed_ids(table, input_ids, c.pad_token_id), ("batch", "length", "embed"))
+        x = self.perturb("embed_tokens_output", embed_ids(table, input_ids, c.pad_token_id))  # adversarial hook
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         layer = c.remat_layer(LlamaDecoderLayer, static_argnums=(4, 5, 6))
         first = x
         x, outputs, attentions = apply_layers(layer, c, c.num_hidden_layers, x, attention_mask, position_ids,
