@@ -384,8 +384,9 @@ def cmd_memory(args) -> int:
     for k in ("params", "grads", "optimizer"):
         print(f"  {k:<12} {gib(m[k])}")
     others = ", ".join(f"{gib(v)} with remat={k}" for k, v in act.items() if k != remat)
+    tokens = f" x {config.data.seq_len} tokens" if "input_ids" in config.model.dummy_inputs() else ""
     print(f"  {'activations':<12} {gib(act[remat])}  (model.remat={remat}; {others}) for "
-          f"{device_rows(config, n)} rows x {config.data.seq_len} tokens, {config.precision.compute}")
+          f"{device_rows(config, n)} rows{tokens}, {config.precision.compute}")
     print(f"  {'total':<12} {gib(m['params'] + m['grads'] + m['optimizer'] + act[remat])}")
     return 0
 

@@ -76,7 +76,8 @@ def activation_memory(config: Config, head: str, n_devices: int) -> dict[str, in
     setting: ``{"none": ..., "dots": ..., "full": ...}``. Counted in the compute dtype, with dropout
     masks when the model drops out; the inputs and params themselves are not counted. Tensor
     parallelism also splits activations along heads and MLP units, which this leaves out (an upper
-    bound there)."""
+    bound there); a task that runs the model more than once per example (contrastive views, a GAN's
+    two models) is counted for one pass of its rows."""
     rows = device_rows(config, n_devices)
     out = {}
     for remat in REMAT:
@@ -90,9 +91,7 @@ def activation_memory(config: Config, head: str, n_devices: int) -> dict[str, in
 
         def loss(p, state, x, rng):
             bound = StatefulModel(model, state, train=True)  # BatchNorm: the batch's statistics
-            out = bound.apply({"params": p}, **x, rngs={"dropout": rng} if dropout else None)
-            logits = out.logits.astype(jnp.float32)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.zeros(logits.shape[:-1], jnp.int32)).sum()
+            return _output_loss(bound.apply({"params": p}, **x, rngs={"dropout": rng} if dropout else None))
 
         saved = saved_residuals(loss, params, model_state, inputs, jax.random.PRNGKey(0))
         out[remat] = sum(math.prod(aval.shape) * aval.dtype.itemsize for aval, source in saved
@@ -101,6 +100,17 @@ def activation_memory(config: Config, head: str, n_devices: int) -> dict[str, in
     for remat in REMAT[1:]:  # the backward pass rematerialises one layer at a time, on top of what was kept
         out[remat] += (out["none"] - out[remat]) // layers
     return out
+
+
+def _output_loss(out) -> jax.Array:
+    """A scalar of the model's output that keeps what a task's loss keeps: cross-entropy over ``logits``
+    (token or class scores), else the squares of every float output (embeddings, regression values)."""
+    logits = getattr(out, "logits", None)
+    if logits is not None and logits.ndim >= 2:
+        logits = logits.astype(jnp.float32)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.zeros(logits.shape[:-1], jnp.int32)).sum()
+    leaves = [x for x in jax.tree.leaves(out) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return sum(jnp.sum(x.astype(jnp.float32) ** 2) for x in leaves)
 
 
 def num_layers(model_config) -> int:
