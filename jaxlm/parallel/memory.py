@@ -128,8 +128,8 @@ def compiled_step_memory(config: Config):
 
     s = setup(config)
     t = config.trainer
-    step = make_train_step(s.model, s.task, s.tx, s.schedule, t.grad_accum_steps, t.label_smoothing,
-                           config.model.uses_dropout, s.assemble)
+    step = make_train_step(s.model, s.task, None, None, t.grad_accum_steps, t.label_smoothing,
+                           config.model.uses_dropout, s.assemble, s.groups)
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in s.task.example_batch(t.batch_size).items()}
     with s.sharding_context():
         return jax.jit(step, donate_argnums=0).lower(s.abstract_state, batch, s.abstract_constants).compile(
