@@ -64,7 +64,7 @@ def processor() -> str:
 def tokens_per_pass(model, params, ids, **options) -> tuple[float, int]:
     """The new tokens per forward pass of jaxlm's decoding loop for ``ids`` (more than 1 with prompt
     lookup; eos ends the count), and the passes."""
-    from jaxlm import generate as decoding
+    from jaxlm import generation as decoding
 
     ids, mask, plan, knobs, _ = decoding._prepare(model, ids, None, options)
     state = decoding._start(model, params, ids, mask, plan, knobs)
@@ -76,7 +76,7 @@ def pass_times(model, params, prompt: int, counts, repeats: int) -> list[float]:
     """jaxlm's best time for one cached forward pass at batch 1 over each of ``counts`` new tokens after a
     ``prompt``-token cache, as the decoding loop runs it (the cache donated, updated in place, its index
     set back after each pass)."""
-    from jaxlm import generate as decoding
+    from jaxlm import generation as decoding
 
     total = prompt + max(counts)
     mask = jnp.ones((1, total), jnp.int32)
@@ -107,7 +107,7 @@ def prefill_times(model, params, length: int, repeats: int) -> list[float]:
     """jaxlm's best time to cache a ``length``-token prompt at batch 1, as shipped (a call of more than
     ``PAST_AND_NEW_MAX_TOKENS`` tokens writes the cache first) and with the prompt attending to the
     cache before it and to its own keys and values apart, as decoding steps do."""
-    from jaxlm.generate import init_cache
+    from jaxlm.generation import init_cache
     from jaxlm.layers import attention
 
     ids = jnp.ones((1, length), jnp.int32)

@@ -1,8 +1,9 @@
 """Write docs/parity.md: how exactly jaxlm reproduces transformers (PyTorch), per model and output.
 
 Every importable architecture at a tiny random-weight config (outputs, hidden states,
-attention maps, gradients, one AdamW step), plus bert-base and gpt2 124M at full size
-with random weights (one forward each). All numbers come from jaxlm.interop.parity, the
+attention maps, gradients, one AdamW step) and the extra tiny settings of ``TINY_VARIANTS``
+(rope scaling kinds, tied embeddings), plus bert-base, gpt2 124M and Qwen2-0.5B's shapes at full
+size with random weights (one forward each). All numbers come from jaxlm.interop.parity, the
 same code the parity tests assert on.
 
     HF_HUB_OFFLINE=1 python benchmarks/parity_table.py            # writes docs/parity.md
@@ -26,17 +27,19 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from jaxlm.interop.hf import architectures  # noqa: E402
-from jaxlm.interop.parity import compare_outputs, example_inputs, random_checkpoint, tiny_parity  # noqa: E402
+from jaxlm.interop.parity import (QWEN2_0_5B, TINY_VARIANTS, compare_outputs, example_inputs,  # noqa: E402
+                                  random_checkpoint, tiny_parity)
 
 COMMAND = "HF_HUB_OFFLINE=1 python benchmarks/parity_table.py"
-FULL_SIZE = {"BertForMaskedLM": "bert-base", "GPT2LMHeadModel": "gpt2 124M"}
+FULL_SIZE = {"bert-base": ("BertForMaskedLM", {}), "gpt2 124M": ("GPT2LMHeadModel", {}),
+             "Qwen2-0.5B shapes": ("Qwen2ForCausalLM", QWEN2_0_5B)}
 TARGETS = {"gradients (max relative)": "1e-4", "zero-gradient noise (relative)": "1e-6",
            "params after one AdamW step": "1e-6"}
 
 
-def full_size(architecture: str) -> dict[str, float]:
+def full_size(architecture: str, config: dict) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as d:
-        random_checkpoint(architecture, d, tiny=False)
+        random_checkpoint(architecture, d, tiny=False, **config)
         return compare_outputs(d, example_inputs(transformers.AutoConfig.from_pretrained(d)))
 
 
@@ -49,18 +52,19 @@ def table(rows: list[tuple[str, str, float, str]]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "parity.md")
-    parser.add_argument("--no-full", action="store_true", help="skip bert-base and gpt2 124M")
+    parser.add_argument("--no-full", action="store_true", help="skip the full-size models")
     args = parser.parse_args()
 
     tiny = []
-    for architecture in sorted(architectures()):
-        print(architecture, flush=True)
-        for output, diff in tiny_parity(architecture).items():
-            tiny.append((architecture, output, diff, "≤ " + TARGETS.get(output, "1e-5")))
-    full = []
-    for architecture, name in ({} if args.no_full else FULL_SIZE).items():
+    settings = {a: (a, {}) for a in sorted(architectures())} | dict(sorted(TINY_VARIANTS.items()))
+    for name, (architecture, config) in sorted(settings.items()):
         print(name, flush=True)
-        for output, diff in full_size(architecture).items():
+        for output, diff in tiny_parity(architecture, **config).items():
+            tiny.append((name, output, diff, "≤ " + TARGETS.get(output, "1e-5")))
+    full = []
+    for name, (architecture, config) in ({} if args.no_full else FULL_SIZE).items():
+        print(name, flush=True)
+        for output, diff in full_size(architecture, config).items():
             full.append((f"{architecture} ({name})", output, diff, "≤ 1e-4" if "logits" in output else "—"))
 
     lines = [
@@ -73,14 +77,22 @@ def main() -> None:
         "",
         "Random-weight checkpoints are built with transformers, saved with `save_pretrained` and loaded with "
         "`jaxlm.from_pretrained`; every weight, bias and LayerNorm parameter carries noise so that no "
-        "mapping hides behind zeros or ones. Inputs: batch 2 × length 7, the second row padded over its "
-        "last 2 positions, token types 0 then 1 for BERT; float32, matmul precision `highest`. "
+        "mapping hides behind zeros or ones. Inputs: batch 2 × length 7, the second row padded (with the "
+        "config's `pad_token_id`, else 0) over its last 2 positions, token types 0 then 1 for BERT; ViT: 2 "
+        "standard-normal 12×12 RGB images, NCHW for transformers and NHWC for jaxlm; float32, matmul precision "
+        "`highest`. The tiny decoders (`jaxlm/interop/parity.py: TINY`): Llama with grouped-query attention "
+        "(2 key/value heads for 4), linear rope scaling, untied embeddings and biased projections; Qwen2 with "
+        "multi-query attention, tied embeddings and a sliding window of 3 in its second layer; Mistral with a "
+        "sliding window of 4, head_dim 16 ≠ hidden/heads and llama3 rope scaling; the rows named in "
+        "parentheses are `TINY_VARIANTS` (dynamic rope over a sequence past its 4 positions). RoBERTa pads "
+        "with its own pad id 1, its positions counting from 2. "
         "Differences are max-abs over non-padded positions; `hidden_states` and `attentions` are the worst "
         "layer (transformers' `eager` attention).",
         "",
         "Training rows: the loss is `sum(output * fixed random weights)` over every output. Gradients are the "
         "worst per-tensor max-abs error relative to the tensor's largest gradient, leaving out entries whose "
-        "exact gradient is zero (attention key biases: a constant per query, which softmax ignores); "
+        "exact gradient is zero (attention key biases without rotary positions: a constant per query, which "
+        "softmax ignores); "
         "'zero-gradient noise' is the largest value either framework gives those entries, relative to the "
         "largest gradient. The AdamW row compares `optax.adamw` and `torch.optim.AdamW` (lr 1e-3, betas "
         "0.9/0.999, eps 1e-8, weight decay 0.01 — optax's default decay is 1e-4) after one step from the "

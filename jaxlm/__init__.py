@@ -12,8 +12,8 @@ def __getattr__(name: str):
         from jaxlm import interop
 
         return getattr(interop, name)
-    if name == "generate":  # the module, callable as its generate(): see jaxlm/generate.py
-        import importlib
+    if name == "generate":  # the function; its module is jaxlm.generation
+        from jaxlm.generation import generate
 
-        return importlib.import_module("jaxlm.generate")
+        return generate
     raise AttributeError(f"module 'jaxlm' has no attribute {name!r}")

@@ -135,19 +135,23 @@ def cmd_generate(args) -> int:
     """Print the prompt's continuation; greedy and sampled text streams as it is decoded, beam search at the end."""
     import numpy as np
 
-    from jaxlm.generate import generate, generate_stream
+    from jaxlm.generation import generate, generate_stream
 
     from jaxlm.models import head_of
 
     if args.max_matching_ngram_size is not None and args.prompt_lookup_num_tokens is None:
         raise JaxlmError("--max-matching-ngram-size tunes prompt lookup: add --prompt-lookup-num-tokens K, or drop it")
     model, params, tokenizer = load_for_inference(args.run, args.model, args.step, args.best)
-    prompt = tokenizer.encode(args.prompt) or [tokenizer.eos_id]
+    # A Hugging Face directory's prompt is framed as transformers frames it (Llama's BOS), and its
+    # config names the eos ids (Llama 3 has two); jaxlm runs train on unframed text.
+    prompt = tokenizer.encode(args.prompt, add_special_tokens=args.model is not None) or [tokenizer.eos_id]
+    eos = getattr(model.config, "eos_token_id", None) if args.model is not None else None
     options = dict(max_new_tokens=args.max_new_tokens or 64, do_sample=args.do_sample, temperature=args.temperature,
                    top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
                    num_beams=args.num_beams, length_penalty=args.length_penalty,
                    early_stopping={"true": True, "false": False}.get(args.early_stopping, args.early_stopping),
-                   eos_token_id=tokenizer.eos_id, seed=args.seed, num_return_sequences=args.num_return_sequences,
+                   eos_token_id=tokenizer.eos_id if eos is None else eos, seed=args.seed,
+                   num_return_sequences=args.num_return_sequences,
                    prompt_lookup_num_tokens=args.prompt_lookup_num_tokens)
     if args.max_matching_ngram_size is not None:
         options["max_matching_ngram_size"] = args.max_matching_ngram_size
@@ -220,7 +224,7 @@ def cmd_convert(args) -> int:
         model, params = from_pretrained(args.from_torch)
         tokenizer_files = [f for f in ("tokenizer.json", "vocab.json", "merges.txt", "vocab.txt", "tokenizer_config.json")
                            if (Path(args.from_torch) / f).is_file()]
-        data = {"seq_len": min(128, model.config.max_positions)}
+        data = {"seq_len": min(128, model.config.max_positions or 128)}
         if tokenizer_files:
             data["tokenizer"] = {"path": str(out / "tokenizer")}
         config = validate_config({"run": {"out_dir": str(out)}, "model": model.config.model_dump(), "data": data})
@@ -440,7 +444,7 @@ def cmd_data_prepare(args) -> int:
 
 
 def cmd_memory(args) -> int:
-    from jaxlm.parallel.memory import gib, state_memory, table
+    from jaxlm.parallel.memory import activation_memory, device_rows, gib, state_memory, table
 
     if args.gpt2_table:
         print(table(args.devices or 8))
@@ -453,11 +457,17 @@ def cmd_memory(args) -> int:
     n = args.devices or jax.device_count()
     head = config.task.head
     m = state_memory(config, head, n)
+    act = activation_memory(config, head, n)
+    remat = config.model.remat
     mesh = f"data={config.mesh.data} fsdp={config.mesh.fsdp} tensor={config.mesh.tensor}"
     print(f"{m['parameters'] / 1e6:.1f}M parameters on {n} devices ({mesh}), per device:")
     for k in ("params", "grads", "optimizer"):
-        print(f"  {k:<10} {gib(m[k])}")
-    print(f"  {'total':<10} {gib(m['params'] + m['grads'] + m['optimizer'])}  (activations not included)")
+        print(f"  {k:<12} {gib(m[k])}")
+    others = ", ".join(f"{gib(v)} with remat={k}" for k, v in act.items() if k != remat)
+    tokens = f" x {config.data.seq_len} tokens" if "input_ids" in config.model.dummy_inputs() else ""
+    print(f"  {'activations':<12} {gib(act[remat])}  (model.remat={remat}; {others}) for "
+          f"{device_rows(config, n)} rows{tokens}, {config.precision.compute}")
+    print(f"  {'total':<12} {gib(m['params'] + m['grads'] + m['optimizer'] + act[remat])}")
     return 0
 
 
@@ -490,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="continue a prompt with a language model, or translate it with a seq2seq "
                        "model (greedy, sampling, beam search)",
-                       description="Options and defaults as in transformers' generate; see jaxlm.generate.")
+                       description="Options and defaults as in transformers' generate; see jaxlm.generation.")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", help="a jaxlm run directory (or one of its checkpoints/N)")
     source.add_argument("--model", help="a Hugging Face directory (config.json + weights + tokenizer files)")
@@ -504,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (printed at the end)")
     p.add_argument("--length-penalty", type=float, default=1.0, help="beam search: score / new_tokens ** this")
     p.add_argument("--early-stopping", choices=("false", "true", "never"), default="false",
-                   help="beam search: when to stop a prompt (see jaxlm.generate.GenerationOptions)")
+                   help="beam search: when to stop a prompt (see jaxlm.generation.GenerationOptions)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--num-return-sequences", type=int, default=1,
                    help="print this many continuations: samples, or beam search's best (blank line between)")
@@ -515,7 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
     which_checkpoint(p)
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("memory", help="per-device memory of params, gradients and optimizer state under the mesh")
+    p = sub.add_parser("memory", help="per-device memory of params, gradients, optimizer state and activations "
+                       "under the mesh")
     p.add_argument("config", nargs="?", help="YAML config file")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.add_argument("--devices", type=int, help="number of devices (default: those visible here)")

@@ -13,7 +13,7 @@ import pytest
 
 import jaxlm
 from jaxlm.errors import JaxlmError
-from jaxlm.generate import GenerationOptions, _process, generate, generate_stream
+from jaxlm.generation import GenerationOptions, _process, generate, generate_stream
 from jaxlm.models.gpt2 import GPT2Config, GPT2LMHeadModel
 
 CFG = GPT2Config(vocab_size=97, n_positions=80, n_embd=32, n_layer=2, n_head=4,
@@ -113,7 +113,7 @@ def test_eos_stops_only_its_row_and_pads_it(lm):
 
 def loop_state(model, params, prompts, **options):
     """The decoding loop's final state (``passes``: its forward passes) for left-padded ``prompts``."""
-    from jaxlm import generate as decoding
+    from jaxlm import generation as decoding
 
     ids, mask = left_padded(prompts)
     ids, mask, plan, knobs, _ = decoding._prepare(model, ids, mask, options)
@@ -140,7 +140,7 @@ def test_prompt_lookup_decodes_the_greedy_tokens_in_fewer_passes(lm, options):
 
 
 def test_prompt_lookup_proposes_what_followed_the_earliest_occurrence_of_the_longest_matching_ngram():
-    from jaxlm.generate import _proposals
+    from jaxlm.generation import _proposals
 
     plan = GenerationOptions(prompt_lookup_num_tokens=3, max_matching_ngram_size=2).plan(100)
     #              pad pad  ... "7 8" at 2, "8" alone at 5, last tokens "7 8"
@@ -216,7 +216,7 @@ def test_the_decoding_loop_updates_the_kv_cache_in_place(lm, batch, options):
     layer's K / V cache; each token writes its keys and values into the donated cache in place (XLA once
     copied every cache a few times per token at batch 1, and beam search gathered every cache by its beams'
     parents at every step)."""
-    from jaxlm import generate as decoding
+    from jaxlm import generation as decoding
 
     model, params = lm
     ids, mask, plan, knobs, _ = decoding._prepare(model, np.ones((batch, 5), np.int32), None,
@@ -418,7 +418,8 @@ def bpe_checkpoint(tmp_path_factory):
 
     tokenizer = train_bpe(embedded_corpus()[:5], 300)
     directory = random_checkpoint("GPT2LMHeadModel", tmp_path_factory.mktemp("gpt2-bpe"),
-                                  vocab_size=tokenizer.vocab_size, n_positions=80)
+                                  vocab_size=tokenizer.vocab_size, n_positions=80, bos_token_id=tokenizer.eos_id,
+                                  eos_token_id=tokenizer.eos_id)
     tokenizer.save(directory)
     return directory, tokenizer
 

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlm.generate import generate
+from jaxlm.generation import generate
 from jaxlm.models.gpt2 import GPT2Config, GPT2LMHeadModel, GPT2Model
 
 CFG = GPT2Config(vocab_size=97, n_positions=32, n_embd=32, n_layer=2, n_head=4)

@@ -9,7 +9,7 @@ import pytest
 from conftest import tiny_overrides
 from jaxlm.checkpoint import CheckpointError, load_params_into, load_run
 from jaxlm.config import load_config
-from jaxlm.generate import generate
+from jaxlm.generation import generate
 from jaxlm.interop import files, from_pretrained, save_pretrained, walker
 from jaxlm.models import MODEL_FAMILIES, build_model
 from jaxlm.models.layout import stack_layers, unstack_layers

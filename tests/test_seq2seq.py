@@ -1,4 +1,4 @@
-"""Sequence to sequence: synthetic data, the LSTM and Transformer encoder-decoders (padding, scheduled
+"""Sequence to sequence: synthetic data, the LSTM / GRU and Transformer encoder-decoders (padding, scheduled
 sampling, KV-cache decoding, beam search), a tiny training run with resume, parallel-text files and the CLI."""
 
 import json
@@ -12,7 +12,7 @@ import pytest
 from jaxlm.cli import main
 from jaxlm.config import load_config, validate_config
 from jaxlm.errors import ConfigError, DataError, JaxlmError
-from jaxlm.generate import generate
+from jaxlm.generation import generate
 from jaxlm.models.lstm_seq2seq import LSTMSeq2Seq, LSTMSeq2SeqConfig
 from jaxlm.models.seq2seq import TransformerSeq2Seq, TransformerSeq2SeqConfig
 from jaxlm.tasks.seq2seq import SPECIALS, Seq2SeqTask, frame_pairs, synthetic_pairs
@@ -48,6 +48,13 @@ def lstm():
 
 
 @pytest.fixture(scope="module")
+def gru():
+    model = LSTMSeq2Seq(LSTMSeq2SeqConfig(cell="gru", vocab_size=VOCAB, embedding_size=8, hidden_size=16,
+                                          num_layers=2, teacher_forcing_ratio=1.0))
+    return model, init(model)
+
+
+@pytest.fixture(scope="module")
 def transformer():
     model = TransformerSeq2Seq(TransformerSeq2SeqConfig(
         vocab_size=VOCAB, d_model=16, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
@@ -75,8 +82,9 @@ def test_rows_shift_the_target_and_cut_long_pairs():
     np.testing.assert_array_equal(cut, [False, True])
 
 
-def test_lstm_encoder_ignores_padding(lstm):
-    model, params = lstm
+@pytest.mark.parametrize("which", ["lstm", "gru"])
+def test_recurrent_encoder_ignores_padding(which, request):
+    model, params = request.getfixturevalue(which)
     padded = np.pad(SOURCES, ((0, 0), (0, 4)), constant_values=3)  # more padding, and not even <PAD> ids
     padded_mask = np.pad(MASK, ((0, 0), (0, 4)))
     a, b = encode(model, params, SOURCES, MASK), encode(model, params, padded, padded_mask)
@@ -102,7 +110,7 @@ def test_scheduled_sampling_at_ratio_one_is_teacher_forcing_and_at_zero_is_greed
     assert not np.allclose(logits, forced)
 
 
-@pytest.mark.parametrize("which", ["lstm", "transformer"])
+@pytest.mark.parametrize("which", ["lstm", "gru", "transformer"])
 def test_cached_decoding_equals_the_full_forward(which, request):
     model, params = request.getfixturevalue(which)
     full = forward(model, params, SOURCES, MASK, TARGETS)
@@ -122,7 +130,7 @@ def test_cached_decoding_equals_the_full_forward(which, request):
     np.testing.assert_allclose(np.stack(steps, 1), full, atol=2e-5)
 
 
-@pytest.mark.parametrize("which", ["lstm", "transformer"])
+@pytest.mark.parametrize("which", ["lstm", "gru", "transformer"])
 def test_greedy_is_the_argmax_and_beam_search_decodes_each_row_alone(which, request):
     model, params = request.getfixturevalue(which)
     options = dict(max_new_tokens=6, decoder_start_token_id=2, eos_token_id=3, pad_token_id=0)
@@ -141,7 +149,7 @@ def test_greedy_is_the_argmax_and_beam_search_decodes_each_row_alone(which, requ
 def test_beam_search_holds_what_a_prompts_beams_share_once(transformer):
     """The encoder output and the cross-attention keys / values stay one row per source under beam search
     (the attention reads them for all of a source's beams); the self-attention cache has a row per beam."""
-    from jaxlm import generate as decoding
+    from jaxlm import generation as decoding
 
     model, params = transformer
     ids, mask, plan, knobs, _ = decoding._prepare(model, SOURCES, MASK, dict(max_new_tokens=4, num_beams=3,
@@ -160,7 +168,7 @@ def test_decoding_reads_the_cross_attention_cache_as_stored(transformer, num_bea
     transposed every layer's at every token, and beam search gathered them)."""
     import re
 
-    from jaxlm import generate as decoding
+    from jaxlm import generation as decoding
 
     model, params = transformer
     ids, mask, plan, knobs, _ = decoding._prepare(model, SOURCES, MASK, dict(max_new_tokens=4, num_beams=num_beams,
@@ -248,6 +256,16 @@ def test_task_refuses_targets_beyond_seq_len_and_a_small_vocabulary(tmp_path):
     tree["model"]["vocab_size"] = 10
     with pytest.raises(DataError, match="set model.vocab_size=14"):
         Seq2SeqTask(validate_config(tree), tmp_path)
+
+
+def test_gru_cells_replace_the_lstm_ones(gru, lstm):
+    (_, params), (_, lstm_params) = gru, lstm
+    assert set(params["decoder"]["layer_0"]) == {"ir", "iz", "in", "hr", "hz", "hn"}
+    assert set(lstm_params["decoder"]["layer_0"]) == {"ii", "if", "ig", "io", "hi", "hf", "hg", "ho"}
+    state = encode(gru[0], params, SOURCES, MASK).state
+    assert len(state) == 2 and state[0].shape == (3, 16)  # a GRU layer's state is h alone
+    with pytest.raises(ConfigError, match="model.cell"):
+        validate_config({"model": {"type": "lstm_seq2seq", "cell": "rnn"}})
 
 
 def test_shipped_configs_validate():

@@ -35,10 +35,15 @@ def split_sentences(text: str) -> list[str]:
 
 
 class Framer:
-    """Lays token lists out as padded ``[CLS] A [SEP] (B [SEP])`` rows of ``length`` tokens."""
+    """Lays token lists out as padded ``[CLS] A [SEP] (B [SEP])`` rows of ``length`` tokens; with
+    ``roberta``, RoBERTa's ``<s> A </s> (</s> B </s>)`` (its ids in the same roles), token types all 0."""
 
-    def __init__(self, cls_id: int, sep_id: int, pad_id: int, length: int):
-        self.cls, self.sep, self.pad, self.length = cls_id, sep_id, pad_id, length
+    def __init__(self, cls_id: int, sep_id: int, pad_id: int, length: int, roberta: bool = False):
+        self.cls, self.sep, self.pad, self.length, self.roberta = cls_id, sep_id, pad_id, length, roberta
+
+    def overhead(self, pair: bool) -> int:
+        """Special tokens in a row of one text or a pair."""
+        return 2 if not pair else 4 if self.roberta else 3
 
     def rows(self, segments: list[tuple[list[int], ...]]) -> dict[str, np.ndarray]:
         """One row per ``(A,)`` or ``(A, B)`` tuple of token lists that fit."""
@@ -48,9 +53,10 @@ class Framer:
         attention = np.zeros((n, self.length), np.int32)
         for i, (a, *b) in enumerate(segments):
             first = [self.cls, *a, self.sep]
-            row = first + ([*b[0], self.sep] if b else [])
+            row = first + ([self.sep] * self.roberta + [*b[0], self.sep] if b else [])
             ids[i, :len(row)] = row
-            types[i, len(first):len(row)] = 1
+            if not self.roberta:
+                types[i, len(first):len(row)] = 1
             attention[i, :len(row)] = 1
         return {"input_ids": ids, "token_type_ids": types, "attention_mask": attention}
 
@@ -162,6 +168,6 @@ def frame_texts(firsts: list[list[int]], seconds: list[list[int]] | None, framer
     if seconds is None:
         room = framer.length - 2
         return framer.rows([(a[:room],) for a in firsts]), np.array([len(a) > room for a in firsts], bool)
-    room = framer.length - 3
+    room = framer.length - framer.overhead(pair=True)
     cut = np.array([len(a) + len(b) > room for a, b in zip(firsts, seconds)], bool)
     return framer.rows([truncate_pair(a, b, room) for a, b in zip(firsts, seconds)]), cut

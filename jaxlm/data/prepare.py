@@ -51,6 +51,8 @@ def tokenizer_kind(config: Config) -> str:
     if kind is None:
         raise ConfigError(f"jaxlm data prepare encodes pretraining text (task causal_lm or mlm), not task "
                           f"{config.task.type}")
+    if kind == "wordpiece" and config.model.type == "roberta":  # RoBERTa's byte-level BPE and specials
+        return "roberta_bpe"
     return kind
 
 

@@ -201,13 +201,15 @@ class ContextualSubstitution:
         self.alpha, self.top_k, self.lang = alpha, top_k, lang
 
     def __call__(self, text: str, rng) -> str:
-        from jaxlm.interop.commands import MASK, fill_mask
+        from jaxlm.interop.commands import fill_mask
+        from jaxlm.tasks.encoder import mask_token
 
         words = split_words(text, self.lang)
         if not words:
             return text
+        mask = mask_token(self.tokenizer)  # [MASK], RoBERTa's <mask>
         for i in rng.permutation(len(words))[:EDA.count(self.alpha, len(words))]:
-            masked = join_words([*words[:i], MASK, *words[i + 1:]], self.lang)
+            masked = join_words([*words[:i], mask, *words[i + 1:]], self.lang)
             ranked = fill_mask(self.model, self.params, self.tokenizer, masked, self.top_k + 8)
             options = [t for t, _ in ranked if t.isalnum() and t.lower() != words[i].lower()
                        and not t.startswith("##")][:self.top_k]
@@ -235,7 +237,7 @@ class BackTranslation:
 def translate(model, params, tokenizer, text: str, max_new_tokens: int = 64, temperature: float | None = None,
               seed: int = 0) -> str:
     """One text through a seq2seq model: greedy, or sampled at ``temperature``."""
-    from jaxlm.generate import generate
+    from jaxlm.generation import generate
     from jaxlm.tasks.seq2seq import special_ids
 
     pad, start, end = special_ids(tokenizer)

@@ -1,8 +1,8 @@
 """Tokenizers through HF ``tokenizers``: train a byte-level BPE, a BERT WordPiece or a
 word-level vocabulary, or load existing files.
 
-Loadable: a ``tokenizer.json`` (any kind), GPT-2's ``vocab.json`` + ``merges.txt``, or
-BERT's WordPiece ``vocab.txt`` (lower-cased when ``tokenizer_config.json`` says so).
+Loadable: a ``tokenizer.json`` (any kind: Llama's, Qwen2's, Mistral's ...), GPT-2's or RoBERTa's
+``vocab.json`` + ``merges.txt``, or BERT's WordPiece ``vocab.txt`` (lower-cased when ``tokenizer_config.json`` says so).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ EOS = "<|endoftext|>"
 FILE = "tokenizer.json"
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORD_SPECIALS = ["<PAD>", "<UNK>"]
+ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 
 
 def segment_words(text: str, segmenter: str | None) -> str:
@@ -40,14 +41,15 @@ def segment_words(text: str, segmenter: str | None) -> str:
 
 
 class Tokenizer:
-    """A thin wrapper that knows its end-of-text id (``<|endoftext|>`` or ``[SEP]``), and the
-    word segmenter its texts go through first (``None``: none)."""
+    """A thin wrapper that knows its end-of-text id: ``eos_token`` when given (a Hugging Face
+    directory's ``tokenizer_config.json`` names it), else ``<|endoftext|>``, ``[SEP]`` or ``</s>``;
+    and the word segmenter its texts go through first (``None``: none)."""
 
-    def __init__(self, tok: tokenizers.Tokenizer, segmenter: str | None = None):
+    def __init__(self, tok: tokenizers.Tokenizer, segmenter: str | None = None, eos_token: str | None = None):
         self.tok = tok
         self.segmenter = segmenter
-        for name in (EOS, "[SEP]", "</s>"):
-            if tok.token_to_id(name) is not None:
+        for name in (eos_token, EOS, "[SEP]", "</s>"):
+            if name is not None and tok.token_to_id(name) is not None:
                 self.eos_token, self.eos_id = name, tok.token_to_id(name)
                 break
         else:
@@ -111,6 +113,28 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     return Tokenizer(tok)
 
 
+def train_roberta_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    """Byte-level BPE as RoBERTa builds it: ``<s> <pad> </s> <unk> <mask>`` as ids 0-4,
+    ``<s> A </s></s> B </s>`` framing."""
+    tok = tokenizers.Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=ROBERTA_SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer=trainer)
+    _roberta_framing(tok)
+    return Tokenizer(tok)
+
+
+def _roberta_framing(tok: tokenizers.Tokenizer) -> None:
+    """RoBERTa's special tokens marked as such and ``<s> A </s></s> B </s>`` framing, as transformers 5's
+    RobertaTokenizer builds them from vocabulary files (its ``<mask>`` keeps the space before it apart;
+    a tokenizer.json carries its own setting)."""
+    _mark_special(tok, ROBERTA_SPECIALS)
+    tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")),
+                                                      ("<s>", tok.token_to_id("<s>")), add_prefix_space=False)
+
+
 def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool = True) -> Tokenizer:
     """BERT's WordPiece: BERT normalisation and pre-tokenization (CJK characters are words of
     their own), ``[PAD] [UNK] [CLS] [SEP] [MASK]`` as ids 0-4, ``[CLS] A [SEP] B [SEP]`` framing."""
@@ -142,8 +166,8 @@ def train_wordlevel(texts: Iterable[str], vocab_size: int, min_frequency: int = 
 
 def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int, **options) -> Tokenizer:
     """``options``: ``min_frequency`` and ``lowercase`` of a word vocabulary."""
-    return {"bpe": train_bpe, "wordpiece": train_wordpiece, "word": train_wordlevel}[kind](texts, vocab_size,
-                                                                                         **options)
+    return {"bpe": train_bpe, "wordpiece": train_wordpiece, "word": train_wordlevel,
+            "roberta_bpe": train_roberta_bpe}[kind](texts, vocab_size, **options)
 
 
 def load_tokenizer(path: str | Path, segmenter: str | None = None) -> Tokenizer:
@@ -153,20 +177,36 @@ def load_tokenizer(path: str | Path, segmenter: str | None = None) -> Tokenizer:
     if not path.is_dir():
         raise DataError(f"tokenizer path {str(path)!r} does not exist")
     if (path / FILE).is_file():
-        return Tokenizer(tokenizers.Tokenizer.from_file(str(path / FILE)), segmenter)
+        return Tokenizer(tokenizers.Tokenizer.from_file(str(path / FILE)), segmenter, _configured_eos(path))
     if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
-        return _gpt2_files(path)
+        return _byte_level_files(path)
     if (path / "vocab.txt").is_file():
         return _wordpiece_files(path)
     raise DataError(f"no tokenizer in {path}: expected tokenizer.json, vocab.json + merges.txt, or vocab.txt")
 
 
-def _gpt2_files(path: Path) -> Tokenizer:
+def _configured_eos(path: Path) -> str | None:
+    """The ``eos_token`` a Hugging Face directory's ``tokenizer_config.json`` names (Llama 3's
+    ``<|end_of_text|>``, ...), if any."""
+    config = path / "tokenizer_config.json"
+    if not config.is_file():
+        return None
+    eos = json.loads(config.read_text()).get("eos_token")
+    return eos.get("content") if isinstance(eos, dict) else eos
+
+
+def _byte_level_files(path: Path) -> Tokenizer:
+    """GPT-2's ``vocab.json`` + ``merges.txt``; with ``<s>`` and ``</s>`` in the vocabulary, RoBERTa's:
+    its special tokens and ``<s> A </s></s> B </s>`` framing."""
     tok = tokenizers.Tokenizer(models.BPE.from_file(str(path / "vocab.json"), str(path / "merges.txt")))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    _mark_special(tok, [EOS])
-    return Tokenizer(tok)
+    bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+    if bos is None or eos is None:
+        _mark_special(tok, [EOS])
+        return Tokenizer(tok, eos_token=_configured_eos(path))
+    _roberta_framing(tok)
+    return Tokenizer(tok, eos_token=_configured_eos(path))
 
 
 def _mark_special(tok: tokenizers.Tokenizer, names: list[str]) -> None:

@@ -14,14 +14,15 @@ from jaxlm.interop.errors import InteropError
 from jaxlm.interop.hf import save_pretrained
 from jaxlm.models.bert import BertForMaskedLM, BertForPreTraining
 from jaxlm.models.distilbert import DistilBertForMaskedLM
+from jaxlm.models.roberta import RobertaForMaskedLM
 from jaxlm.rundir import fresh_output_dir
 
-MASK = "[MASK]"
-MASKED_LM = (BertForMaskedLM, BertForPreTraining, DistilBertForMaskedLM)
+MASKS = ("[MASK]", "<mask>")  # BERT's WordPiece, RoBERTa's byte-level BPE
+MASKED_LM = (BertForMaskedLM, BertForPreTraining, DistilBertForMaskedLM, RobertaForMaskedLM)
 
 
 def fill_mask(model, params, tokenizer: Tokenizer, text: str, top_k: int = 5) -> list[tuple[str, float]]:
-    """The ``top_k`` most likely tokens for the one ``[MASK]`` in ``text``, with probabilities.
+    """The ``top_k`` most likely tokens for the one ``[MASK]`` (RoBERTa: ``<mask>``) in ``text``, with probabilities.
 
     ``model`` is any masked LM (imported from Hugging Face or trained by jaxlm) and
     ``tokenizer`` its own.
@@ -30,13 +31,14 @@ def fill_mask(model, params, tokenizer: Tokenizer, text: str, top_k: int = 5) ->
         raise InteropError(f"this is a {type(model).__name__}; fill-mask needs a masked-LM checkpoint "
                            f"({', '.join(c.__name__ for c in MASKED_LM)})")
     tok = tokenizer.tok
-    mask_id = tok.token_to_id(MASK)
-    if mask_id is None:
-        raise InteropError(f"the tokenizer has no {MASK} token: use the model's own tokenizer files")
+    mask = next((m for m in MASKS if tok.token_to_id(m) is not None), None)
+    if mask is None:
+        raise InteropError(f"the tokenizer has no {' or '.join(MASKS)} token: use the model's own tokenizer files")
+    mask_id = tok.token_to_id(mask)
     ids = tok.encode(text).ids
     where = [i for i, t in enumerate(ids) if t == mask_id]
     if len(where) != 1:
-        raise InteropError(f"fill-mask needs exactly one {MASK} in the text, found {len(where)}")
+        raise InteropError(f"fill-mask needs exactly one {mask} in the text, found {len(where)}")
     logits = model.apply({"params": params}, jnp.asarray([ids], jnp.int32)).logits[0, where[0]]
     probs = np.asarray(jax.nn.softmax(logits.astype(jnp.float32)))
     best = np.argsort(-probs)[:top_k]

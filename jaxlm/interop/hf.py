@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from jaxlm.interop import files, walker
 from jaxlm.interop.errors import InteropError
 from jaxlm.models import MODEL_FAMILIES, ModelFamily
-from jaxlm.models.base import JAXLM_ONLY_FIELDS, ModelConfig, TransformerVariants
+from jaxlm.models.base import ModelConfig, TransformerVariants
 
 CONFIG = "config.json"
 
@@ -82,9 +82,8 @@ def config_from_hf(hf: dict, family: ModelFamily) -> ModelConfig:
         if hf.get(key, value) != value:
             raise InteropError(f"{CONFIG} sets {key}={hf[key]!r}, which jaxlm does not implement "
                                f"(its {family.config.__name__} supports only {key}={value!r})")
-    fields = set(family.config.model_fields) - JAXLM_ONLY_FIELDS
-    kwargs = {k: v for k, v in hf.items() if k in fields}
-    if "id2label" in fields and hf.get("id2label"):
+    kwargs = family.config.fields_from_hf(hf)
+    if "id2label" in family.config.model_fields and hf.get("id2label"):
         labels = {int(i): label for i, label in hf["id2label"].items()}
         kwargs["num_labels"] = len(labels)
         kwargs["id2label"] = None if labels == default_labels(len(labels)) else labels

@@ -41,7 +41,40 @@ TINY = {
     "gpt2": dict(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=98, eos_token_id=98),
     "vit": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, image_size=12,
                 patch_size=4, num_channels=3, num_labels=3),
+    # RoBERTa's own pad id (1): positions start at 2, padding sits at 1
+    "roberta": dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                    max_position_embeddings=64, type_vocab_size=1, num_labels=3),
+    # grouped-query attention (2 key/value heads for 4), linear rope scaling, untied, biased projections
+    "llama": dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=64, rope_theta=500.0,
+                  rope_scaling={"rope_type": "linear", "factor": 2.0}, attention_bias=True, mlp_bias=True,
+                  pad_token_id=0, bos_token_id=1, eos_token_id=98, num_labels=3),
+    # multi-query attention, tied embeddings, a sliding window of 3 in the second layer
+    "qwen2": dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=True, use_sliding_window=True,
+                  sliding_window=3, max_window_layers=1, pad_token_id=0, bos_token_id=1, eos_token_id=98,
+                  num_labels=3),
+    # a sliding window of 4 in every layer, head_dim 16 (not hidden_size / heads), llama3 rope scaling
+    "mistral": dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=16, max_position_embeddings=64, sliding_window=4,
+                    rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                  "high_freq_factor": 4.0, "original_max_position_embeddings": 32},
+                    pad_token_id=0, bos_token_id=1, eos_token_id=98, num_labels=3),
 }
+# More tiny settings of one architecture, named for the parity table: config fields over TINY's.
+TINY_VARIANTS = {
+    "LlamaForCausalLM (dynamic rope past 4 positions, tied)": (
+        "LlamaForCausalLM", dict(max_position_embeddings=4, rope_scaling={"rope_type": "dynamic", "factor": 3.0},
+                                 tie_word_embeddings=True, attention_bias=False, mlp_bias=False)),
+    "LlamaForCausalLM (llama3 rope, no biases)": (
+        "LlamaForCausalLM", dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                               "high_freq_factor": 4.0, "original_max_position_embeddings": 8},
+                                 attention_bias=False, mlp_bias=False)),
+}
+# Qwen2-0.5B's shapes (494M parameters, tied embeddings): the full-size decoder check.
+QWEN2_0_5B = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                  num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1e6,
+                  rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=151643, eos_token_id=151643)
 NOT_COMPARED = {"loss", "past_key_values", "cross_attentions"}  # the last: empty, BERT as encoder
 
 
@@ -69,17 +102,20 @@ def random_checkpoint(architecture: str, out_dir: str | os.PathLike, *, tiny: bo
 
 def example_inputs(config, batch: int = 2, length: int = 7, seed: int = 0) -> dict[str, np.ndarray]:
     """Inputs as transformers takes them. Text: random ids; every row after the first padded
-    (id 0) over its last ``row`` positions; token types 0 then 1 when the model has them.
+    (``pad_token_id``, else 0) over its last ``row`` positions; token types 0 then 1 when the model has them.
     Images: standard-normal ``pixel_values`` ``[batch, channels, height, width]``."""
     rng = np.random.default_rng(seed)
     if getattr(config, "num_channels", None):
         size = (batch, config.num_channels, config.image_size, config.image_size)
         return {"pixel_values": rng.standard_normal(size).astype(np.float32)}
     ids = rng.integers(1, config.vocab_size, (batch, length))
+    pad = getattr(config, "pad_token_id", None) or 0
+    if pad:  # real tokens never equal the pad id (RoBERTa's positions skip it)
+        ids = np.where(ids == pad, 0, ids)
     mask = np.ones((batch, length), np.int64)
     for row in range(1, batch):
         mask[row, length - min(row * 2, length - 1):] = 0
-    inputs = {"input_ids": np.where(mask, ids, 0), "attention_mask": mask}
+    inputs = {"input_ids": np.where(mask, ids, pad), "attention_mask": mask}
     if getattr(config, "type_vocab_size", 0) > 1:
         inputs["token_type_ids"] = (np.arange(length) >= length // 2).astype(np.int64)[None].repeat(batch, 0)
     return inputs
@@ -166,7 +202,8 @@ def compare_training_step(model_dir: str | os.PathLike, inputs: dict[str, np.nda
 
 def exact_zero_gradient(key: str, shape: tuple[int, ...]) -> np.ndarray:
     """Entries whose exact gradient is zero: key biases, which add the same amount to every
-    score of a query and so cannot change a softmax. Both frameworks return rounding noise."""
+    score of a query and so cannot change a softmax. Both frameworks return rounding noise.
+    (Not under rotary positions: the key bias is rotated by the key's position there.)"""
     zero = np.zeros(shape, bool)
     if key.endswith(("attention.self.key.bias", "attention.k_lin.bias", "attention.attention.key.bias")):
         zero[:] = True
@@ -176,10 +213,11 @@ def exact_zero_gradient(key: str, shape: tuple[int, ...]) -> np.ndarray:
     return zero
 
 
-def tiny_parity(architecture: str, seed: int = 0) -> dict[str, float]:
-    """Every number above for a tiny random ``architecture``, in a temporary directory."""
+def tiny_parity(architecture: str, seed: int = 0, **config) -> dict[str, float]:
+    """Every number above for a tiny random ``architecture`` (``config``: fields over its tiny config),
+    in a temporary directory."""
     with tempfile.TemporaryDirectory() as d:
-        random_checkpoint(architecture, d, seed=seed)
+        random_checkpoint(architecture, d, seed=seed, **config)
         inputs = example_inputs(transformers.AutoConfig.from_pretrained(d), seed=seed)
         return {**compare_outputs(d, inputs), **compare_training_step(d, inputs, seed=seed)}
 

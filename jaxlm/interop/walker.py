@@ -69,7 +69,7 @@ def slots(tree: Mapping, key_map: TorchKeyMap) -> list[Slot]:
     """A slot per leaf of a param tree (arrays or ``ShapeDtypeStruct``s).
 
     Kernels are 2-D in PyTorch; the sibling bias's rank says how many trailing kernel
-    axes are outputs (one when there is no bias). Biases are flat. Convolution kernels
+    axes are outputs (one when there is no bias, unless ``key_map.input_axes`` says). Biases are flat. Convolution kernels
     (``key_map.conv2d``) keep their four axes, reordered.
     """
     flat = traverse_util.flatten_dict(tree)
@@ -85,6 +85,7 @@ def slots(tree: Mapping, key_map: TorchKeyMap) -> list[Slot]:
         if path[-1] == "kernel":
             bias = flat.get((*path[:-1], "bias"))
             n_in = len(shape) - (len(bias.shape) if bias is not None else 1)
+            n_in = next((n for pattern, n in key_map.input_axes if re.search(pattern, key)), n_in)
             matrix = (math.prod(shape[:n_in]), math.prod(shape[n_in:]))
             torch_shape, transpose = (matrix, False) if key_map.conv1d else (matrix[::-1], True)
         elif path[-1] == "bias":

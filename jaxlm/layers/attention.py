@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.layers.core import Dropout, dense
-from jaxlm.layers.embeddings import apply_rotary
+from jaxlm.layers.embeddings import Rope, apply_rotary
 
 Implementation = Literal["xla", "cudnn"] | None
 
@@ -106,8 +106,10 @@ class SelfAttention(nn.Module):
     ``fused_qkv`` keeps one ``[embed, 3, heads, head_dim]`` projection (GPT-2's ``c_attn``);
     otherwise ``query`` / ``key`` / ``value`` are separate (BERT). ``num_kv_heads`` below
     ``num_heads`` shares each key/value head among a group of query heads (1: multi-query).
-    ``rope_theta`` rotates queries and keys by their positions (RoPE); ``sliding_window``
-    lets each query see only that many nearest keys. ``cross=True`` takes keys and values
+    ``rope_theta`` rotates queries and keys by their positions (RoPE; ``rope`` instead: RoPE with a
+    scaling kind, by the ``positions`` passed in, else by the tokens' places); ``sliding_window``
+    lets each query see only that many nearest keys. ``use_bias`` is the projections' bias
+    (``out_bias``, when given, the output projection's). ``cross=True`` takes keys and values
     from ``kv`` (an encoder's output; ``attention_mask`` then masks ``kv``'s padding).
 
     ``decode=True`` reads and writes a KV cache in the ``cache`` collection: initialise it
@@ -127,9 +129,11 @@ class SelfAttention(nn.Module):
     out_init_std: float = 0.02
     fused_qkv: bool = False
     use_bias: bool = True
+    out_bias: bool | None = None
     causal: bool = False
     cross: bool = False
     rope_theta: float | None = None
+    rope: Rope | None = None
     sliding_window: int | None = None
     qkv_names: tuple[str, str, str] | str = ("query", "key", "value")
     out_name: str = "out"
@@ -139,7 +143,7 @@ class SelfAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x, attention_mask=None, *, kv=None, decode: bool = False, deterministic: bool = True,
-                 output_attentions: bool = False):
+                 output_attentions: bool = False, positions=None):
         q, k, v = self._project(x, kv, decode)
         rows, length = q.shape[:2]
         if self.cross and rows != k.shape[0]:  # n query rows per cached source (beam search)
@@ -149,8 +153,10 @@ class SelfAttention(nn.Module):
         if caching:  # the new tokens come after those already in the cache
             index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
             q_positions = index.value + q_positions
-        if self.rope_theta is not None and not self.cross:
-            q, k = apply_rotary(q, q_positions, self.rope_theta), apply_rotary(k, q_positions, self.rope_theta)
+        rope = self.rope or self.rope_theta
+        if rope is not None and not self.cross:
+            rotated = q_positions if positions is None else positions
+            q, k = apply_rotary(q, rotated, rope), apply_rotary(k, rotated, rope)
         past = None  # the cache before a few new tokens, which attend to it apart from their own k / v
         ancestry = None  # beam search: which of a prompt's rows holds each beam's keys / values
         if caching:
@@ -201,7 +207,8 @@ class SelfAttention(nn.Module):
             if weights is not None:
                 weights = _unshare_weights(weights, rows)
         out = dense(x.shape[-1], ("heads", "kv", "embed"), axis=(-2, -1), name=self.out_name,
-                    std=self.out_init_std, use_bias=self.use_bias, dtype=self.dtype,
+                    std=self.out_init_std, use_bias=self.use_bias if self.out_bias is None else self.out_bias,
+                    dtype=self.dtype,
                     param_dtype=self.param_dtype)(out)
         return out, (weights if output_attentions else None)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import flax.linen as nn
 
 from jaxlm.errors import JaxlmError
-from jaxlm.models import bert, distilbert, gpt2, vit, lstm_seq2seq, seq2seq
+from jaxlm.models import bert, distilbert, gpt2, llama, roberta, vit, lstm_seq2seq, seq2seq
 from jaxlm.models import cnn, dcgan, mlp, resnet, rnn, text_cnn, word2vec
 from jaxlm.models.base import ModelConfig, TorchKeyMap
 from jaxlm.models.contrastive import ContrastiveModel
@@ -37,11 +37,15 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
         "token_classification": bert.BertForTokenClassification,
         "question_answering": bert.BertForQuestionAnswering,
     }, bert.TORCH_KEY_MAP),
+    "roberta": ModelFamily(roberta.RobertaConfig, roberta.HEADS, roberta.TORCH_KEY_MAP),
     "distilbert": ModelFamily(distilbert.DistilBertConfig, {
         "base": distilbert.DistilBertModel,
         "masked_lm": distilbert.DistilBertForMaskedLM,
         "classification": distilbert.DistilBertForSequenceClassification,
     }, distilbert.TORCH_KEY_MAP),
+    "llama": ModelFamily(llama.LlamaConfig, llama.heads("Llama"), llama.TORCH_KEY_MAP),
+    "qwen2": ModelFamily(llama.Qwen2Config, llama.heads("Qwen2"), llama.TORCH_KEY_MAP),
+    "mistral": ModelFamily(llama.MistralConfig, llama.heads("Mistral"), llama.TORCH_KEY_MAP),
     "vit": ModelFamily(vit.ViTConfig, {
         "base": vit.ViTModel,
         "image_classification": vit.ViTForImageClassification,

@@ -15,9 +15,9 @@ from jaxlm.layers.embeddings import PositionType
 
 # Layer variants a Transformer can switch to; each model's defaults are its reference design.
 VARIANT_FIELDS = {"num_kv_heads", "positions", "rope_theta", "sliding_window", "norm_type", "norm_position"}
-# Fields that are jaxlm's own and never go into an exported config.json.
-JAXLM_ONLY_FIELDS = {"type", "init_from", "attention_implementation", "remat", "scan_layers",
-                     "pruned_heads"} | VARIANT_FIELDS
+# Fields that are jaxlm's own and never go into an exported config.json (with VARIANT_FIELDS for
+# the families whose variants they are: :class:`TransformerVariants`).
+JAXLM_ONLY_FIELDS = {"type", "init_from", "attention_implementation", "remat", "scan_layers", "pruned_heads"}
 
 
 def is_dropout_field(name: str) -> bool:
@@ -83,9 +83,21 @@ class ModelConfig(BaseModel):
         """The smallest inputs ``model.init`` builds every param from (one token id by default)."""
         return {"input_ids": jax.numpy.zeros((1, 1), jax.numpy.int32)}
 
+    @classmethod
+    def jaxlm_only_fields(cls) -> set[str]:
+        """Fields that are jaxlm's own: never read from nor written to a ``config.json``."""
+        return JAXLM_ONLY_FIELDS | (VARIANT_FIELDS if issubclass(cls, TransformerVariants) else set())
+
+    @classmethod
+    def fields_from_hf(cls, hf: dict) -> dict:
+        """This config's fields from a ``config.json`` dict: the keys it knows (families whose
+        transformers config renamed or nested fields translate them here)."""
+        fields = set(cls.model_fields) - cls.jaxlm_only_fields()
+        return {k: v for k, v in hf.items() if k in fields}
+
     def hf_dict(self) -> dict:
         """The fields that transformers' config class knows."""
-        return self.model_dump(exclude=JAXLM_ONLY_FIELDS)
+        return self.model_dump(exclude=self.jaxlm_only_fields())
 
 
 def _counts(name: str, field) -> bool:
@@ -207,6 +219,9 @@ class TorchKeyMap:
     """Pattern of PyTorch keys that are ``nn.Conv2d`` weights: OIHW there, HWIO in Flax."""
     dropped: tuple[str, ...] = ()
     """Patterns of PyTorch keys (prefix removed) that are buffers or tied copies: skipped on import."""
+    input_axes: tuple[tuple[str, int], ...] = ()
+    """``(pattern, n)``: PyTorch kernels matching ``pattern`` have ``n`` leading jaxlm input axes, for
+    kernels whose bias cannot tell (they have none): a bias-free ``[embed, heads, head_dim]`` projection."""
     optional: str = r"(?!)"
     """Pattern of keys (prefix removed) a checkpoint may lack or carry beyond the model:
     heads and poolers, so a base checkpoint loads into a head model and vice versa."""

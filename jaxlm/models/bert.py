@@ -70,6 +70,11 @@ class BertConfig(ModelConfig, TransformerVariants, PrunedHeads):
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
+    @property
+    def position_padding_idx(self) -> int | None:
+        """The position-embedding row that passes no gradient, as torch's ``padding_idx`` (RoBERTa's pad)."""
+        return None
+
 
 TORCH_KEY_MAP = TorchKeyMap(
     prefix="bert",
@@ -109,7 +114,12 @@ class BertEmbeddings(nn.Module):
         x = self.perturb("word_embeddings_output", embed_ids(words, input_ids, c.pad_token_id))  # adversarial hook
         x = x + embed(c.type_vocab_size, c.hidden_size, (None, "embed"), name="token_type_embeddings",
                       **kw)(token_type_ids)
-        x = add_positions(x, position_ids, c.positions, c.max_position_embeddings, name="position_embeddings", **kw)
+        if c.positions == "learned" and c.position_padding_idx is not None:  # RoBERTa: padding positions too
+            table = embed(c.max_position_embeddings, c.hidden_size, (None, "embed"), name="position_embeddings", **kw)
+            x = x + embed_ids(table, position_ids, c.position_padding_idx)
+        else:
+            x = add_positions(x, position_ids, c.positions, c.max_position_embeddings, name="position_embeddings",
+                              **kw)
         x = norm(c.norm_type, c.layer_norm_eps, name="LayerNorm", dtype=self.dtype)(x)
         return Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic)
 
@@ -159,7 +169,7 @@ class BertModel(nn.Module):
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         if position_ids is None:
-            position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+            position_ids = self.default_position_ids(input_ids)
         x = BertEmbeddings(c, dtype=self.dtype, name="embeddings")(input_ids, token_type_ids, position_ids,
                                                                    deterministic)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
@@ -181,6 +191,11 @@ class BertModel(nn.Module):
             attentions=attentions if output_attentions else None,
             extra=extra,
         )
+
+    @staticmethod
+    def default_position_ids(input_ids: jax.Array) -> jax.Array:
+        """Positions when none are given: 0, 1, 2, ... in every row."""
+        return jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
 
 
 class BertLMPredictionHead(nn.Module):
@@ -220,11 +235,14 @@ class BertPreTrainingHeads(nn.Module):
 
 
 class _BertWithHead(nn.Module):
-    """A ``BertModel`` named ``bert`` plus the head that ``head`` builds on its output."""
+    """A ``BertModel`` named ``bert`` (``trunk`` named ``trunk_name``) plus the head that ``head`` builds on
+    its output."""
 
     config: BertConfig
     dtype: jnp.dtype = jnp.float32
     add_pooling_layer: ClassVar[bool] = True
+    trunk: ClassVar[type[BertModel]] = BertModel
+    trunk_name: ClassVar[str] = "bert"
 
     scores_tokens: ClassVar[bool] = False
     """The head predicts tokens, so it takes ``masked_positions``."""
@@ -235,7 +253,8 @@ class _BertWithHead(nn.Module):
                  masked_positions=None, pooled_positions=None) -> ModelOutput:
         """``pooled_positions [batch, P]``: rows packed with P examples each (see :func:`first_tokens`)."""
         check_masked_positions(self, masked_positions)
-        trunk = BertModel(self.config, add_pooling_layer=self.add_pooling_layer, dtype=self.dtype, name="bert")
+        trunk = self.trunk(self.config, add_pooling_layer=self.add_pooling_layer, dtype=self.dtype,
+                           name=self.trunk_name)
         out = trunk(input_ids, attention_mask, token_type_ids, position_ids,
                     output_hidden_states=output_hidden_states, output_attentions=output_attentions,
                     pooled_positions=pooled_positions)

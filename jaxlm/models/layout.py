@@ -10,7 +10,7 @@ export and ``model.init_from`` work with either.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -18,9 +18,10 @@ import jax.numpy as jnp
 
 
 def apply_layers(layer: type[nn.Module], config, n: int, x, *args, dtype,
-                 keep_outputs: bool) -> tuple[jax.Array, tuple, tuple]:
-    """Run ``n`` layers ``layer(config, dtype=dtype)`` named after ``config.layers_name`` over
-    ``x`` (called inside a compact method).
+                 keep_outputs: bool, layer_kwargs: Callable[[int], dict] | None = None) -> tuple[jax.Array, tuple, tuple]:
+    """Run ``n`` layers ``layer(config, dtype=dtype, **layer_kwargs(i))`` named after ``config.layers_name``
+    over ``x`` (called inside a compact method); scanned layers are one module, so their ``layer_kwargs``
+    must not differ (the configs that would make them differ refuse ``scan_layers``).
 
     A layer maps ``(x, *args)`` to ``(x, attention weights or None)``. Returns the final ``x``,
     every layer's output (when ``keep_outputs``, else ``()``) and every layer's weights.
@@ -28,10 +29,11 @@ def apply_layers(layer: type[nn.Module], config, n: int, x, *args, dtype,
     params and the KV cache are stacked, dropout and init rngs are split per layer.
     """
     name = config.layers_name
+    extra = layer_kwargs or (lambda i: {})
     if not config.scan_layers:
         outputs, weights = [], []
         for i in range(n):
-            x, w = layer(config, dtype=dtype, name=f"{name}_{i}")(x, *args)
+            x, w = layer(config, dtype=dtype, name=f"{name}_{i}", **extra(i))(x, *args)
             outputs.append(x)
             weights.append(w)
         return x, tuple(outputs) if keep_outputs else (), tuple(weights)
@@ -43,7 +45,7 @@ def apply_layers(layer: type[nn.Module], config, n: int, x, *args, dtype,
     scanned = nn.scan(body, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True, "dropout": True},
                       in_axes=(nn.broadcast,) * len(args), length=n,
                       metadata_params={nn.PARTITION_NAME: "layers"})
-    x, (outputs, weights) = scanned(layer(config, dtype=dtype, name=name), x, *args)
+    x, (outputs, weights) = scanned(layer(config, dtype=dtype, name=name, **extra(0)), x, *args)
     outputs = tuple(outputs[i] for i in range(n)) if keep_outputs else ()
     weights = tuple(None if weights is None else weights[i] for i in range(n))
     return x, outputs, weights

@@ -1,5 +1,5 @@
-"""LSTM encoder-decoder (Sutskever et al., 2014): stacked LSTMs, the encoder's final state
-starts the decoder.
+"""LSTM or GRU encoder-decoder (Sutskever et al., 2014; Cho et al., 2014): stacked LSTMs or GRUs
+(``cell``), the encoder's final state starts the decoder.
 
 The encoder runs ``nn.RNN`` with ``seq_lengths``, so each row's final state is taken at its
 last real token, never after the padding. The decoder is one time step (embed, stacked LSTM
@@ -10,8 +10,9 @@ previous argmax otherwise. Decoding runs the same step once per token, its state
 ``cache`` collection.
 
 Params: ``embed`` (shared) or ``source_embed`` / ``target_embed``; ``encoder_{i}/cell`` and
-``decoder/layer_{i}`` (OptimizedLSTMCell: ``ii .. io`` input, ``hi .. ho`` recurrent
-kernels); ``decoder/output`` unless tied to the target embedding.
+``decoder/layer_{i}`` (OptimizedLSTMCell: ``ii .. io`` input, ``hi .. ho`` recurrent kernels;
+GRUCell: ``ir iz in`` input, ``hr hz hn`` recurrent); ``decoder/output`` unless tied to the target
+embedding. An LSTM layer's state is ``(c, h)``, a GRU layer's ``h``.
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ from jaxlm.models.seq2seq import CachedState
 
 class LSTMSeq2SeqConfig(ModelConfig):
     type: Literal["lstm_seq2seq"] = "lstm_seq2seq"
+    cell: Literal["lstm", "gru"] = "lstm"
+    """The recurrent cell of encoder and decoder: LSTM (``OptimizedLSTMCell``) or GRU (``GRUCell``)."""
     vocab_size: int = Field(32, gt=0)
     embedding_size: int = Field(128, gt=0)
     hidden_size: int = Field(256, gt=0)
     num_layers: int = Field(2, gt=0)
-    """Stacked LSTM layers, in the encoder and in the decoder alike (layer i starts layer i)."""
+    """Stacked recurrent layers, in the encoder and in the decoder alike (layer i starts layer i)."""
     dropout: float = Field(0.0, ge=0, lt=1)
     """Between stacked layers and before the output projection."""
     share_embeddings: bool = True
@@ -60,17 +63,21 @@ class LSTMSeq2SeqConfig(ModelConfig):
         return super().uses_dropout or self.teacher_forcing_ratio < 1
 
 
-def lstm_cell(c: LSTMSeq2SeqConfig, dtype, name: str | None = None) -> nn.OptimizedLSTMCell:
+CELLS = {"lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell}
+
+
+def recurrent_cell(c: LSTMSeq2SeqConfig, dtype, name: str | None = None) -> nn.RNNCellBase:
+    """The configured cell (``c.cell``) of ``c.hidden_size`` units."""
     axes = (None, "mlp")  # input rows are embeddings or hidden states: only the gate axis is named
-    return nn.OptimizedLSTMCell(
+    return CELLS[c.cell](
         c.hidden_size, kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
         recurrent_kernel_init=nn.with_logical_partitioning(nn.initializers.orthogonal(), axes),
         bias_init=zeros(("mlp",)), dtype=dtype, name=name)
 
 
 class DecoderStep(nn.Module):
-    """One decoder time step, scanned over the target. ``state``: per-layer ``(c, h)`` and the
-    previous step's prediction (the scheduled-sampling input)."""
+    """One decoder time step, scanned over the target. ``state``: per-layer states (LSTM ``(c, h)``,
+    GRU ``h``) and the previous step's prediction (the scheduled-sampling input)."""
 
     config: LSTMSeq2SeqConfig
     dtype: jnp.dtype = jnp.float32
@@ -89,7 +96,7 @@ class DecoderStep(nn.Module):
         for i, carry in enumerate(carries):
             if i:
                 x = Dropout(c.dropout)(x, deterministic=deterministic)
-            carry, x = lstm_cell(c, self.dtype, name=f"layer_{i}")(carry, x)
+            carry, x = recurrent_cell(c, self.dtype, name=f"layer_{i}")(carry, x)
             new.append(carry)
         x = Dropout(c.dropout)(x, deterministic=deterministic)
         if c.tie_word_embeddings:
@@ -102,7 +109,7 @@ class DecoderStep(nn.Module):
 
 class LSTMSeq2Seq(nn.Module):
     """``__call__(input_ids, attention_mask, decoder_input_ids)`` -> ``logits [batch, target, vocab]``;
-    ``encode`` / ``decode`` split it for generation (:mod:`jaxlm.generate`)."""
+    ``encode`` / ``decode`` split it for generation (:mod:`jaxlm.generation`)."""
 
     config: LSTMSeq2SeqConfig
     dtype: jnp.dtype = jnp.float32
@@ -115,7 +122,7 @@ class LSTMSeq2Seq(nn.Module):
             self.embed = make("embed")
         else:
             self.source_embed, self.target_embed = make("source_embed"), make("target_embed")
-        self.encoder = [nn.RNN(lstm_cell(c, self.dtype), return_carry=True, name=f"encoder_{i}")
+        self.encoder = [nn.RNN(recurrent_cell(c, self.dtype), return_carry=True, name=f"encoder_{i}")
                         for i in range(c.num_layers)]
         self.dropout = Dropout(c.dropout)
         self.state = CachedState()

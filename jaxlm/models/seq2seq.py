@@ -11,7 +11,7 @@ and sliding windows.
 
 Decoding (``decode=True``) keeps the decoder's self-attention keys / values in the ``cache``
 collection and computes the cross-attention keys / values once, on the call that creates the
-cache (:func:`jaxlm.generate._prefill_seq2seq`).
+cache (:func:`jaxlm.generation._prefill_seq2seq`).
 
 Params: ``shared`` (or ``encoder_embed`` / ``decoder_embed``); ``encoder`` / ``decoder`` with
 ``layers_{i}/{self_attn, encoder_attn}/{q,k,v,out}_proj``, ``fc1``, ``fc2``, the
@@ -205,7 +205,7 @@ class Decoder(nn.Module):
 
 class TransformerSeq2Seq(nn.Module):
     """``__call__(input_ids, attention_mask, decoder_input_ids)`` -> ``logits [batch, target, vocab]``;
-    ``encode`` / ``decode`` split it for generation (:mod:`jaxlm.generate`)."""
+    ``encode`` / ``decode`` split it for generation (:mod:`jaxlm.generation`)."""
 
     config: TransformerSeq2SeqConfig
     dtype: jnp.dtype = jnp.float32

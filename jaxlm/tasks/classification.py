@@ -95,6 +95,11 @@ class ClassificationTask(EncoderTask):
                                   f"{pair_column!r} column: set task.text_pair_column=null or use a BERT model")
             tok = word_tokenizer(config, train_texts, run_dir)
             self.model_kwargs = word_model_kwargs(model, tok)
+        elif reads_token_rows(model):
+            if pairs:
+                raise ConfigError(f"model.type={model.type} classifies single texts; {table.where} has a "
+                                  f"{pair_column!r} column: set task.text_pair_column=null or use a BERT model")
+            tok = decoder_tokenizer(config, train_texts, run_dir)
         else:
             tok = encoder_tokenizer(config, train_texts, run_dir, needs=("[PAD]", "[CLS]", "[SEP]"))
         if pairs and t.augment:
@@ -181,12 +186,15 @@ class ClassificationTask(EncoderTask):
 
 class TextEncoder:
     """Texts (and pairs) -> the model's row arrays and which texts were cut: word ids for the
-    classic text models, ``[CLS] A [SEP] (B [SEP])`` for BERT-style ones; with
+    classic text models, subword ids as the tokenizer frames a text for the decoders (padded with
+    ``pad_token_id``), ``[CLS] A [SEP] (B [SEP])`` for BERT-style ones; with
     ``task.long_text=windows``, ``[texts, windows, length]`` arrays and a ``window_mask``."""
 
     def __init__(self, tok: Tokenizer, config: Config):
         t, self.length = config.task, config.data.seq_len
-        self.tok, self.words = tok, uses_words(config.model)
+        self.plain = reads_token_rows(config.model)  # decoders: subword rows as the tokenizer frames them
+        self.tok, self.words = tok, uses_words(config.model) or self.plain
+        self.pad = getattr(config.model, "pad_token_id", None) or 0
         self.windows = t.long_text == "windows"
         self.max_windows = t.max_windows
         size = self.length if self.words else self.length - 2
@@ -195,11 +203,11 @@ class TextEncoder:
 
     def frame(self, ids, pair_ids=None):
         if self.words:
-            return word_rows(ids, self.length)
+            return word_rows(ids, self.length, self.pad)
         return frame_texts(ids, pair_ids, self.framer)
 
     def __call__(self, texts: list[str], pairs: list[str] | None = None):
-        ids = self.tok.encode_batch(texts)
+        ids = self.tok.encode_batch(texts, add_special_tokens=self.plain)
         pair_ids = self.tok.encode_batch(pairs) if pairs else None
         if self.windows:
             return windowed(ids, self.size, self.stride, self.max_windows, self.frame)
@@ -253,6 +261,22 @@ def uses_words(model_config) -> bool:
     return getattr(model_config, "tokenizer_kind", None) == "word"
 
 
+def reads_token_rows(model_config) -> bool:
+    """Whether the model reads plain subword rows, framed as its tokenizer frames a text (Llama's BOS),
+    and classifies from the last real token (the decoder families)."""
+    return getattr(model_config, "tokenizer_kind", None) == "bpe"
+
+
+def decoder_tokenizer(config: Config, train_texts: list[str], run_dir: Path) -> Tokenizer:
+    """The configured tokenizer (an imported decoder's own), or a byte-level BPE trained on ``train_texts``."""
+    t = config.data.tokenizer
+    tok = get_tokenizer(t.path, t.vocab_size, train_texts, run_dir / "tokenizer")
+    if tok.vocab_size > config.model.vocab_size:
+        raise DataError(f"the tokenizer in {t.path or run_dir / 'tokenizer'} has {tok.vocab_size} tokens but "
+                        f"model.vocab_size={config.model.vocab_size}; set model.vocab_size={tok.vocab_size}")
+    return tok
+
+
 def word_tokenizer(config: Config, train_texts: list[str], run_dir: Path) -> Tokenizer:
     """The configured word vocabulary, or one built from ``train_texts`` (saved with the run,
     so a resumed, evaluated or served run reads the same ids)."""
@@ -270,10 +294,10 @@ def word_tokenizer(config: Config, train_texts: list[str], run_dir: Path) -> Tok
     return tok
 
 
-def word_rows(ids: list[list[int]], length: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """``input_ids`` padded with ``<PAD>`` (0) to ``length`` and their ``attention_mask``;
-    longer texts are cut (the second value marks them)."""
-    rows = np.zeros((len(ids), length), np.int32)
+def word_rows(ids: list[list[int]], length: int, pad: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """``input_ids`` padded with ``pad`` (a word vocabulary's ``<PAD>``, 0) to ``length`` and their
+    ``attention_mask``; longer texts are cut (the second value marks them)."""
+    rows = np.full((len(ids), length), pad, np.int32)
     mask = np.zeros((len(ids), length), np.int32)
     for i, row in enumerate(ids):
         rows[i, :len(row[:length])] = row[:length]
@@ -310,16 +334,18 @@ def classify(model, params, tokenizer: Tokenizer, text: str, text_pair: str | No
                   or (k == "token_type_ids" and hasattr(c, "type_vocab_size"))}
         logits = model.apply({"params": params}, **flatten_windows(inputs)).logits
         return _ranked_logits(c, pool_logits(logits, jnp.asarray(rows["window_mask"]), config.task.window_pooling)[0])
-    if uses_words(c):
+    if uses_words(c) or reads_token_rows(c):
         if text_pair is not None:
             raise JaxlmError(f"a {c.type} model classifies single texts; give one TEXT")
-        ids = tokenizer.encode(text) or [tokenizer.token_id("<UNK>")]
+        ids = tokenizer.encode(text, add_special_tokens=reads_token_rows(c)) or [tokenizer.token_id("<UNK>")]
+        ids = ids[:c.max_positions] if c.max_positions else ids
         inputs = {"input_ids": jnp.asarray([ids], jnp.int32), "attention_mask": jnp.ones((1, len(ids)), jnp.int32)}
         return _ranked(model, params, inputs)
     first = [tokenizer.encode(text)]
     second = [tokenizer.encode(text_pair)] if text_pair is not None else None
-    length = min(c.max_positions, len(first[0]) + len(second[0] if second else []) + (3 if second else 2))
-    frame = framer(tokenizer, length)
+    frame = framer(tokenizer, c.max_positions)
+    frame.length = min(c.max_positions, len(first[0]) + len(second[0] if second else []) +
+                       frame.overhead(pair=second is not None))
     rows, cut = frame_texts(first, second, frame)
     if cut.any():
         log.warning("the text is longer than the model's %d positions; its end was cut", c.max_positions)

@@ -34,7 +34,7 @@ from jaxlm.data.pipeline import BatchIterator
 from jaxlm.data.shards import ShardedTokens
 from jaxlm.data.sources import SourceSpec
 from jaxlm.errors import ConfigError
-from jaxlm.tasks.encoder import EncoderTask, encoder_tokenizer, framer
+from jaxlm.tasks.encoder import EncoderTask, encoder_tokenizer, framer, mask_token
 from jaxlm.train.losses import cross_entropy_sum
 
 PAIRS_STREAM = 1  # generator streams for building the sentence pairs of each split
@@ -122,7 +122,7 @@ class MaskedLMTask(EncoderTask):
     def _masker(config: Config, tok) -> Masker:
         t = config.task
         return Masker.for_vocab(
-            tok.tok.get_vocab(), tok.special_ids, continuation_prefix=tok.continuation_prefix,
+            tok.tok.get_vocab(), tok.special_ids, mask_token(tok), continuation_prefix=tok.continuation_prefix,
             probability=t.mask_probability, mask_fraction=t.mask_token_fraction,
             random_fraction=t.random_token_fraction, unit=t.masking, span_p=t.span_p, max_span=t.max_span)
 

@@ -32,7 +32,7 @@ from jaxlm.data.labeled import read_files
 from jaxlm.data.packing import pack_pairs
 from jaxlm.data.tokenizer import FILE, Tokenizer, get_tokenizer, load_tokenizer
 from jaxlm.errors import ConfigError, DataError
-from jaxlm.generate import GenerationOptions, decode_seq2seq
+from jaxlm.generation import GenerationOptions, decode_seq2seq
 from jaxlm.tasks.base import ArrayTask
 from jaxlm.train.losses import cross_entropy_sum
 from jaxlm.train.text_metrics import BleuStats, bleu_from_stats, lcs_length, ngram_matches

@@ -2,7 +2,8 @@
 ``jaxlm eval --attack``), as a loss wrapper around any task.
 
 Models mark their embedding output with flax's ``self.perturb`` (token embeddings of BERT,
-DistilBERT, GPT-2, the word models; ViT's patch embeddings; a ResNet's input pixels): applied
+RoBERTa, DistilBERT, GPT-2, Llama / Qwen2 / Mistral, the word models; ViT's patch embeddings; a
+ResNet's input pixels): applied
 with a ``perturbations`` collection ``delta`` they compute on ``embedding + delta``, without it
 they are unchanged. The wrapped loss is the clean loss plus the loss at ``delta``:
   noise  ``delta ~ epsilon * N(0, I)`` (the book's small embedding noise);

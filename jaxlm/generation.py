@@ -1,6 +1,7 @@
 """Decoding with a preallocated KV cache: greedy, sampling and beam search in one jit-compiled loop.
 
-``jaxlm.generate(model, params, input_ids, attention_mask=None, **options)`` returns
+``jaxlm.generate(model, params, input_ids, attention_mask=None, **options)`` (this module's :func:`generate`,
+also ``jaxlm.generation.generate``) returns
 ``[batch, prompt + max_new_tokens]`` token ids; ``generate_stream`` yields the same tokens
 chunk by chunk (greedy and sampling). The options are transformers' ``generate`` options with
 its defaults (:class:`GenerationOptions`), and their semantics are transformers' too, so that
@@ -28,8 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import sys
-import types
 from collections.abc import Mapping
 from functools import partial
 from typing import Any, Iterator, Literal, NamedTuple, Sequence
@@ -608,14 +607,3 @@ def _chunks(model, params, state: _State, chunk_size: int, plan: _Plan, knobs: _
         step = int(state.step)
         yield np.asarray(state.tokens)[:, prompt + written:prompt + step]  # sliced on the host: no compile
         written = plan.max_new_tokens if bool(state.halt) else step
-
-
-class _CallableModule(types.ModuleType):
-    """``jaxlm.generate(...)`` calls :func:`generate` even once ``import jaxlm.generate`` has made the
-    package attribute this module (Python binds submodules over same-named package attributes)."""
-
-    def __call__(self, *args, **kwargs):
-        return generate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
