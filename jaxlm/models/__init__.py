@@ -69,4 +69,5 @@ def head_of(model: nn.Module) -> str:
     """The registry name of a built model's head (``causal_lm``, ``masked_lm``, ...)."""
     heads = MODEL_FAMILIES[model.config.type].heads
     module = getattr(model, "module", model)  # a StatefulModel's module
+    module = getattr(module, "base", module)  # a PeftModel's
     return next(h for h, cls in heads.items() if cls is type(module))
