@@ -1,4 +1,4 @@
-"""``jaxlm`` command line: train, eval, generate, predict, fill-mask, checkpoints, convert, tokenizer."""
+"""``jaxlm`` command line: train, eval, generate, predict, fill-mask, checkpoints, convert, merge, tokenizer."""
 
 from __future__ import annotations
 
@@ -67,25 +67,14 @@ def tokenizer_of(run: str | None, model_dir: str | None, config):
 def load_model(run: str | None, model_dir: str | None, step=None, best=False):
     """``(model, params, config)`` from a jaxlm run / checkpoint (its config) or a Hugging
     Face directory (config ``None``)."""
-    from jaxlm.checkpoint import load_model_state, load_run
-    from jaxlm.config import validate_config
-    from jaxlm.models import MODEL_FAMILIES, build_model
-    from jaxlm.models.state import StatefulModel
+    from jaxlm.interop.runs import load_run_model
 
     if model_dir is not None:
         from jaxlm.interop import from_pretrained
 
         model, params = from_pretrained(model_dir)
         return model, params, None
-    config_dict, params, meta = load_run(run, step, best)
-    config = validate_config(config_dict)
-    heads = MODEL_FAMILIES[config.model.type].heads
-    head = next((h for h, cls in heads.items() if cls.__name__ == meta.get("architecture")), None)
-    model = build_model(config.model, head or config.task.head)
-    model_state = load_model_state(run, step, best)
-    if model_state:  # BatchNorm running averages: apply() reads them
-        model = StatefulModel(model, model_state)
-    return model, params, config
+    return load_run_model(run, step, best)
 
 
 def cmd_generate(args) -> int:
@@ -158,32 +147,66 @@ def cmd_convert(args) -> int:
     from jaxlm.interop.commands import export_torch
 
     out = Path(args.out)
+    if args.base and not args.from_torch:
+        raise JaxlmError("--base names the base model of an adapter directory given to --from-torch")
+    if args.merge and not args.to_torch:
+        raise JaxlmError("--merge writes a LoRA run's merged weights with --to-torch RUN")
     if args.from_torch:
         from jaxlm.interop import from_pretrained
+        from jaxlm.peft.interop import adapter_base, run_settings
 
         if checkpoint_dir(out).exists():
             raise JaxlmError(f"{out} already holds checkpoints; choose an empty --out directory")
-        model, params = from_pretrained(args.from_torch)
-        tokenizer_files = [f for f in ("tokenizer.json", "vocab.json", "merges.txt", "vocab.txt", "tokenizer_config.json")
-                           if (Path(args.from_torch) / f).is_file()]
+        model, params = from_pretrained(args.from_torch, base=args.base)
+        base = getattr(model, "base", model)  # an adapter's base model
+        sources = [Path(args.from_torch), *([adapter_base(args.from_torch, args.base)] if base is not model else [])]
+        tokenizer_files = next(([d / f for f in TOKENIZER_FILES if (d / f).is_file()] for d in sources
+                                if any((d / f).is_file() for f in TOKENIZER_FILES)), [])
         data = {"seq_len": min(128, model.config.max_positions)}
         if tokenizer_files:
             data["tokenizer"] = {"path": str(out / "tokenizer")}
-        config = validate_config({"run": {"out_dir": str(out)}, "model": model.config.model_dump(), "data": data})
+        config = validate_config({"run": {"out_dir": str(out)}, "model": model.config.model_dump(), "data": data,
+                                  **run_settings(model)})
         out.mkdir(parents=True, exist_ok=True)
         for f in tokenizer_files:
             (out / "tokenizer").mkdir(exist_ok=True)
-            shutil.copy(Path(args.from_torch) / f, out / "tokenizer" / f)
+            shutil.copy(f, out / "tokenizer" / f.name)
         ckpt = Checkpoints(out, config.checkpoint)
-        ckpt.save_weights(params, config.model_dump(mode="json"), type(model).__name__)
+        ckpt.save_weights(params, config.model_dump(mode="json"), type(base).__name__)
         ckpt.close()
         save_config(config, out / "config.yaml")
-        print(f"wrote {type(model).__name__} to {checkpoint_dir(out) / '0'}; use it with model.init_from={out}")
+        what = type(base).__name__ + (f" with its {model.spec.method} adapter" if base is not model else "")
+        print(f"wrote {what} to {checkpoint_dir(out) / '0'}; use it with model.init_from={out}")
     else:
+        from jaxlm.peft.model import PeftModel
+
         model, params, config = load_model(args.to_torch, None)
-        print(export_torch(model, params, out))
+        if isinstance(model, PeftModel) and not args.merge:
+            from jaxlm.peft.interop import to_adapter
+
+            to_adapter(model, params, out)
+            print(f"wrote a PEFT {model.spec.method} adapter to {out} (adapter_config.json + adapter_model.safetensors) "
+                  f"and its base to {out / 'base'}; load it with peft.PeftModel.from_pretrained(base, {str(out)!r})")
+        elif args.merge:
+            from jaxlm.peft.merge import merged_params
+
+            if not isinstance(model, PeftModel):
+                raise JaxlmError(f"{args.to_torch} has no peft section: there is nothing to merge; drop --merge")
+            print(export_torch(model.base, merged_params(model, params), out))
+        else:
+            print(export_torch(model, params, out))
         if "input_ids" in model.config.dummy_inputs():  # a text model: its tokenizer goes along
             tokenizer_of(args.to_torch, None, config).save(out)
+    return 0
+
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "vocab.txt", "tokenizer_config.json")
+
+
+def cmd_merge(args) -> int:
+    from jaxlm.peft.merge import write_merged_run
+
+    print(write_merged_run(args.run, args.out, args.step, args.best))
     return 0
 
 
@@ -331,9 +354,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="PyTorch (Hugging Face) checkpoint <-> jaxlm run directory")
     direction = p.add_mutually_exclusive_group(required=True)
     direction.add_argument("--from-torch", metavar="HF_DIR", help="a transformers directory to import")
-    direction.add_argument("--to-torch", metavar="RUN_DIR", help="a jaxlm run (or checkpoints/N) to export")
+    direction.add_argument("--to-torch", metavar="RUN_DIR", help="a jaxlm run (or checkpoints/N) to export; a PEFT "
+                           "run becomes a PEFT adapter directory (its base in OUT/base)")
     p.add_argument("--out", required=True, help="the directory to write")
+    p.add_argument("--merge", action="store_true", help="--to-torch a LoRA run: a plain transformers model with the "
+                   "updates merged into its weights")
+    p.add_argument("--base", help="--from-torch a PEFT adapter directory: its base model (default: the "
+                   "adapter's base_model_name_or_path)")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("merge", help="write a LoRA run with its updates merged into the weights, as a plain run")
+    p.add_argument("run", help="a jaxlm LoRA run directory (or one of its checkpoints/N)")
+    p.add_argument("--out", required=True, help="the run directory to write")
+    which_checkpoint(p)
+    p.set_defaults(func=cmd_merge)
 
     def model_source(p, kind):
         source = p.add_mutually_exclusive_group(required=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -23,7 +24,7 @@ from jaxlm.train import layerwise
 from jaxlm.train.optim import build_optimizer
 from jaxlm.train.precision import DTYPES, LossScale, cast_floats, skip_nonfinite
 from jaxlm.train.step import TrainState
-from jaxlm.train.trainable import TrainableSplit, check_frozen, describe, flat, make_split, merge, unflat
+from jaxlm.train.trainable import TrainableSplit, check_frozen, describe, make_split, merge
 
 log = logging.getLogger("jaxlm")
 
@@ -105,16 +106,25 @@ def initial_params(config: Config, model, example: dict, fresh=frozenset(), shar
         return nn.meta.unbox(init_variables(model, config, params_key, example))
 
     params, model_state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(config.run.seed))
+    start_prompt = getattr(model, "start_prompt", None)  # a PEFT prompt read from the loaded word embeddings
     if config.model.init_from:
-        initial = flat(params)
-        base = {p: x for p, x in initial.items() if p not in fresh}
-        loaded = load_params_into(config.model.init_from, unflat(jax.tree.map(_abstract, base)), initial=unflat(base))
-        params = unflat({**initial, **flat(loaded)})
+        own = {_layerless(p) for p in fresh}
+        params = load_params_into(config.model.init_from, jax.tree.map(_abstract, params), initial=params,
+                                  may_lack=lambda path: _layerless(path) in own)
         log.info("initialised params from %s", config.model.init_from)
         if model_state:  # BatchNorm statistics come with the weights when the checkpoint has them
             saved = load_model_state(config.model.init_from, abstract_state=jax.tree.map(_abstract, model_state))
             model_state = saved or model_state
+    if start_prompt is not None:
+        params = start_prompt(params)
+        if shardings is not None:
+            params = jax.device_put(params, shardings[0])
     return params, model_state
+
+
+def _layerless(path: tuple[str, ...]) -> tuple[str, ...]:
+    """A param path with layer numbers dropped (``h_3`` -> ``h``): the same for either layer layout."""
+    return tuple(re.sub(r"_\d+$", "", part) for part in path)
 
 
 def _abstract(x: jax.Array) -> jax.ShapeDtypeStruct:
@@ -140,13 +150,29 @@ def check_batch(name: str, size: int, mesh, rules) -> None:
                           f"(mesh.data x mesh.fsdp); use a multiple of {dp}")
 
 
-def build_run_model(config: Config, head: str, **module_kwargs) -> tuple[nn.Module, frozenset, frozenset]:
-    """The model a run trains, and the paths of params that ``model.init_from`` never provides and
-    of those a method adds to the trainable ones (both empty here)."""
+def build_run_model(config: Config, head: str, tokenizer=None, dtype=None, **module_kwargs
+                    ) -> tuple[nn.Module, frozenset, frozenset]:
+    """The model a run trains (computing in ``dtype``, default ``precision.compute``), and its PEFT
+    method's own param paths and those it trains (both empty without a ``peft`` section;
+    ``tokenizer`` encodes ``peft.prompt_init_text``)."""
     from jaxlm.models import build_model
 
-    return build_model(config.model, head, dtype=DTYPES[config.precision.compute], **module_kwargs), frozenset(), \
-        frozenset()
+    dtype = dtype or DTYPES[config.precision.compute]
+    if config.peft is None:
+        return build_model(config.model, head, dtype=dtype, **module_kwargs), frozenset(), frozenset()
+    from jaxlm import peft
+
+    return peft.build(config, head, dtype, module_kwargs, tokenizer)
+
+
+def run_tokenizer(config: Config, run_dir: Path):
+    """The tokenizer a task set up (``data.tokenizer.path``, else the one cached in the run), when the
+    model needs it: to start a prompt from ``peft.prompt_init_text``."""
+    if getattr(config.peft, "prompt_init", None) != "text":
+        return None
+    from jaxlm.data.tokenizer import load_tokenizer
+
+    return load_tokenizer(config.data.tokenizer.path or run_dir / "tokenizer")
 
 
 def full_params(config: Config, trainable, frozen_record: dict, where: str) -> dict:
@@ -176,7 +202,21 @@ def build_tx(config: Config, trainable, split: TrainableSplit) -> tuple[Callable
     return skip_nonfinite(tx, config.precision.compute), schedule
 
 
+def check_init_from(config: Config) -> None:
+    """A ``model.init_from`` that does not exist yet is one line naming the command that makes it
+    (before the task reads the tokenizer that run would have written)."""
+    source = config.model.init_from
+    if source is None or Path(source).exists():
+        return
+    name = Path(source).name if Path(source).name != "0" else Path(source).parent.parent.name
+    maker = Path("configs") / f"{name}.yaml"
+    hint = f"run `jaxlm train {maker}` first" if maker.is_file() else "train or convert that run first"
+    raise ConfigError(f"model.init_from={source} is not a jaxlm run or checkpoint directory (it does not exist): "
+                      f"{hint}")
+
+
 def setup(config: Config) -> Setup:
+    check_init_from(config)
     run_dir = Path(config.run.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     mesh, rules = make_mesh(config.mesh), rules_for(config.mesh)
@@ -186,7 +226,8 @@ def setup(config: Config) -> Setup:
     check_batch("trainer.eval_batch_size", t.eval_batch_size or t.batch_size, mesh, rules)
     task = build_task(config, run_dir)
     # A task may pass the module data-dependent arguments (a word model's pretrained embeddings).
-    model, fresh, peft_trainable = build_run_model(config, task.head, **getattr(task, "model_kwargs", {}))
+    model, fresh, peft_trainable = build_run_model(config, task.head, run_tokenizer(config, run_dir),
+                                                   **getattr(task, "model_kwargs", {}))
     example = task.model_inputs(task.example_batch(1))
     boxed_params, boxed_model_state = jax.eval_shape(
         lambda key: init_variables(model, config, key, example), jax.random.PRNGKey(0))

@@ -1,0 +1,180 @@
+"""Parameter-efficient runs through the one trainer: every method trains from a pretrained base, only
+its own params (and modules_to_save) move, and its runs evaluate, predict, generate, merge and export."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_overrides
+from jaxlm.checkpoint import Checkpoints, load_run
+from jaxlm.cli import main
+from jaxlm.config import load_config
+from jaxlm.interop.runs import load_run_model
+from jaxlm.train.logging import read_metrics
+from jaxlm.train.trainable import flat
+from jaxlm.train.trainer import setup, train
+
+BERT_SIZES = {"model.hidden_size": 32, "model.num_attention_heads": 2, "model.intermediate_size": 64,
+              "model.max_position_embeddings": 48, "model.vocab_size": 512}
+
+
+@pytest.fixture(scope="module")
+def mlm_base(tmp_path_factory):
+    """A tiny BERT pretrained (a few steps) by masked LM: the base the classifiers adapt."""
+    run = tmp_path_factory.mktemp("mlm") / "base"
+    train(load_config("configs/bert-tiny-mlm.yaml", [
+        f"run.out_dir={run}", *(f"{k}={v}" for k, v in BERT_SIZES.items()), "data.tokenizer.vocab_size=512",
+        "data.seq_len=32", "trainer.max_steps=4", "trainer.eval_every=4", "trainer.eval_batches=1",
+        "trainer.progress_bar=false", "checkpoint.every=4"]))
+    return run
+
+
+def classify(base, run, peft=None, **extra):
+    settings = {"run.out_dir": run, **BERT_SIZES, "model.init_from": base, "data.tokenizer.path": base / "tokenizer",
+                "data.seq_len": 32, "trainer.max_steps": 4, "trainer.eval_every": 4, "trainer.log_every": 1,
+                "trainer.early_stopping": None, "checkpoint.keep_best": 0, "checkpoint.every": 2,
+                "trainer.progress_bar": False, "model.hidden_dropout_prob": 0.0, **(peft or {}), **extra}
+    return load_config("configs/bert-classify.yaml", [f"{k}={'null' if v is None else v}" for k, v in settings.items()])
+
+
+METHODS = {
+    "lora": {"peft.method": "lora", "peft.r": 4, "peft.dropout": 0.1},
+    "lora-all-linear-rslora": {"peft.method": "lora", "peft.target_modules": "all-linear", "peft.use_rslora": True},
+    "houlsby": {"peft.method": "adapter", "peft.kind": "houlsby", "peft.reduction_factor": 8},
+    "pfeiffer": {"peft.method": "adapter", "peft.kind": "pfeiffer", "peft.reduction_factor": 8},
+    "prompt": {"peft.method": "prompt_tuning", "peft.num_virtual_tokens": 4, "peft.prompt_init": "text",
+               "peft.prompt_init_text": "'the review is'"},
+    "p-tuning-mlp": {"peft.method": "p_tuning", "peft.num_virtual_tokens": 4, "peft.encoder_hidden_size": 16},
+    "p-tuning-lstm+prompt": {"peft.method": "p_tuning", "peft.num_virtual_tokens": 3, "peft.encoder": "lstm",
+                             "peft.encoder_hidden_size": 8, "peft.num_prompt_tokens": 2},
+    "prefix": {"peft.method": "prefix_tuning", "peft.num_virtual_tokens": 4},
+    "prefix-projection": {"peft.method": "prefix_tuning", "peft.num_virtual_tokens": 4, "peft.prefix_projection": True,
+                          "peft.encoder_hidden_size": 16},
+}
+OWN = {"lora": "lora_", "lora-all-linear-rslora": "lora_", "houlsby": "_adapter", "pfeiffer": "_adapter",
+       "prompt": "prompt_", "p-tuning-mlp": "prompt_", "p-tuning-lstm+prompt": "prompt_", "prefix": "prefix_encoder",
+       "prefix-projection": "prefix_encoder"}
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_trains_only_its_params_from_the_base(mlm_base, tmp_path, method):
+    run = tmp_path / "run"
+    train(classify(mlm_base, run, METHODS[method]))
+    _, base, _ = load_run(mlm_base)
+    config, params, meta = load_run(run)
+    ckpt = Checkpoints(run, read_only=True)
+    saved = {"/".join(p) for p in flat(ckpt.read_params(4))}
+    ckpt.close()
+    # The checkpoint holds the method's params and the classifier; the base is a fingerprint.
+    assert saved and all(OWN[method] in p or p.startswith("classifier/") for p in saved), saved
+    assert any(p.startswith("classifier/") for p in saved) and len(meta["frozen"]["fingerprint"]) == 16
+    # Every frozen param is the pretrained base's, bit for bit.
+    for path, value in flat(base["bert"]).items():
+        np.testing.assert_array_equal(flat(params["bert"])[path], value)
+    losses = [r["loss"] for r in read_metrics(run) if "loss" in r]
+    assert len(losses) == 4 and all(np.isfinite(losses))
+    # eval and predict read the run whole (base rebuilt from model.init_from and checked).
+    model, full, _ = load_run_model(run)
+    from jaxlm.data.tokenizer import load_tokenizer
+    from jaxlm.tasks.classification import classify as predict
+
+    scores = predict(model, full, load_tokenizer(mlm_base / "tokenizer"), "a wonderful film")
+    assert {label for label, _ in scores} == {"negative", "positive"}
+
+
+def test_lora_starts_at_the_base_and_counts_its_share(mlm_base, tmp_path, caplog):
+    config = classify(mlm_base, tmp_path / "run", METHODS["lora"])
+    with caplog.at_level("INFO", logger="jaxlm"):
+        s = setup(config)
+    params, _ = s.initial_params()
+    lora_b = [x for p, x in flat(params).items() if p[-1] == "lora_B"]
+    assert lora_b and all(not np.any(np.asarray(b)) for b in lora_b)  # B starts at zero
+    trainable = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(s.abstract_state.params))
+    # r=4 on query and value of 2 layers: 4 x (32 + 32) x 2 x 2 = 1024, plus the classifier's 66
+    assert trainable == 1024 + 66
+    assert any("trains 1,090 of" in r.message for r in caplog.records)
+    # The optimizer state is that size too: AdamW's two moments of the trainable params.
+    assert sum(x.size for x in jax.tree.leaves(s.abstract_state.opt_state) if x.ndim) == 2 * trainable
+
+
+def test_lora_run_merges_exports_and_continues(mlm_base, tmp_path, capsys):
+    run = tmp_path / "lora"
+    train(classify(mlm_base, run, METHODS["lora"]))
+    model, params, _ = load_run_model(run)
+    ids = jnp.asarray(np.random.RandomState(0).randint(5, 500, (2, 9)))
+    mask = jnp.ones_like(ids).at[1, 7:].set(0)
+    expected = model.apply({"params": params}, ids, mask).logits
+    # jaxlm merge: a plain run with the same outputs, which every command reads like any other.
+    assert main(["merge", str(run), "--out", str(tmp_path / "merged")]) == 0
+    plain, merged, config = load_run_model(tmp_path / "merged")
+    assert config.peft is None and not any(p[-1].startswith("lora_") for p in flat(merged))
+    np.testing.assert_allclose(plain.apply({"params": merged}, ids, mask).logits, expected, atol=1e-5)
+    assert main(["predict", "--run", str(tmp_path / "merged"), "a wonderful film"]) == 0
+    # convert --to-torch writes a PEFT adapter directory and the base beside it.
+    assert main(["convert", "--to-torch", str(run), "--out", str(tmp_path / "hf")]) == 0
+    adapter = json.loads((tmp_path / "hf" / "adapter_config.json").read_text())
+    assert adapter["peft_type"] == "LORA" and adapter["modules_to_save"] == ["classifier"]
+    assert (tmp_path / "hf" / "base" / "config.json").is_file()
+    again, again_params = __import__("jaxlm").from_pretrained(tmp_path / "hf")
+    np.testing.assert_allclose(again.apply({"params": again_params}, ids, mask).logits, expected, atol=1e-5)
+    # ... and convert --from-torch makes a run that training continues from (the adapter included).
+    assert main(["convert", "--from-torch", str(tmp_path / "hf"), "--out", str(tmp_path / "imported")]) == 0
+    s = setup(classify(tmp_path / "imported", tmp_path / "next", METHODS["lora"],
+                       **{"data.tokenizer.path": mlm_base / "tokenizer"}))
+    started, _ = s.initial_params()
+    for path, value in flat(params).items():
+        np.testing.assert_allclose(flat(started)[path], value, atol=1e-6, err_msg="/".join(path))
+    capsys.readouterr()
+
+
+def test_bad_peft_settings_are_one_line(mlm_base, tmp_path, capsys):
+    def error(*overrides, config="configs/bert-classify.yaml"):
+        assert main(["train", config, *overrides]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        return err
+
+    common = [f"run.out_dir={tmp_path / 'run'}", *(f"{k}={v}" for k, v in BERT_SIZES.items()),
+              f"model.init_from={mlm_base}", f"data.tokenizer.path={mlm_base / 'tokenizer'}", "data.seq_len=32"]
+    err = error(*common, "peft.method=lora", "peft.target_modules=[q_proj]")
+    assert "peft.target_modules=['q_proj'] matches no dense layer of this model; its dense layers are: " \
+           "bert.layer_0.attention.query" in err
+    err = error("peft.method=prefix_tuning", f"run.out_dir={tmp_path / 'cnn'}", config="configs/textcnn-sentiment.yaml")
+    assert "peft.method=prefix_tuning needs attention layers" in err and "model.type=text_cnn has none" in err
+    err = error(*common, "peft.method=prompt_tuning", "peft.num_virtual_tokens=20")
+    assert "data.seq_len=32 plus the 20 virtual tokens of peft.method=prompt_tuning exceed the model's 48" in err
+    err = error(*common, "peft.method=lora", "peft.modules_to_save=[clasifier]")
+    assert "peft.modules_to_save names 'clasifier', which is not a module of this model" in err
+
+
+def gpt2_tiny(tmp_path, corpus, name, **extra):
+    return load_config("configs/gpt2-tiny.yaml", tiny_overrides(tmp_path / name, **{
+        "data.paths": corpus, "model.positions": "learned", **extra}))
+
+
+@pytest.mark.parametrize("peft", [{"peft.method": "prompt_tuning", "peft.num_virtual_tokens": 3},
+                                  {"peft.method": "prefix_tuning", "peft.num_virtual_tokens": 3}])
+def test_generation_of_a_prompt_or_prefix_tuned_gpt2_uses_the_cache(tmp_path, corpus_file, peft):
+    from jaxlm.generate import generate
+
+    train(gpt2_tiny(tmp_path, corpus_file, "base", **{"trainer.max_steps": 2}))
+    train(gpt2_tiny(tmp_path, corpus_file, "tuned", **{"model.init_from": tmp_path / "base", **peft,
+                                                       "trainer.max_steps": 3, "optimizer.learning_rate": 0.05}))
+    model, params, _ = load_run_model(tmp_path / "tuned")
+    prompt = np.asarray([[5, 17, 42, 9], [0, 0, 8, 3]])
+    mask = (np.arange(4) >= np.asarray([[0], [2]])).astype(np.int32)
+    tokens = np.asarray(generate(model, params, prompt, mask, max_new_tokens=6))
+    # The same continuation computed without a cache: the whole row again for every token.
+    rows = []
+    for row, first in zip(prompt, (0, 2)):
+        ids = list(row[first:])
+        for _ in range(6):
+            logits = model.apply({"params": params}, jnp.asarray([ids])).logits
+            ids.append(int(jnp.argmax(logits[0, -1])))
+        rows.append(ids[len(row) - first:])
+    np.testing.assert_array_equal(tokens[:, 4:], np.asarray(rows))
+    beams = np.asarray(generate(model, params, prompt[:1], max_new_tokens=5, num_beams=3))
+    assert beams.shape == (1, 9)
