@@ -15,6 +15,7 @@ visible; a complete-looking but damaged newest checkpoint is detected on restore
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 import shutil
@@ -27,7 +28,7 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 from orbax.checkpoint import checkpoint_managers as policies
 
-from jaxlm.errors import JaxlmError
+from jaxlm.errors import JaxlmError, first_line
 
 FORMAT_VERSION = 1
 log = logging.getLogger("jaxlm")
@@ -69,6 +70,7 @@ class Checkpoints:
                     "model_state": ocp.StandardCheckpointHandler(),
                     "data": ocp.JsonCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
         self.manager = ocp.CheckpointManager(checkpoint_dir(run_dir), options=options, item_handlers=handlers)
+        self._pending: tuple[int, int] | None = None  # (step, bytes) of the save in flight
         self.extra_meta: dict = {}
         """Saved into every checkpoint's meta: ``{"frozen": ...}`` when the params item holds the
         trainable params only (:mod:`jaxlm.train.trainable`)."""
@@ -81,9 +83,19 @@ class Checkpoints:
         return steps[-1] if steps else None
 
     def save(self, step: int, state, data_state: dict, config: dict, metrics: dict, force: bool = False) -> bool:
-        """Start an asynchronous save every ``checkpoint.every`` steps, or now if ``force``."""
+        """Start an asynchronous save every ``checkpoint.every`` steps, or now if ``force``.
+
+        A save that cannot be written raises a :class:`CheckpointError` naming the step, the
+        directory and the fix: here if the disk cannot hold it, else at the next
+        :meth:`check_saved` or :meth:`wait` after orbax's background write failed.
+        """
         if not force and step % self.every:
             return False
+        self.wait()  # orbax would wait for the previous save too; this way its failure is named as its own
+        needed = sum(x.nbytes for x in jax.tree.leaves((state.params, state.opt_state, state.model_state)))
+        free = shutil.disk_usage(self.run_dir).free
+        if free < needed:
+            raise self._save_error(step, needed, OSError(errno.ENOSPC, "No space left on device"), free)
         train = {"opt_state": state.opt_state, "step": state.step, "rng": state.rng, "loss_scale": state.loss_scale}
         items = dict(
             params=ocp.args.StandardSave(state.params),
@@ -96,7 +108,36 @@ class Checkpoints:
             items["model_state"] = ocp.args.StandardSave(state.model_state)
         args = ocp.args.Composite(**items)
         best = {self.best_metric: metrics[self.best_metric]} if self.best_metric in metrics else None
-        return self.manager.save(step, args=args, metrics=best, force=True)
+        try:
+            saved = self.manager.save(step, args=args, metrics=best, force=True)
+        except Exception as e:  # noqa: BLE001 - orbax and TensorStore raise many kinds; the user needs one line
+            raise self._save_error(step, needed, e) from None
+        self._pending = (step, needed)
+        return saved
+
+    def check_saved(self) -> None:
+        """Raise a :class:`CheckpointError` if the save in flight has failed (cheap: the
+        trainer calls it after every step, so no step trains on past a failed save once orbax
+        has reported it)."""
+        if self._pending is not None and not self.manager.is_saving_in_progress():
+            self.wait()
+
+    def _save_error(self, step: int, needed: int, error: BaseException, free: int | None = None) -> CheckpointError:
+        """The one-line error for a checkpoint that could not be written; its partial files are removed."""
+        where = checkpoint_dir(self.run_dir)
+        if jax.process_index() == 0:
+            for partial in where.glob(f"{step}.orbax-checkpoint-tmp*"):
+                shutil.rmtree(partial, ignore_errors=True)
+        previous = [s for s in self.all_steps() if s < step]
+        kept = f"checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
+        if _disk_full(error):
+            free = shutil.disk_usage(self.run_dir).free if free is None else free
+            return CheckpointError(
+                f"checkpoint {step} could not be written to {where}: the disk is full (it needs about "
+                f"{needed / 2**20:.1f} MB, {free / 2**20:.1f} MB are free); {kept}. Free some space or set run.out_dir "
+                "on a larger disk, then rerun the same command to resume")
+        return CheckpointError(f"checkpoint {step} could not be written to {where} ({first_line(error)}); {kept}. "
+                               "Check that the directory is writable, then rerun the same command to resume")
 
     def save_weights(self, params, config: dict, architecture: str) -> None:
         """A weights-only checkpoint at step 0 (what ``jaxlm convert`` writes): usable by
@@ -178,7 +219,7 @@ class Checkpoints:
     def _quarantine(self, step: int, error: Exception) -> None:
         src = checkpoint_dir(self.run_dir) / str(step)
         dst = self.run_dir / "corrupt" / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        reason = first_line(error)
         log.warning("checkpoint %s is damaged (%s); moved to %s, falling back to the previous one", src, reason, dst)
         if jax.process_index() == 0:
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -186,21 +227,47 @@ class Checkpoints:
         self.manager.reload()
 
     def best_step(self) -> int | None:
-        """The step with the best ``checkpoint.best_metric`` of the run's latest config."""
+        """The step with the best ``checkpoint.best_metric`` of the run's latest config
+        (checkpoints whose metadata cannot be read are passed over)."""
         from jaxlm.config import validate_config
 
-        steps = self.all_steps()
-        cfg = validate_config(self.read_meta(steps[-1])["config"]).checkpoint if steps else None
-        scored = [(m[cfg.best_metric], s) for s in steps if cfg.best_metric in (m := self.read_meta(s)["metrics"])]
+        metas = {}
+        for step in self.all_steps():
+            try:
+                metas[step] = self.read_meta(step)
+            except CheckpointError:
+                raise
+            except Exception:  # noqa: BLE001 - a damaged checkpoint is not a candidate
+                continue
+        if not metas:
+            return None
+        cfg = validate_config(metas[max(metas)]["config"]).checkpoint
+        scored = [(m["metrics"][cfg.best_metric], s) for s, m in metas.items() if cfg.best_metric in m["metrics"]]
         if not scored:
             return None
         return (min if cfg.best_mode == "min" else max)(scored)[1]
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Block until the save in flight is complete; raise a :class:`CheckpointError` if it failed."""
+        pending, self._pending = self._pending, None
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            if pending is not None:
+                raise self._save_error(*pending, e) from None
+            return  # orbax raises a failed save again at every wait; it was reported when it happened
+        if pending is not None and not (checkpoint_dir(self.run_dir) / str(pending[0])).is_dir():
+            raise self._save_error(*pending, RuntimeError("orbax did not commit it"))
 
     def close(self) -> None:
-        self.manager.close()
+        """Wait for the save in flight (raising if it failed), then release orbax's resources."""
+        try:
+            self.wait()
+        finally:
+            try:
+                self.manager.close()
+            except Exception:  # noqa: BLE001 - it waits again: a failed save was reported above
+                pass
 
 
 def open_run(path: str | Path, step: int | None = None, best: bool = False) -> tuple[Checkpoints, int]:
@@ -225,35 +292,60 @@ def open_run(path: str | Path, step: int | None = None, best: bool = False) -> t
     return ckpt, step
 
 
+def read_newest(path: str | Path, read, step: int | None = None, best: bool = False):
+    """``read(ckpt, step)`` of the checkpoint that ``path`` / ``step`` / ``best`` name, else of the
+    newest checkpoint that can be read: a damaged one is skipped with a warning, as ``train``
+    skips it on resume (but left in place: reading never moves a run's files). A damaged
+    checkpoint that was asked for by its step is an error naming it."""
+    ckpt, chosen = open_run(path, step, best)
+    named = best or step is not None or resolve(path)[1] is not None
+    try:
+        steps = [chosen] if named else sorted(ckpt.all_steps(), reverse=True)
+        for i, candidate in enumerate(steps):
+            try:
+                return read(ckpt, candidate)
+            except CheckpointError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped, not fatal
+                where = checkpoint_dir(ckpt.run_dir) / str(candidate)
+                if named:
+                    others = [s for s in ckpt.all_steps() if s != candidate]
+                    raise CheckpointError(f"checkpoint {where} is damaged ({first_line(e)}); read another with "
+                                          f"--step (this run also has {others or 'no other'})") from None
+                if i + 1 == len(steps):
+                    raise CheckpointError(f"no checkpoint of {ckpt.run_dir} can be read; the oldest, {where}, is "
+                                          f"damaged ({first_line(e)})") from None
+                log.warning("checkpoint %s is damaged (%s); reading checkpoint %d instead", where, first_line(e),
+                            steps[i + 1])
+    finally:
+        ckpt.close()
+
+
 def load_run(path: str | Path, step: int | None = None, best: bool = False) -> tuple[dict, Any, dict]:
-    """``(config dict, params, meta)`` from a run directory or a ``checkpoints/N`` directory.
+    """``(config dict, params, meta)`` from a run directory or a ``checkpoints/N`` directory;
+    ``meta["step"]`` is the step read (the newest readable one unless ``step`` / ``best`` say).
 
     ``params`` are all of the model's: for a run that trained some of them only (``meta["frozen"]``),
     the frozen ones are rebuilt from its initialisation and ``model.init_from`` and checked against
     the checkpoint's fingerprint.
     """
-    ckpt, step = open_run(path, step, best)
-    try:
+    def read(ckpt, step):
         meta = ckpt.read_meta(step)
-        params = ckpt.read_params(step)
-    finally:
-        ckpt.close()
+        return meta["config"], ckpt.read_params(step), meta
+
+    config, params, meta = read_newest(path, read, step, best)
     if meta.get("frozen"):
         from jaxlm.config import validate_config
         from jaxlm.train.setup import full_params
 
         params = full_params(validate_config(meta["config"]), params, meta["frozen"], str(path))
-    return meta["config"], params, meta
+    return config, params, meta
 
 
 def load_model_state(path: str | Path, step: int | None = None, best: bool = False, abstract_state=None) -> dict:
     """The non-parameter collections (BatchNorm statistics) of the checkpoint that
     :func:`load_run` reads with the same arguments; ``{}`` for models without any."""
-    ckpt, step = open_run(path, step, best)
-    try:
-        return ckpt.read_model_state(step, abstract_state)
-    finally:
-        ckpt.close()
+    return read_newest(path, lambda ckpt, step: ckpt.read_model_state(step, abstract_state), step, best)
 
 
 def load_params_into(path: str | Path, abstract_params, initial=None, may_lack=None) -> Any:
@@ -384,6 +476,15 @@ def _by_trunk_name(tree, prefix: str | None) -> dict[tuple[str, str], tuple[tupl
             name = ("head", "/".join(path))
         out[name] = (path, leaf)
     return out
+
+
+def _disk_full(error: BaseException | None) -> bool:
+    """Whether ``error`` (or an exception it came from) says the disk is full."""
+    while error is not None:
+        if getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def dir_size(path: Path) -> int:

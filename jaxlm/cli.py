@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -45,7 +46,7 @@ def cmd_eval(args) -> int:
     config = _config(args)
     distributed.initialize()
     _, params, meta = load_run(config.run.out_dir, args.step, args.best)
-    model_state = load_model_state(config.run.out_dir, args.step, args.best)
+    model_state = load_model_state(config.run.out_dir, meta["step"])
     _print_metrics({"step": meta["step"], **evaluate(setup(config), params, model_state=model_state)})
     return 0
 
@@ -61,7 +62,10 @@ def tokenizer_of(run: str | None, model_dir: str | None, config):
     from jaxlm.checkpoint import resolve
     from jaxlm.data.tokenizer import load_tokenizer
 
-    return load_tokenizer(model_dir or config.data.tokenizer.path or resolve(run)[0] / "tokenizer")
+    if model_dir is not None:
+        return load_tokenizer(model_dir)
+    kept = resolve(run)[0] / "tokenizer"  # runs keep a copy of the tokenizer they loaded
+    return load_tokenizer(kept if kept.is_dir() or not config.data.tokenizer.path else config.data.tokenizer.path)
 
 
 def load_model(run: str | None, model_dir: str | None, step=None, best=False):
@@ -125,14 +129,18 @@ def cmd_generate(args) -> int:
 
 def cmd_checkpoints(args) -> int:
     from jaxlm.checkpoint import checkpoint_dir, dir_size, open_run
+    from jaxlm.errors import first_line
 
     ckpt, latest = open_run(args.run)
     try:
         best = ckpt.best_step()
         print(f"{'step':>8}  {'size':>9}  metrics")
         for step in ckpt.all_steps():
-            metrics = ckpt.read_meta(step)["metrics"]
-            shown = "  ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if k.startswith("eval_")) or "-"
+            try:
+                metrics = ckpt.read_meta(step)["metrics"]
+                shown = "  ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if k.startswith("eval_")) or "-"
+            except Exception as e:  # noqa: BLE001 - a damaged checkpoint is listed as such
+                shown = f"damaged: {first_line(e, 80)}"
             size = dir_size(checkpoint_dir(ckpt.run_dir) / str(step)) / 2**20
             tags = [t for t, s in (("latest", latest), ("best", best)) if s == step]
             print(f"{step:>8}  {size:>7.1f}MB  {shown}{'  (' + ', '.join(tags) + ')' if tags else ''}")
@@ -142,11 +150,16 @@ def cmd_checkpoints(args) -> int:
 
 
 def cmd_convert(args) -> int:
+    """Import a transformers directory as a jaxlm run, or export a run as one. ``--out`` is
+    written under a temporary name and appears only when complete."""
     from jaxlm.checkpoint import Checkpoints, checkpoint_dir
     from jaxlm.config import save_config, validate_config
     from jaxlm.interop.commands import export_torch
+    from jaxlm.rundir import fresh_output_dir
 
     out = Path(args.out)
+    if checkpoint_dir(out).exists():
+        raise JaxlmError(f"{out} already holds checkpoints; choose an empty --out directory")
     if args.base and not args.from_torch:
         raise JaxlmError("--base names the base model of an adapter directory given to --from-torch")
     if args.merge and not args.to_torch:
@@ -155,8 +168,6 @@ def cmd_convert(args) -> int:
         from jaxlm.interop import from_pretrained
         from jaxlm.peft.interop import adapter_base, run_settings
 
-        if checkpoint_dir(out).exists():
-            raise JaxlmError(f"{out} already holds checkpoints; choose an empty --out directory")
         model, params = from_pretrained(args.from_torch, base=args.base)
         base = getattr(model, "base", model)  # an adapter's base model
         sources = [Path(args.from_torch), *([adapter_base(args.from_torch, args.base)] if base is not model else [])]
@@ -167,24 +178,26 @@ def cmd_convert(args) -> int:
             data["tokenizer"] = {"path": str(out / "tokenizer")}
         config = validate_config({"run": {"out_dir": str(out)}, "model": model.config.model_dump(), "data": data,
                                   **run_settings(model)})
-        out.mkdir(parents=True, exist_ok=True)
-        for f in tokenizer_files:
-            (out / "tokenizer").mkdir(exist_ok=True)
-            shutil.copy(f, out / "tokenizer" / f.name)
-        ckpt = Checkpoints(out, config.checkpoint)
-        ckpt.save_weights(params, config.model_dump(mode="json"), type(base).__name__)
-        ckpt.close()
-        save_config(config, out / "config.yaml")
+        with fresh_output_dir(out) as tmp:
+            for f in tokenizer_files:
+                (tmp / "tokenizer").mkdir(exist_ok=True)
+                shutil.copy(f, tmp / "tokenizer" / f.name)
+            ckpt = Checkpoints(tmp, config.checkpoint)
+            ckpt.save_weights(params, config.model_dump(mode="json"), type(base).__name__)
+            ckpt.close()
+            save_config(config, tmp / "config.yaml")
         what = type(base).__name__ + (f" with its {model.spec.method} adapter" if base is not model else "")
         print(f"wrote {what} to {checkpoint_dir(out) / '0'}; use it with model.init_from={out}")
     else:
         from jaxlm.peft.model import PeftModel
 
         model, params, config = load_model(args.to_torch, None)
+        text = "input_ids" in model.config.dummy_inputs()  # a text model: its tokenizer goes along
+        tokenizer = tokenizer_of(args.to_torch, None, config) if text else None
         if isinstance(model, PeftModel) and not args.merge:
             from jaxlm.peft.interop import to_adapter
 
-            to_adapter(model, params, out)
+            to_adapter(model, params, out, tokenizer)
             print(f"wrote a PEFT {model.spec.method} adapter to {out} (adapter_config.json + adapter_model.safetensors) "
                   f"and its base to {out / 'base'}; load it with peft.PeftModel.from_pretrained(base, {str(out)!r})")
         elif args.merge:
@@ -192,11 +205,9 @@ def cmd_convert(args) -> int:
 
             if not isinstance(model, PeftModel):
                 raise JaxlmError(f"{args.to_torch} has no peft section: there is nothing to merge; drop --merge")
-            print(export_torch(model.base, merged_params(model, params), out))
+            print(export_torch(model.base, merged_params(model, params), out, tokenizer))
         else:
-            print(export_torch(model, params, out))
-        if "input_ids" in model.config.dummy_inputs():  # a text model: its tokenizer goes along
-            tokenizer_of(args.to_torch, None, config).save(out)
+            print(export_torch(model, params, out, tokenizer))
     return 0
 
 
@@ -243,6 +254,9 @@ def cmd_attention(args) -> int:
     from jaxlm.tasks.image_classification import image_normalization, image_of
 
     model, params, config = load_model(args.run, args.model, args.step, args.best)
+    if model.config.type != "vit":
+        raise JaxlmError(f"jaxlm attention draws a ViT's attention over an image, and {args.run or args.model} holds "
+                         f"a {model.config.type} model; give a ViT run (e.g. one of configs/vit-digits.yaml)")
     image = image_of(args.image, model)
     weights = attention_maps(model, params, normalize(image[None], *image_normalization(config, args.model)))
     grid = cls_grid(weights, args.layer, args.head)
@@ -257,9 +271,6 @@ def cmd_tokenizer_train(args) -> int:
     from jaxlm.data.corpus import load_documents
     from jaxlm.data.tokenizer import train_tokenizer
 
-    if args.kind == "bpe" and args.vocab_size <= 256:
-        raise JaxlmError(f"--vocab-size {args.vocab_size} is too small for a byte-level BPE: it needs more than "
-                         "its 256 byte tokens")
     out = Path(args.out)
     tok = train_tokenizer(args.kind, load_documents(args.files or None), args.vocab_size)
     tok.save(out, vocab_files=True)
@@ -403,7 +414,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the directory to write (tokenizer.json + vocabulary files)")
     p.add_argument("files", nargs="*", metavar="FILES", help="UTF-8 text files or globs (none: the embedded corpus)")
     p.set_defaults(func=cmd_tokenizer_train)
+    for p in _all_parsers(parser):
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show library logs and full tracebacks (also JAXLM_DEBUG=1)")
     return parser
+
+
+def _all_parsers(parser: argparse.ArgumentParser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                yield from _all_parsers(child)
+
+
+@contextlib.contextmanager
+def _library_noise(debug: bool):
+    """orbax, TensorStore and asyncio report failures that jaxlm names in one line of its own:
+    their logs, thread and coroutine tracebacks show only with --debug or JAXLM_DEBUG=1."""
+    import threading
+
+    loggers = {name: logging.getLogger(name) for name in ("absl", "orbax", "asyncio")}
+    saved = ({name: lg.level for name, lg in loggers.items()}, threading.excepthook, sys.unraisablehook)
+    for lg in loggers.values():
+        lg.setLevel(logging.WARNING if debug else logging.CRITICAL)
+    if not debug:
+        threading.excepthook = lambda args: None
+        sys.unraisablehook = lambda args: None
+    try:
+        yield
+    finally:
+        for name, level in saved[0].items():
+            loggers[name].setLevel(level)
+        threading.excepthook, sys.unraisablehook = saved[1], saved[2]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -414,11 +457,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("jax", "orbax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax reports routine events as warnings
     args = build_parser().parse_args(argv)
+    debug = getattr(args, "debug", False) or os.environ.get("JAXLM_DEBUG", "") not in ("", "0")
     try:
-        return args.func(args)
+        with _library_noise(debug):
+            return args.func(args)
     except JaxlmError as e:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
         print(f"jaxlm {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -34,8 +34,9 @@ class TokenizerConfig(Section):
     path: str | None = None
     """A directory or file with ``tokenizer.json``, or GPT-2 ``vocab.json`` + ``merges.txt``.
     ``None`` trains a byte-level BPE tokenizer on the training text (cached in the run dir)."""
-    vocab_size: int = Field(4096, gt=256)
-    """Tokens to train; for the word vocabulary of the classic text models, the most it keeps."""
+    vocab_size: int = Field(4096, gt=0)
+    """Tokens to train (a byte-level BPE needs more than its 256 byte tokens); for the word
+    vocabulary of the classic text models, the most it keeps."""
     min_frequency: int = Field(1, ge=1)
     """Word vocabularies: words seen fewer times in the training split become ``<UNK>``."""
     lowercase: bool = True

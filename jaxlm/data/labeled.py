@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxlm.errors import DataError
+from jaxlm.errors import DataError, first_line
 
 SETS_DIR = Path(__file__).parent / "sets"
 
@@ -95,7 +95,7 @@ def _read_hf(name: str, config: str | None, split: str) -> Table:
     try:
         ds = datasets.load_dataset(name, config, split=split)
     except Exception as e:  # noqa: BLE001 - any failure to fetch or read is the user's to fix
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         raise DataError(f"task.dataset={name!r}: Hugging Face datasets could not load split {split!r} ({reason}); "
                         "offline it must already be in the datasets cache") from None
     return Table({c: list(ds[c]) for c in ds.column_names}, f"dataset {name!r}")
@@ -110,7 +110,7 @@ def _read_tfds(name: str, split: str) -> Table:
     try:
         source = tfds.data_source(name, split=split)
     except Exception as e:  # noqa: BLE001
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         raise DataError(f"task.dataset='tfds:{name}': tfds could not open split {split!r} ({reason}); prepare "
                         "it first (tfds build) or check the name") from None
     rows = [source[i] for i in range(len(source))]

@@ -79,6 +79,9 @@ class Tokenizer:
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     """Byte-level BPE as GPT-2 builds it: no unknown tokens, ``<|endoftext|>`` as the only special."""
+    if vocab_size <= 256:
+        raise DataError(f"a byte-level BPE of {vocab_size} tokens cannot hold its 256 byte tokens; ask for at least "
+                        "257 (data.tokenizer.vocab_size, --vocab-size)")
     tok = tokenizers.Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -180,10 +183,16 @@ def get_tokenizer(path: str | None, vocab_size: int, train_texts: list[str], cac
     """The configured tokenizer, or one of ``kind`` trained on ``train_texts`` (cached in ``cache_dir``).
 
     In a multi-process job, process 0 trains and saves it; the others then load the file.
+    A configured tokenizer is copied into ``cache_dir`` too, so a run directory is self-contained.
     A word vocabulary (``kind="word"``) may come out smaller than ``vocab_size``, its maximum.
     """
+    import jax
+
     if path is not None:
-        return load_tokenizer(path)
+        tok = load_tokenizer(path)
+        if jax.process_index() == 0 and Path(path).resolve() != cache_dir.resolve():
+            tok.save(cache_dir)  # the run keeps its own copy: it stays usable when ``path`` moves
+        return tok
     from jaxlm.parallel.distributed import main_process_first
 
     return main_process_first(lambda: _cached_or_trained(kind, vocab_size, train_texts, cache_dir, **options))

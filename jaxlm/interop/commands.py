@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +14,7 @@ from jaxlm.interop.errors import InteropError
 from jaxlm.interop.hf import save_pretrained
 from jaxlm.models.bert import BertForMaskedLM, BertForPreTraining
 from jaxlm.models.distilbert import DistilBertForMaskedLM
+from jaxlm.rundir import fresh_output_dir
 
 MASK = "[MASK]"
 MASKED_LM = (BertForMaskedLM, BertForPreTraining, DistilBertForMaskedLM)
@@ -41,9 +43,15 @@ def fill_mask(model, params, tokenizer: Tokenizer, text: str, top_k: int = 5) ->
     return [(tok.decode([int(i)], skip_special_tokens=False), float(probs[i])) for i in best]
 
 
-def export_torch(model, params, out_dir: str | os.PathLike) -> str:
-    """Write ``model`` + ``params`` as a transformers directory; returns a line saying what was written."""
-    out = save_pretrained(model, params, out_dir)
+def export_torch(model, params, out_dir: str | os.PathLike, tokenizer: Tokenizer | None = None) -> str:
+    """Write ``model`` + ``params`` (and ``tokenizer``) as a transformers directory, which appears
+    only when complete; returns a line saying what was written."""
+    out = Path(out_dir)
+    with fresh_output_dir(out) as tmp:
+        save_pretrained(model, params, tmp)
+        if tokenizer is not None:
+            tokenizer.save(tmp)
     n = sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(params))
-    return (f"wrote {type(model).__name__} ({n / 1e6:.1f}M params) to {out}: config.json + model.safetensors; "
+    files = "config.json + model.safetensors" + (" + tokenizer.json" if tokenizer is not None else "")
+    return (f"wrote {type(model).__name__} ({n / 1e6:.1f}M params) to {out}: {files}; "
             f"load it with transformers.{type(model).__name__}.from_pretrained({str(out)!r})")

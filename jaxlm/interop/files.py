@@ -18,6 +18,7 @@ import safetensors.flax
 import safetensors.numpy
 from safetensors import SafetensorError
 
+from jaxlm.errors import first_line
 from jaxlm.interop.errors import InteropError
 
 SAFETENSORS = "model.safetensors"
@@ -68,7 +69,7 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        reason = first_line(e)
         raise InteropError(f"{path} is truncated or corrupt ({reason}): download or export it again") from e
     # numpy has no bfloat16: widen it (exactly) and let the caller cast to the dtype it wants.
     return {k: (v.float() if v.dtype == torch.bfloat16 else v).numpy() for k, v in state.items()}

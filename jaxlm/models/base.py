@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import typing
 from typing import Any, ClassVar, Literal
 
 import flax.linen as nn
@@ -40,6 +41,20 @@ class ModelConfig(BaseModel):
     layers_name: ClassVar[str | None] = None
     """The layer stack's param name (``h`` -> ``h_0 .. h_{n-1}``); None: no ``scan_layers`` support."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _sizes_and_rates(cls, data):
+        """Every count or size (an integer setting other than a token id) is at least 1, every
+        dropout rate in [0, 1): nonsense fails here, before any check that divides by it."""
+        for name, value in data.items() if isinstance(data, dict) else ():
+            values = value if isinstance(value, (list, tuple)) else [value]
+            numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            if is_dropout_field(name) and numbers and not 0 <= numbers[0] < 1:
+                raise ValueError(f"model.{name}={value} is a dropout rate: use a value in [0, 1)")
+            if _counts(name, cls.model_fields.get(name)) and any(isinstance(v, int) and v < 1 for v in numbers):
+                raise ValueError(f"model.{name}={value} must be at least 1")
+        return data
+
     @model_validator(mode="after")
     def _check_scan_layers(self):
         if self.scan_layers and self.layers_name is None:
@@ -70,6 +85,17 @@ class ModelConfig(BaseModel):
     def hf_dict(self) -> dict:
         """The fields that transformers' config class knows."""
         return self.model_dump(exclude=JAXLM_ONLY_FIELDS)
+
+
+def _counts(name: str, field) -> bool:
+    """Whether a config field holds counts or sizes: integers (or tuples of them), not token ids."""
+    def leaves(t):
+        args = typing.get_args(t)
+        return [leaf for a in args for leaf in leaves(a)] if args else [t]
+
+    if field is None or name.endswith("_id"):
+        return False
+    return {k for k in leaves(field.annotation) if k not in (type(None), Ellipsis)} == {int}
 
 
 class TransformerVariants(BaseModel):

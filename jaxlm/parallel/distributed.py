@@ -15,7 +15,7 @@ import time
 
 import jax
 
-from jaxlm.errors import JaxlmError
+from jaxlm.errors import JaxlmError, first_line
 
 ENV = ("JAXLM_COORDINATOR", "JAXLM_NUM_PROCESSES", "JAXLM_PROCESS_ID")
 
@@ -45,7 +45,7 @@ def initialize(timeout_s: int | None = None) -> None:
         jax.distributed.initialize(initialization_timeout=timeout_s, **kwargs)
     except Exception as e:  # noqa: BLE001 - the runtime raises several kinds; the user needs one line
         where = kwargs.get("coordinator_address", "the cluster's coordinator")
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise JaxlmError(f"could not join the multi-process job at {where} within {timeout_s}s ({first}); check "
                          "that every process started and the coordinator address is reachable") from None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from jaxlm.data.tokenizer import get_tokenizer
 from jaxlm.errors import DataError
 from jaxlm.tasks.base import ArrayTask
 from jaxlm.train.losses import cross_entropy_sum
+
+log = logging.getLogger("jaxlm")
 
 
 class CausalLMTask(ArrayTask):
@@ -26,6 +29,10 @@ class CausalLMTask(ArrayTask):
         if self.tokenizer.vocab_size > config.model.vocab_size:
             raise DataError(f"the tokenizer has {self.tokenizer.vocab_size} tokens but model.vocab_size="
                             f"{config.model.vocab_size}; set model.vocab_size={self.tokenizer.vocab_size}")
+        if self.tokenizer.vocab_size < config.model.vocab_size:
+            log.info("the tokenizer has %d tokens and model.vocab_size=%d: the last %d embedding rows are padding",
+                     self.tokenizer.vocab_size, config.model.vocab_size,
+                     config.model.vocab_size - self.tokenizer.vocab_size)
         encode = self.tokenizer.encode_batch
         self.train = pack_blocks(encode(train_text), self.tokenizer.eos_id, data.seq_len, keep_last=False,
                                  stride=data.train_stride)

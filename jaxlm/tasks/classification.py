@@ -46,6 +46,17 @@ def texts_of(table: Table, column: str, key: str) -> list[str]:
     return values
 
 
+def check_classes(labels: np.ndarray, names: list[str] | None, where: str) -> None:
+    """Refuse data a classifier cannot learn from: no rows, or one class only."""
+    if not len(labels):
+        raise DataError(f"{where} holds no labelled rows; add examples (a header line, then one row per example)")
+    present = np.unique(labels)
+    if len(present) < 2:
+        name = names[present[0]] if names else str(present[0])
+        raise DataError(f"{where} has examples of one class only ({name!r}); a classifier needs examples of at "
+                        "least two classes: add rows of the others")
+
+
 class ClassificationTask(EncoderTask):
     def __init__(self, config: Config, run_dir: Path):
         super().__init__(config)
@@ -62,6 +73,7 @@ class ClassificationTask(EncoderTask):
         pairs = texts_of(table, pair_column, "task.text_pair_column") if with_pairs else None
         labels = label_ids(table.column(t.label_column, "task.label_column"), label_names(model), model.num_labels,
                            table.where)
+        check_classes(labels, label_names(model), table.where)
         parts = stratified_split(labels, t.split, t.split_seed)
         train_texts = [texts[i] for i in parts[0]] + ([pairs[i] for i in parts[0]] if pairs else [])
         if uses_words(model):

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 from pathlib import Path
 
 from tensorboardX import SummaryWriter
 
+from jaxlm.errors import JaxlmError, first_line
 from jaxlm.train.metrics import CONFUSION
 
 
 class MetricsLogger:
     def __init__(self, run_dir: Path, enabled: bool = True):
-        self.enabled = enabled
+        self.enabled, self.run_dir = enabled, run_dir
         if enabled:
             self.jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)
             self.tb = SummaryWriter(str(run_dir / "tensorboard"))
@@ -22,15 +25,28 @@ class MetricsLogger:
         if not self.enabled:
             return
         record = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
-        self.jsonl.write(json.dumps(record) + "\n")
-        for k, v in record.items():
-            if k != "step" and isinstance(v, (int, float)):
-                self.tb.add_scalar(k, v, step)
+        with self._writing():
+            self.jsonl.write(json.dumps(record) + "\n")
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, step)
 
     def close(self) -> None:
         if self.enabled:
-            self.jsonl.close()
-            self.tb.close()
+            with self._writing():
+                try:
+                    self.jsonl.close()
+                finally:
+                    self.tb.close()
+
+    @contextlib.contextmanager
+    def _writing(self):
+        try:
+            yield
+        except OSError as e:
+            reason = "the disk is full" if e.errno == errno.ENOSPC else first_line(e)
+            raise JaxlmError(f"could not write the metrics in {self.run_dir} ({reason}); the checkpoints are kept: "
+                             "fix that, then rerun the same command to resume") from None
 
 
 def console_summary(metrics: dict[str, float]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 
 import jax
@@ -15,6 +16,7 @@ from tqdm import tqdm
 from jaxlm.checkpoint import CheckpointError, Checkpoints, checkpoint_dir, resolve
 from jaxlm.config import Config, resume_conflicts, save_config
 from jaxlm.errors import JaxlmError
+from jaxlm.rundir import RunClaim, claim_run_dir
 from jaxlm.train.early_stopping import EarlyStopping, LoopPosition
 from jaxlm.train.logging import MetricsLogger, console_summary, rewind_metrics
 from jaxlm.train.preemption import PreemptionGuard
@@ -47,9 +49,17 @@ def evaluate(s: Setup, params, eval_fn=None, model_state=None, constants=None) -
 
 
 def train(config: Config) -> dict[str, float]:
-    """Train until ``trainer.max_steps``, resuming from the run directory's latest checkpoint."""
-    s = setup(config)
-    c, t = config, config.trainer
+    """Train until ``trainer.max_steps``, resuming from the run directory's latest checkpoint.
+
+    The run directory is this job's alone while it trains (:func:`claim_run_dir`); a run that
+    fails before its first step leaves no directory it created.
+    """
+    with claim_run_dir(config.run.out_dir) as claim:
+        return _train(setup(config), claim)
+
+
+def _train(s: Setup, claim: RunClaim) -> dict[str, float]:
+    c, t = s.config, s.config.trainer
     is_main = jax.process_index() == 0
     ckpt = Checkpoints(s.run_dir, c.checkpoint)
     data = s.task.train_iterator(t.batch_size, jax.process_index(), jax.process_count())
@@ -88,7 +98,9 @@ def train(config: Config) -> dict[str, float]:
             with s.sharding_context():
                 state, metrics = train_step(state, s.put_batch(next(data)), constants)
             step += 1
+            claim.mark_started()
             bar.update(1)
+            ckpt.check_saved()
             if step % t.log_every == 0 or step == t.max_steps:
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 now = time.perf_counter()
@@ -122,12 +134,22 @@ def train(config: Config) -> dict[str, float]:
                             guard.signal_name, step)
                 break
     finally:
-        guard.close()
-        bar.close()
-        ckpt.wait()
-        ckpt.close()
-        logger.close()
+        close_all(guard.close, bar.close, ckpt.close, logger.close)
     return last
+
+
+def close_all(*closers) -> None:
+    """Run every closer; raise the first error, unless an exception is already on its way out
+    (a save that failed also fails the close that waits for it: the first report stands)."""
+    leaving = sys.exc_info()[1] is not None
+    first = None
+    for close in closers:
+        try:
+            close()
+        except Exception as e:  # noqa: BLE001
+            first = first or e
+    if first is not None and not leaving:
+        raise first
 
 
 def start_state(s: Setup, ckpt: Checkpoints, data) -> tuple[TrainState, dict]:
@@ -165,6 +187,9 @@ def start_state(s: Setup, ckpt: Checkpoints, data) -> tuple[TrainState, dict]:
         source = Checkpoints(source_dir, read_only=True) if checkpoint_dir(source_dir).is_dir() else None
         if source is None or not source.all_steps():
             raise CheckpointError(f"checkpoint.resume={resume} holds no jaxlm checkpoint")
+        if step is not None and step not in source.all_steps():
+            raise CheckpointError(f"checkpoint.resume={resume}: {source_dir} has no checkpoint at step {step}; it "
+                                  f"has {source.all_steps()}")
         step = source.latest_step() if step is None else step
         check(source.read_meta(step), resume)
         state, data_state = source.restore(step, s.abstract_state)
