@@ -7,7 +7,7 @@ import os
 
 import jax.numpy as jnp
 
-from jaxlm.checkpoint import load_model_state, load_run
+from jaxlm.checkpoint import load_model_state, load_run, resolve
 
 
 def load_run_model(path: str | os.PathLike, step: int | None = None, best: bool = False):
@@ -27,7 +27,7 @@ def load_run_model(path: str | os.PathLike, step: int | None = None, best: bool 
     heads = MODEL_FAMILIES[config.model.type].heads
     head = next((h for h, cls in heads.items() if cls.__name__ == meta.get("architecture")), None)
     model, _, _ = build_run_model(config, head or config.task.head, dtype=jnp.float32)
-    model_state = load_model_state(path, step, best)
+    model_state = load_model_state(resolve(path)[0], meta["step"])  # the checkpoint load_run read
     if model_state:  # BatchNorm running averages: apply() reads them
         model = StatefulModel(model, model_state)
     return model, params, config

@@ -23,7 +23,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -187,11 +186,12 @@ def _saved_modules(tensors, prefix, names, model, params, directory) -> dict:
     return out
 
 
-def to_adapter(model: PeftModel, params, out_dir: str | os.PathLike, base_name: str = "base") -> Path:
+def to_adapter(model: PeftModel, params, out_dir: str | os.PathLike, tokenizer=None, base_name: str = "base") -> Path:
     """Write ``model``'s method as a PEFT adapter directory, and its base (the frozen params the run
-    used, with any head it initialised) beside it in ``out_dir/base_name`` for
-    ``PeftModel.from_pretrained``; returns the directory."""
+    used, with any head it initialised, and ``tokenizer``) in ``out_dir/base_name`` for
+    ``PeftModel.from_pretrained``; the directory appears only when complete."""
     from jaxlm.interop.hf import save_pretrained
+    from jaxlm.rundir import fresh_output_dir
 
     spec = model.spec
     if spec.method not in PEFT_TYPES:
@@ -223,16 +223,15 @@ def to_adapter(model: PeftModel, params, out_dir: str | os.PathLike, base_name: 
         tensors["prompt_embeddings"] = np.asarray(prompt_embeddings(model, params), np.float32)
         config = _prompt_config(model, tensors["prompt_embeddings"].shape[0])
     out = Path(out_dir)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_pretrained(base, base_params, tmp / base_name)
     config.update(base_model_name_or_path=str((out / base_name).absolute()), modules_to_save=list(saved) or None,
                   task_type=_task_type(model), inference_mode=True, revision=None)
-    (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    files.write_safetensors(tmp / ADAPTER_WEIGHTS, {k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()})
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with fresh_output_dir(out) as tmp:
+        save_pretrained(base, base_params, tmp / base_name)
+        if tokenizer is not None:
+            tokenizer.save(tmp / base_name)
+        (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        files.write_safetensors(tmp / ADAPTER_WEIGHTS, {k: np.ascontiguousarray(v, np.float32)
+                                                        for k, v in tensors.items()})
     return out
 
 

@@ -39,6 +39,7 @@ def write_merged_run(run: str | os.PathLike, out: str | os.PathLike, step: int |
     from jaxlm.checkpoint import Checkpoints, checkpoint_dir, resolve
     from jaxlm.config import save_config, validate_config
     from jaxlm.interop.runs import load_run_model
+    from jaxlm.rundir import fresh_output_dir
 
     out = Path(out)
     if checkpoint_dir(out).exists():
@@ -54,14 +55,11 @@ def write_merged_run(run: str | os.PathLike, out: str | os.PathLike, step: int |
     if config.data.tokenizer.path is None and tokenizer.is_dir():
         plain["data"]["tokenizer"] = {**plain["data"]["tokenizer"], "path": str(out / "tokenizer")}
     merged_config = validate_config(plain)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    if tokenizer.is_dir() and config.data.tokenizer.path is None:
-        shutil.copytree(tokenizer, tmp / "tokenizer")
-    ckpt = Checkpoints(tmp, merged_config.checkpoint)
-    ckpt.save_weights(params, merged_config.model_dump(mode="json"), type(model.base).__name__)
-    ckpt.close()
-    save_config(merged_config, tmp / "config.yaml")
-    os.replace(tmp, out)
+    with fresh_output_dir(out) as tmp:
+        if tokenizer.is_dir() and config.data.tokenizer.path is None:
+            shutil.copytree(tokenizer, tmp / "tokenizer")
+        ckpt = Checkpoints(tmp, merged_config.checkpoint)
+        ckpt.save_weights(params, merged_config.model_dump(mode="json"), type(model.base).__name__)
+        ckpt.close()
+        save_config(merged_config, tmp / "config.yaml")
     return f"wrote {run} with its LoRA updates merged to {out}: a plain {type(model.base).__name__} run"
