@@ -139,13 +139,23 @@ class Checkpoints:
         return CheckpointError(f"checkpoint {step} could not be written to {where} ({first_line(error)}); {kept}. "
                                "Check that the directory is writable, then rerun the same command to resume")
 
-    def save_weights(self, params, config: dict, architecture: str) -> None:
-        """A weights-only checkpoint at step 0 (what ``jaxlm convert`` writes): usable by
-        ``model.init_from``, ``eval`` and ``generate``, not resumable."""
-        meta = {"format_version": FORMAT_VERSION, "step": 0, "config": config, "metrics": {},
-                "weights_only": True, "architecture": architecture}
-        self.manager.save(0, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
-                                                     meta=ocp.args.JsonSave(meta)), force=True)
+    def save_weights(self, params, config: dict, architecture: str, *, step: int = 0, metrics: dict | None = None,
+                     model_state: dict | None = None, **extra_meta) -> None:
+        """A weights-only checkpoint (what ``jaxlm convert`` writes at step 0, and ``jaxlm quantize``
+        / ``prune`` at their source's step): usable by ``model.init_from``, ``eval`` and
+        ``generate``, not resumable. Quantized params are stored as their integer arrays and
+        scales, their layout in the metadata (``quantization``)."""
+        from jaxlm.compress.quantize import is_quantized, storable
+
+        meta = {"format_version": FORMAT_VERSION, "step": step, "config": config, "metrics": metrics or {},
+                "weights_only": True, "architecture": architecture, **extra_meta}
+        if is_quantized(params):
+            params, layout = storable(params)
+            meta["quantization"] = {**meta.get("quantization", {}), "leaves": layout}
+        items = dict(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta))
+        if model_state:  # BatchNorm statistics travel with the weights
+            items["model_state"] = ocp.args.StandardSave(model_state)
+        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
         self.wait()
 
     def read_meta(self, step: int) -> dict:
@@ -331,7 +341,12 @@ def load_run(path: str | Path, step: int | None = None, best: bool = False) -> t
     """
     def read(ckpt, step):
         meta = ckpt.read_meta(step)
-        return meta["config"], ckpt.read_params(step), meta
+        params = ckpt.read_params(step)
+        if meta.get("quantization"):  # integer arrays and scales -> QuantizedArray leaves
+            from jaxlm.compress.quantize import from_storable
+
+            params = from_storable(params, meta["quantization"]["leaves"])
+        return meta["config"], params, meta
 
     config, params, meta = read_newest(path, read, step, best)
     if meta.get("frozen"):
@@ -363,6 +378,9 @@ def load_params_into(path: str | Path, abstract_params, initial=None, may_lack=N
     from jaxlm.models import MODEL_FAMILIES
     from jaxlm.models.layout import is_stacked, stack_layers, unstack_layers
 
+    quantized = _dequantized(path, abstract_params)
+    if quantized is not None:
+        return quantized
     config, saved_stacked = _saved_layout(path)
     if config is not None:
         stacked = is_stacked(abstract_params, config)
@@ -416,6 +434,31 @@ def load_params_into(path: str | Path, abstract_params, initial=None, may_lack=N
         return traverse_util.unflatten_dict(out)
     finally:
         source.close()
+
+
+def _dequantized(path: str | Path, abstract_params) -> Any:
+    """A quantized run's params, dequantized, for a model with exactly its ``abstract_params``
+    (None if the run at ``path`` is not quantized)."""
+    ckpt, step = open_run(path)
+    try:
+        quantization = ckpt.read_meta(step).get("quantization")
+    finally:
+        ckpt.close()
+    if not quantization:
+        return None
+    from jaxlm.compress.quantize import dequantize_params
+
+    params = dequantize_params(load_run(path)[1])
+    want = {p: (a.shape, a.dtype) for p, a in traverse_util.flatten_dict(abstract_params).items()}
+    have = {p: (x.shape, x.dtype) for p, x in traverse_util.flatten_dict(params).items()}
+    if want != have:
+        wrong = sorted("/".join(p) for p in want.keys() ^ have.keys() or
+                       {p for p in want if want[p] != have[p]})
+        raise CheckpointError(f"model.init_from={path} is a quantized run of another model (differs at "
+                              f"{', '.join(wrong[:3])}); start from the float run it was quantized from")
+    log.info("model.init_from=%s is quantized (%s): its params were dequantized", path, quantization["method"])
+    return jax.tree.map(lambda x, a: x if a.sharding is None else jax.device_put(x, a.sharding),
+                        params, abstract_params)
 
 
 def _saved_layout(path: str | Path) -> tuple[Any, bool]:

@@ -1,4 +1,5 @@
-"""``jaxlm`` command line: train, eval, generate, predict, fill-mask, checkpoints, convert, merge, tokenizer."""
+"""``jaxlm`` command line: train, eval, generate, predict, fill-mask, checkpoints, convert, merge, tokenizer,
+quantize."""
 
 from __future__ import annotations
 
@@ -47,8 +48,17 @@ def cmd_eval(args) -> int:
     distributed.initialize()
     _, params, meta = load_run(config.run.out_dir, args.step, args.best)
     model_state = load_model_state(config.run.out_dir, meta["step"])
-    _print_metrics({"step": meta["step"], **evaluate(setup(config), params, model_state=model_state)})
+    s = setup(config)
+    s.model = _for_params(s.model, params)
+    _print_metrics({"step": meta["step"], **evaluate(s, params, model_state=model_state)})
     return 0
+
+
+def _for_params(model, params):
+    """``model``, made to take quantized params if ``params`` are (a ``jaxlm quantize`` run)."""
+    from jaxlm.interop.runs import for_params
+
+    return for_params(model, params)
 
 
 def load_for_inference(run: str | None, model_dir: str | None, step=None, best=False):
@@ -136,13 +146,17 @@ def cmd_checkpoints(args) -> int:
         best = ckpt.best_step()
         print(f"{'step':>8}  {'size':>9}  metrics")
         for step in ckpt.all_steps():
+            meta = {}
             try:
-                metrics = ckpt.read_meta(step)["metrics"]
-                shown = "  ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if k.startswith("eval_")) or "-"
+                meta = ckpt.read_meta(step)
+                shown = "  ".join(f"{k}={v:.4g}" for k, v in sorted(meta["metrics"].items())
+                                  if k.startswith("eval_")) or "-"
             except Exception as e:  # noqa: BLE001 - a damaged checkpoint is listed as such
                 shown = f"damaged: {first_line(e, 80)}"
             size = dir_size(checkpoint_dir(ckpt.run_dir) / str(step)) / 2**20
             tags = [t for t, s in (("latest", latest), ("best", best)) if s == step]
+            if meta.get("quantization"):
+                tags.append(meta["quantization"].get("method", "quantized"))
             print(f"{step:>8}  {size:>7.1f}MB  {shown}{'  (' + ', '.join(tags) + ')' if tags else ''}")
     finally:
         ckpt.close()
@@ -189,9 +203,13 @@ def cmd_convert(args) -> int:
         what = type(base).__name__ + (f" with its {model.spec.method} adapter" if base is not model else "")
         print(f"wrote {what} to {checkpoint_dir(out) / '0'}; use it with model.init_from={out}")
     else:
+        from jaxlm.compress.quantize import dequantize_params, is_quantized
         from jaxlm.peft.model import PeftModel
 
         model, params, config = load_model(args.to_torch, None)
+        if is_quantized(params):  # transformers' classes take float weights
+            params = dequantize_params(params)
+            print(f"{args.to_torch} is quantized: writing its dequantized float32 weights")
         text = "input_ids" in model.config.dummy_inputs()  # a text model: its tokenizer goes along
         tokenizer = tokenizer_of(args.to_torch, None, config) if text else None
         if isinstance(model, PeftModel) and not args.merge:
@@ -218,6 +236,14 @@ def cmd_merge(args) -> int:
     from jaxlm.peft.merge import write_merged_run
 
     print(write_merged_run(args.run, args.out, args.step, args.best))
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    from jaxlm.compress.quantize import quantize_run
+
+    print(quantize_run(args.run, args.out, args.method, block_size=args.block_size,
+                       double_quant=not args.no_double_quant, step=args.step, best=args.best))
     return 0
 
 
@@ -379,6 +405,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the run directory to write")
     which_checkpoint(p)
     p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("quantize", help="write a quantized copy of a run (int8, int8-dynamic, nf4, int4 weights)",
+                       description="The new run stores integer arrays and scales; eval, predict, generate, fill-mask, "
+                       "checkpoints and convert work on it. See jaxlm/compress/quantize.py.")
+    p.add_argument("run", help="a jaxlm run directory (or one of its checkpoints/N)")
+    p.add_argument("--method", required=True, choices=("int8", "int8-dynamic", "nf4", "int4"),
+                   help="int8: per-channel weights; int8-dynamic: also int8 activations per token at run time; "
+                   "nf4 / int4: 4-bit weights in blocks")
+    p.add_argument("--out", required=True, help="the run directory to write")
+    p.add_argument("--block-size", type=int, default=64, help="nf4 / int4: values per scale (default 64)")
+    p.add_argument("--no-double-quant", action="store_true", help="nf4 / int4: keep the block scales in float32")
+    which_checkpoint(p)
+    p.set_defaults(func=cmd_quantize)
 
     def model_source(p, kind):
         source = p.add_mutually_exclusive_group(required=True)

@@ -27,7 +27,15 @@ def load_run_model(path: str | os.PathLike, step: int | None = None, best: bool 
     heads = MODEL_FAMILIES[config.model.type].heads
     head = next((h for h, cls in heads.items() if cls.__name__ == meta.get("architecture")), None)
     model, _, _ = build_run_model(config, head or config.task.head, dtype=jnp.float32)
+    model = for_params(model, params)
     model_state = load_model_state(resolve(path)[0], meta["step"])  # the checkpoint load_run read
     if model_state:  # BatchNorm running averages: apply() reads them
         model = StatefulModel(model, model_state)
     return model, params, config
+
+
+def for_params(model, params):
+    """``model``, made to take quantized params if ``params`` are (a ``jaxlm quantize`` run)."""
+    from jaxlm.compress.quantize import is_quantized, quantized_model
+
+    return quantized_model(model) if is_quantized(params) else model

@@ -70,4 +70,5 @@ def head_of(model: nn.Module) -> str:
     heads = MODEL_FAMILIES[model.config.type].heads
     module = getattr(model, "module", model)  # a StatefulModel's module
     module = getattr(module, "base", module)  # a PeftModel's
-    return next(h for h, cls in heads.items() if cls is type(module))
+    # isinstance: a quantized model is a subclass of its head class (jaxlm.compress.quantize)
+    return next(h for h, cls in heads.items() if isinstance(module, cls))

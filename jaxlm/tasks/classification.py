@@ -69,7 +69,10 @@ class ClassificationTask(EncoderTask):
             read_files(config.data.paths)
         texts = texts_of(table, t.text_column, "task.text_column")
         pair_column = t.text_pair_column
-        with_pairs = pair_column is not None and (pair_column in table.columns or "text_pair_column" in t.model_fields_set)
+        # A pair column named explicitly must exist; the default name (which every saved config.yaml
+        # spells out) is used only when the data has it.
+        named = "text_pair_column" in t.model_fields_set and pair_column != type(t).model_fields["text_pair_column"].default
+        with_pairs = pair_column is not None and (pair_column in table.columns or named)
         pairs = texts_of(table, pair_column, "task.text_pair_column") if with_pairs else None
         labels = label_ids(table.column(t.label_column, "task.label_column"), label_names(model), model.num_labels,
                            table.where)
