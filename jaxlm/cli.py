@@ -178,6 +178,8 @@ def cmd_convert(args) -> int:
         raise JaxlmError("--base names the base model of an adapter directory given to --from-torch")
     if args.merge and not args.to_torch:
         raise JaxlmError("--merge writes a LoRA run's merged weights with --to-torch RUN")
+    if args.dtype and not args.merge:
+        raise JaxlmError("--dtype sets the dtype of merged weights: add --merge")
     if args.from_torch:
         from jaxlm.interop import from_pretrained
         from jaxlm.peft.interop import adapter_base, run_settings
@@ -223,7 +225,7 @@ def cmd_convert(args) -> int:
 
             if not isinstance(model, PeftModel):
                 raise JaxlmError(f"{args.to_torch} has no peft section: there is nothing to merge; drop --merge")
-            print(export_torch(model.base, merged_params(model, params), out, tokenizer))
+            print(export_torch(model.base, merged_params(model, params, config, args.dtype), out, tokenizer))
         else:
             print(export_torch(model, params, out, tokenizer))
     return 0
@@ -235,7 +237,7 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "vocab.txt", "t
 def cmd_merge(args) -> int:
     from jaxlm.peft.merge import write_merged_run
 
-    print(write_merged_run(args.run, args.out, args.step, args.best))
+    print(write_merged_run(args.run, args.out, args.step, args.best, args.dtype))
     return 0
 
 
@@ -398,11 +400,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "updates merged into its weights")
     p.add_argument("--base", help="--from-torch a PEFT adapter directory: its base model (default: the "
                    "adapter's base_model_name_or_path)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), help="--merge: the merged weights' dtype (a QLoRA "
+                   "run's NF4 base is dequantized into it: required there)")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("merge", help="write a LoRA run with its updates merged into the weights, as a plain run")
     p.add_argument("run", help="a jaxlm LoRA run directory (or one of its checkpoints/N)")
     p.add_argument("--out", required=True, help="the run directory to write")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), help="the merged weights' dtype (a QLoRA run's NF4 "
+                   "base is dequantized into it: required there)")
     which_checkpoint(p)
     p.set_defaults(func=cmd_merge)
 

@@ -48,15 +48,33 @@ class Setup:
     abstract_model_state: Any
     fresh: frozenset = frozenset()
     """Param paths that ``model.init_from`` never provides (a PEFT method's own params)."""
+    nf4: bool = False
+    """QLoRA: the frozen params are stored in 4-bit NormalFloat (:mod:`jaxlm.peft.qlora`)."""
 
     @property
     def abstract_constants(self) -> dict:
-        """The step's constant input: ``{"frozen": frozen params}`` (empty when everything trains)."""
-        return {"frozen": self.split.split(self.abstract_params)[1]}
+        """The step's constant input: ``{"frozen": frozen params}`` (empty when everything trains;
+        QLoRA: in NF4, its arrays sharded by the generic FSDP rule)."""
+        frozen = self.split.split(self.abstract_params)[1]
+        if not self.nf4:
+            return {"frozen": frozen}
+        from jaxlm.peft.qlora import quantize_frozen
+
+        stored = jax.eval_shape(lambda f: quantize_frozen(f, self.config), frozen)
+        specs = jax.tree.map(lambda a: jax.sharding.PartitionSpec(*[None] * len(a.shape)), stored)
+        shardings = param_shardings(specs, stored, self.mesh, self.rules)
+        return {"frozen": jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), stored,
+                                       shardings)}
 
     def assemble(self, trainable, constants) -> dict:
-        """The params the model is applied with, from the trainable tree and the constants."""
-        return merge(trainable, constants["frozen"])
+        """The params the model is applied with, from the trainable tree and the constants (a QLoRA
+        base dequantized here, inside the jitted step)."""
+        frozen = constants["frozen"]
+        if self.nf4:
+            from jaxlm.peft.qlora import dequantize_frozen
+
+            frozen = dequantize_frozen(frozen)
+        return merge(trainable, frozen)
 
     def initial_params(self) -> tuple[Any, dict]:
         """Freshly initialised params (and model state) on their shardings, with ``model.init_from`` loaded."""
@@ -79,7 +97,15 @@ class Setup:
 
     def constants(self, params) -> dict:
         """The step's constants for ``params`` (every param; the trainable ones are ignored)."""
-        return {"frozen": self.split.split(params)[1]}
+        frozen = self.split.split(params)[1]
+        if not self.nf4:
+            return {"frozen": frozen}
+        from jaxlm.peft.qlora import log_bytes, quantize_frozen
+
+        stored = quantize_frozen(frozen, self.config)
+        log_bytes(frozen, stored)
+        shardings = jax.tree.map(lambda a: a.sharding, self.abstract_constants)
+        return jax.device_put({"frozen": stored}, shardings)
 
     def sharding_context(self):
         """The mesh and the logical-axis rules, active while steps are traced and run."""
@@ -183,6 +209,13 @@ def full_params(config: Config, trainable, frozen_record: dict, where: str) -> d
     params, _ = initial_params(config, model, config.model.dummy_inputs(), fresh)
     t = config.trainer
     frozen = make_split(params, trainable=t.trainable, freeze=t.freeze, extra=peft_trainable).split(params)[1]
+    if stores_nf4(config):  # training saw (and the fingerprint covers) the NF4 base; inference sees its floats
+        from jaxlm.peft.qlora import dequantize_frozen, quantize_frozen
+
+        stored = quantize_frozen(frozen, config)
+        check_frozen(frozen_record, stored, f"{where}: its checkpoint",
+                     f"the base it was trained from (model.init_from={config.model.init_from}) has changed; restore it")
+        return merge(trainable, dequantize_frozen(stored))
     check_frozen(frozen_record, frozen, f"{where}: its checkpoint",
                  f"the base it was trained from (model.init_from={config.model.init_from}) has changed; restore it")
     return merge(trainable, frozen)
@@ -247,4 +280,9 @@ def setup(config: Config) -> Setup:
     if not split.everything:
         log.info("%s", describe(abstract.params, abstract_frozen))
     return Setup(config, run_dir, mesh, task, model, tx, schedule, abstract, batch_sharding(mesh, rules), rules,
-                 split, merge(abstract.params, abstract_frozen), abstract.model_state, fresh)
+                 split, merge(abstract.params, abstract_frozen), abstract.model_state, fresh, stores_nf4(config))
+
+
+def stores_nf4(config: Config) -> bool:
+    """QLoRA: the run keeps its frozen params in NF4 (``peft.quantize: nf4``)."""
+    return getattr(config.peft, "quantize", None) == "nf4"
