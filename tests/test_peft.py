@@ -3,6 +3,7 @@ its own params (and modules_to_save) move, and its runs evaluate, predict, gener
 
 import json
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +15,7 @@ from jaxlm.cli import main
 from jaxlm.config import load_config
 from jaxlm.interop.runs import load_run_model
 from jaxlm.train.logging import read_metrics
-from jaxlm.train.trainable import flat
+from jaxlm.train.trainable import flat, unflat
 from jaxlm.train.trainer import setup, train
 
 BERT_SIZES = {"model.hidden_size": 32, "model.num_attention_heads": 2, "model.intermediate_size": 64,
@@ -43,6 +44,7 @@ def classify(base, run, peft=None, **extra):
 METHODS = {
     "lora": {"peft.method": "lora", "peft.r": 4, "peft.dropout": 0.1},
     "lora-all-linear-rslora": {"peft.method": "lora", "peft.target_modules": "all-linear", "peft.use_rslora": True},
+    "qlora": {"peft.method": "lora", "peft.quantize": "nf4", "peft.quant_block_size": 32},
     "houlsby": {"peft.method": "adapter", "peft.kind": "houlsby", "peft.reduction_factor": 8},
     "pfeiffer": {"peft.method": "adapter", "peft.kind": "pfeiffer", "peft.reduction_factor": 8},
     "prompt": {"peft.method": "prompt_tuning", "peft.num_virtual_tokens": 4, "peft.prompt_init": "text",
@@ -54,7 +56,7 @@ METHODS = {
     "prefix-projection": {"peft.method": "prefix_tuning", "peft.num_virtual_tokens": 4, "peft.prefix_projection": True,
                           "peft.encoder_hidden_size": 16},
 }
-OWN = {"lora": "lora_", "lora-all-linear-rslora": "lora_", "houlsby": "_adapter", "pfeiffer": "_adapter",
+OWN = {"lora": "lora_", "lora-all-linear-rslora": "lora_", "qlora": "lora_", "houlsby": "_adapter", "pfeiffer": "_adapter",
        "prompt": "prompt_", "p-tuning-mlp": "prompt_", "p-tuning-lstm+prompt": "prompt_", "prefix": "prefix_encoder",
        "prefix-projection": "prefix_encoder"}
 
@@ -71,9 +73,13 @@ def test_every_method_trains_only_its_params_from_the_base(mlm_base, tmp_path, m
     # The checkpoint holds the method's params and the classifier; the base is a fingerprint.
     assert saved and all(OWN[method] in p or p.startswith("classifier/") for p in saved), saved
     assert any(p.startswith("classifier/") for p in saved) and len(meta["frozen"]["fingerprint"]) == 16
-    # Every frozen param is the pretrained base's, bit for bit.
+    # Every frozen param is the pretrained base's, bit for bit (QLoRA: its NF4 round trip, ~10 % of a block's max).
     for path, value in flat(base["bert"]).items():
-        np.testing.assert_array_equal(flat(params["bert"])[path], value)
+        got = flat(params["bert"])[path]
+        if method == "qlora" and value.ndim >= 2:
+            assert np.abs(np.asarray(got) - value).max() <= 0.1 * np.abs(value).max() and not np.array_equal(got, value)
+        else:
+            np.testing.assert_array_equal(got, value)
     losses = [r["loss"] for r in read_metrics(run) if "loss" in r]
     assert len(losses) == 4 and all(np.isfinite(losses))
     # eval and predict read the run whole (base rebuilt from model.init_from and checked).
@@ -148,6 +154,12 @@ def test_bad_peft_settings_are_one_line(mlm_base, tmp_path, capsys):
     assert "data.seq_len=32 plus the 20 virtual tokens of peft.method=prompt_tuning exceed the model's 48" in err
     err = error(*common, "peft.method=lora", "peft.modules_to_save=[clasifier]")
     assert "peft.modules_to_save names 'clasifier', which is not a module of this model" in err
+    train(classify(mlm_base, tmp_path / "qlora", METHODS["qlora"], **{"trainer.max_steps": 2}))
+    assert main(["merge", str(tmp_path / "qlora"), "--out", str(tmp_path / "merged")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "keeps its base in NF4" in err and "--dtype float32" in err
+    assert not (tmp_path / "merged").exists()
+    assert main(["merge", str(tmp_path / "qlora"), "--out", str(tmp_path / "merged"), "--dtype", "float32"]) == 0
 
 
 def gpt2_tiny(tmp_path, corpus, name, **extra):
@@ -178,3 +190,49 @@ def test_generation_of_a_prompt_or_prefix_tuned_gpt2_uses_the_cache(tmp_path, co
     np.testing.assert_array_equal(tokens[:, 4:], np.asarray(rows))
     beams = np.asarray(generate(model, params, prompt[:1], max_new_tokens=5, num_beams=3))
     assert beams.shape == (1, 9)
+
+
+FAMILIES = {
+    "gpt2": ("causal_lm", {"type": "gpt2", "vocab_size": 50, "n_positions": 16, "n_embd": 16, "n_layer": 2,
+                           "n_head": 2}, ["c_attn"]),
+    "distilbert": ("classification", {"type": "distilbert", "vocab_size": 50, "max_position_embeddings": 16, "dim": 16,
+                                      "n_layers": 2, "n_heads": 2, "hidden_dim": 32}, ["q_lin", "v_lin"]),
+    "vit": ("image_classification", {"type": "vit", "image_size": 8, "patch_size": 4, "num_channels": 1,
+                                     "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+                                     "intermediate_size": 32, "num_labels": 3}, ["query", "value"]),
+    "transformer_seq2seq": ("seq2seq", {"type": "transformer_seq2seq", "vocab_size": 20, "d_model": 16,
+                                        "encoder_layers": 1, "decoder_layers": 1, "encoder_attention_heads": 2,
+                                        "decoder_attention_heads": 2, "encoder_ffn_dim": 32, "decoder_ffn_dim": 32},
+                            ["q_proj", "v_proj"]),
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_lora_on_every_family_starts_at_the_base_and_merges_exactly(family):
+    from jaxlm import peft
+    from jaxlm.config import validate_config
+    from jaxlm.models import build_model
+    from jaxlm.peft.merge import merged_params
+
+    head, model, targets = FAMILIES[family]
+    config = validate_config({"model": model, "data": {"seq_len": 8}, "peft": {"method": "lora", "r": 2, "alpha": 4}})
+    wrapped, own, trained = peft.build(config, head, jnp.float32, {})
+    inputs = config.model.dummy_inputs()
+    if family == "vit":
+        inputs = {"pixel_values": jax.random.normal(jax.random.PRNGKey(2), (2, 8, 8, 1))}
+    else:
+        ids = jnp.asarray(np.random.RandomState(0).randint(1, 20, (2, 5)))
+        inputs = {k: ids if "ids" in k else jnp.ones_like(ids) for k in inputs}
+    params = jax.tree.map(np.asarray, nn.meta.unbox(wrapped.init(jax.random.PRNGKey(0), **inputs)["params"]))
+    lora_modules = {".".join(p[:-1]) for p in own}
+    assert lora_modules and all(any(m.endswith(t) for t in targets) for m in lora_modules)
+    plain = build_model(config.model, head)
+    base = {k: v for k, v in flat(params).items() if k not in own}
+    expected = plain.apply({"params": unflat(base)}, **inputs).logits
+    np.testing.assert_allclose(wrapped.apply({"params": params}, **inputs).logits, expected, atol=1e-6)
+    moved = unflat({k: (np.random.RandomState(1).normal(size=v.shape).astype(np.float32) if k[-1] == "lora_B" else v)
+                    for k, v in flat(params).items()})
+    out = wrapped.apply({"params": moved}, **inputs).logits
+    assert np.abs(out - expected).max() > 1e-4  # the update now moves the outputs
+    np.testing.assert_allclose(plain.apply({"params": merged_params(wrapped, moved)}, **inputs).logits, out,
+                               atol=2e-5)

@@ -26,7 +26,7 @@ ADAPTERS = {
     "gpt2-lora": ("gpt2", lambda: peft.LoraConfig(task_type=T.CAUSAL_LM, r=4, lora_alpha=8, fan_in_fan_out=True,
                                                   target_modules=["c_attn", "c_proj", "c_fc"])),
     "bert-lora": ("bert", lambda: peft.LoraConfig(task_type=T.SEQ_CLS, r=4, lora_alpha=8, use_rslora=True,
-                                                  target_modules=["query", "value", "dense"])),
+                                                  target_modules=["query", "value", "dense", "word_embeddings"])),
     "bert-prompt": ("bert", lambda: peft.PromptTuningConfig(task_type=T.SEQ_CLS, num_virtual_tokens=3)),
     "bert-p-tuning": ("bert", lambda: peft.PromptEncoderConfig(task_type=T.SEQ_CLS, num_virtual_tokens=3,
                                                                encoder_hidden_size=8)),
@@ -156,3 +156,15 @@ def test_an_adapter_for_another_base_is_one_line(hf, tmp_path):
     assert "\n" not in str(e.value)
     with pytest.raises(InteropError, match="is not a local Hugging Face model directory: pass base=DIR"):
         jaxlm.from_pretrained(hf / "bert-lora", base=tmp_path / "nothing")
+
+
+@pytest.mark.parametrize("adapter", ["gpt2-lora", "gpt2-prompt", "gpt2-prefix"])
+def test_greedy_generation_matches_peft(hf, adapter):
+    prompt = np.asarray([[5, 17, 42, 9, 33]])
+    reference = peft.PeftModel.from_pretrained(load_base(hf, "gpt2"), hf / adapter).eval()
+    with torch.no_grad():
+        expected = reference.generate(input_ids=torch.as_tensor(prompt), attention_mask=torch.ones(1, 5, dtype=torch.long),
+                                      max_new_tokens=8, do_sample=False, pad_token_id=0).numpy()[:, -8:]
+    model, params = jaxlm.from_pretrained(hf / adapter)
+    got = np.asarray(jaxlm.generate(model, params, prompt, max_new_tokens=8))[:, -8:]
+    np.testing.assert_array_equal(got, expected)

@@ -57,7 +57,7 @@ def build(config, head: str, dtype, module_kwargs: dict, tokenizer=None) -> tupl
     if p.method == "lora" and not own:
         names = ", ".join(dense_modules(plain, inputs))
         raise ConfigError(f"peft.target_modules={p.target_modules!r} matches no dense layer of this model; its dense "
-                          f"layers are: {names}")
+                          f"layers (and embedding tables) are: {names}")
     trained = own | {q for q in paths if lora.matches_name(".".join(q[:-1]), save)}
     return model, own, frozenset(trained)
 
@@ -70,7 +70,7 @@ def spec(config, head: str, save: tuple[str, ...], tokenizer=None) -> PeftSpec:
         if targets is None:
             raise ConfigError(f"model.type={m.type} has no default LoRA targets: set peft.target_modules (module "
                               "names, a regex, or all-linear)")
-        all_linear = isinstance(targets, str) and targets.lower() == "all-linear"
+        all_linear = isinstance(targets, str) and targets.lower() == "all-linear"  # dense layers, no embeddings
         pattern = targets if isinstance(targets, str) and not all_linear else None
         exclude = save + (OUTPUT_LAYERS if all_linear else ())
         return PeftSpec("lora", lora=lora.LoraSpec(
@@ -122,11 +122,11 @@ def _param_paths(model, inputs) -> set[tuple[str, ...]]:
 
 
 def dense_modules(model, inputs) -> list[str]:
-    """The dotted paths of a model's dense layers (what ``target_modules`` may name)."""
+    """The dotted paths of a model's dense layers and embedding tables (what ``target_modules`` may name)."""
     seen = []
 
     def record(next_fun, args, kwargs, context):
-        if context.method_name == "__call__" and lora.is_dense(context.module):
+        if context.method_name == "__call__" and lora.takes_lora(context.module):
             name = ".".join(context.module.path)
             if name not in seen:
                 seen.append(name)

@@ -4,7 +4,8 @@ The format is peft 0.21's (``PeftModel.save_pretrained``, read from its source a
 ``tests/test_peft_interop.py``): ``adapter_config.json`` and ``adapter_model.safetensors`` with
 
 - LoRA: ``base_model.model.<module>.lora_A.weight`` ``[r, in]`` and ``.lora_B.weight`` ``[out, r]``
-  (GPT-2's ``Conv1D`` layers too: peft orients them as ``nn.Linear``), and each of
+  (GPT-2's ``Conv1D`` layers too: peft orients them as ``nn.Linear``; an embedding table's are
+  ``.lora_embedding_A`` ``[r, vocab]`` and ``.lora_embedding_B`` ``[dim, r]``), and each of
   ``modules_to_save`` as ``base_model.model.<module>.<weight|bias>``;
 - prompt learning: ``prompt_embeddings``, the virtual tokens as the model reads them (for P-tuning
   the encoder's output, for prefix tuning every layer's keys and values ``[n, layers * 2 * width]``),
@@ -129,9 +130,10 @@ def _lora_in(config, tensors, names, model, params, directory):
         raise InteropError(f"{directory}: bias, rank_pattern and alpha_pattern are not implemented in jaxlm's LoRA")
     prefix, extra, modules = "base_model.model.", {}, []
     for key, value in tensors.items():
-        if ".lora_A." not in key and ".lora_B." not in key:
+        if ".lora_" not in key:
             continue
         module, part = key.removeprefix(prefix).rsplit(".lora_", 1)
+        part = part.removeprefix("embedding_")  # an embedding table's lora_embedding_A [r, vocab] / _B [dim, r]
         if module not in names:
             raise InteropError(f"{directory}: {key} names {module}, which the base model does not have; its modules "
                                f"are like {', '.join(list(names)[:6])}: use the base the adapter was trained on")
@@ -215,8 +217,10 @@ def to_adapter(model: PeftModel, params, out_dir: str | os.PathLike, tokenizer=N
             if (*path, "lora_A") in everything:
                 ins, outs = _in_out(slots)
                 a, b = (np.asarray(everything[(*path, k)], np.float32) for k in ("lora_A", "lora_B"))
-                tensors[f"{prefix}{module}.lora_A.weight"] = a.reshape(math.prod(ins), -1).T
-                tensors[f"{prefix}{module}.lora_B.weight"] = b.reshape(-1, math.prod(outs)).T
+                a, b = a.reshape(math.prod(ins), -1).T, b.reshape(-1, math.prod(outs)).T
+                names_ab = ("lora_embedding_A", "lora_embedding_B") if (*path, "embedding") in everything else \
+                    ("lora_A.weight", "lora_B.weight")
+                tensors[f"{prefix}{module}.{names_ab[0]}"], tensors[f"{prefix}{module}.{names_ab[1]}"] = a, b
                 targets.append(module)
         config = _lora_config(spec.lora, targets, model)
     else:

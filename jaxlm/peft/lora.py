@@ -1,4 +1,5 @@
-"""LoRA: a trained low-rank update ``scale * B A`` beside every targeted dense layer's frozen kernel.
+"""LoRA: a trained low-rank update ``scale * B A`` beside every targeted dense layer's frozen kernel
+(and, as peft does, beside an embedding table named in ``target_modules``: ``A[ids] · B``).
 
 The low-rank path is added to a dense layer's output by a flax method interceptor
 (``nn.intercept_methods``, as Google's qwix does): when a ``DenseGeneral`` / ``Dense`` whose
@@ -44,11 +45,11 @@ class LoraSpec:
     def scale(self) -> float:
         return self.alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
 
-    def targets(self, module_path: str) -> bool:
+    def targets(self, module_path: str, embedding: bool = False) -> bool:
         if module_path in self.exclude:
             return False
         if self.all_linear:
-            return True
+            return not embedding
         if self.pattern is not None:
             return re.fullmatch(self.pattern, module_path) is not None
         return matches_name(module_path, self.names)
@@ -61,6 +62,11 @@ def matches_name(module_path: str, names) -> bool:
 
 def is_dense(module) -> bool:
     return isinstance(module, (nn.DenseGeneral, nn.Dense))
+
+
+def takes_lora(module) -> bool:
+    """Dense layers, and embedding tables (peft's LoRA ``Embedding``: ``A[ids] · B`` added to the lookup)."""
+    return is_dense(module) or isinstance(module, nn.Embed)
 
 
 def _axes_and_features(module, x) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -76,10 +82,12 @@ def interceptor(spec: LoraSpec):
 
     def intercept(next_fun, args, kwargs, context):
         module = context.module
-        if context.method_name != "__call__" or not is_dense(module) or not spec.targets(".".join(module.path)):
+        if (context.method_name != "__call__" or not takes_lora(module)
+                or not spec.targets(".".join(module.path), isinstance(module, nn.Embed))):
             return next_fun(*args, **kwargs)
         y = next_fun(*args, **kwargs)
-        return y + low_rank(module, args[0], spec).astype(y.dtype)
+        update = low_rank_lookup if isinstance(module, nn.Embed) else low_rank
+        return y + update(module, args[0], spec).astype(y.dtype)
 
     return intercept
 
@@ -105,6 +113,20 @@ def low_rank(module, x, spec: LoraSpec):
     return jnp.tensordot(h, b.astype(dtype), axes=1) * jnp.asarray(spec.scale, dtype)
 
 
+def low_rank_lookup(module: nn.Embed, ids, spec: LoraSpec):
+    """``scale * A[ids] · B`` for an embedding table: A ``[vocab, r]`` starts at zero and B ``[r, features]``
+    at N(0, 1), as peft initialises a LoRA embedding (no dropout on ids)."""
+    table = module.get_variable("params", "embedding")
+    names = getattr(table, "names", None) or (None, None)
+    # nn.Embed makes its table in setup, so its __call__ cannot declare params: its scope can.
+    a = module.scope.param("lora_A", nn.with_logical_partitioning(nn.initializers.zeros_init(), (names[0], None)),
+                           (module.num_embeddings, spec.r), module.param_dtype)
+    b = module.scope.param("lora_B", nn.with_logical_partitioning(nn.initializers.normal(1.0), (None, names[1])),
+                           (spec.r, module.features), module.param_dtype)
+    dtype = module.dtype or a.dtype
+    return jnp.take(a, ids, axis=0).astype(dtype) @ b.astype(dtype) * jnp.asarray(spec.scale, dtype)
+
+
 def delta(a, b, scale: float, kernel_ndim: int):
     """``scale * A B`` for a kernel of ``kernel_ndim`` axes: A ``[*in, r]``, B ``[r, *out]``, or both with
     a leading scanned-layers axis (then the kernel has one axis fewer than A and B together, less 2)."""
@@ -113,21 +135,28 @@ def delta(a, b, scale: float, kernel_ndim: int):
     return jax.vmap(lambda x, y: jnp.tensordot(x, y, axes=1))(a, b) * scale
 
 
+def _weight(layer) -> str:
+    """The name of a LoRA layer's frozen weight: a dense ``kernel`` or an embedding table."""
+    return "kernel" if "kernel" in layer else "embedding"
+
+
 def _walk(tree, fn):
     if not isinstance(tree, dict):
         return tree
     out = {k: _walk(v, fn) for k, v in tree.items()}
-    return fn(out) if {"kernel", "lora_A", "lora_B"} <= out.keys() else out
+    return fn(out) if {"lora_A", "lora_B"} <= out.keys() and ({"kernel", "embedding"} & out.keys()) else out
 
 
 def merge(params, scale: float):
-    """Every LoRA layer's kernel with ``scale * A B`` added, and its ``lora_A`` / ``lora_B`` removed."""
+    """Every LoRA layer's kernel (or embedding table) with ``scale * A B`` added, and its ``lora_A`` /
+    ``lora_B`` removed."""
 
     def fold(layer):
-        kernel = layer["kernel"]
-        added = delta(layer["lora_A"].astype(jnp.float32), layer["lora_B"].astype(jnp.float32), scale, kernel.ndim)
+        name = _weight(layer)
+        weight = layer[name]
+        added = delta(layer["lora_A"].astype(jnp.float32), layer["lora_B"].astype(jnp.float32), scale, weight.ndim)
         rest = {k: v for k, v in layer.items() if k not in ("lora_A", "lora_B")}
-        return {**rest, "kernel": (kernel.astype(jnp.float32) + added).astype(kernel.dtype)}
+        return {**rest, name: (weight.astype(jnp.float32) + added).astype(weight.dtype)}
 
     return _walk(params, fold)
 
@@ -138,12 +167,13 @@ def unmerge(merged, lora, scale: float):
         if not isinstance(tree, dict):
             return tree
         out = {k: put_back(v, extra.get(k, {}) if isinstance(extra, dict) else {}) for k, v in tree.items()}
-        if isinstance(extra, dict) and {"lora_A", "lora_B"} <= extra.keys() and "kernel" in out:
-            kernel = out["kernel"]
+        if isinstance(extra, dict) and {"lora_A", "lora_B"} <= extra.keys() and {"kernel", "embedding"} & out.keys():
+            name = _weight(out)
+            weight = out[name]
             removed = delta(extra["lora_A"].astype(jnp.float32), extra["lora_B"].astype(jnp.float32), scale,
-                            kernel.ndim)
+                            weight.ndim)
             out = {**out, "lora_A": extra["lora_A"], "lora_B": extra["lora_B"],
-                   "kernel": (kernel.astype(jnp.float32) - removed).astype(kernel.dtype)}
+                   name: (weight.astype(jnp.float32) - removed).astype(weight.dtype)}
         return out
 
     return put_back(merged, lora)

@@ -159,8 +159,8 @@ class PeftModel(nn.Module):
     def _prompted(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, decode=False,
                   masked_positions=None, **rest):
         n = self.spec.virtual_tokens
-        if self.is_initializing():  # the base's params (its word table) first
-            self.base(input_ids, attention_mask, **({"decode": decode} if decode else {}), **rest)
+        if self.is_initializing():  # the base's params (its word table) first; no cache yet, it needs the n slots
+            self.base(input_ids, attention_mask, **rest)
         rows = input_ids.shape[0]
         table = nn.meta.unbox(_at(self.variables["params"], word_table_path(self.variables["params"])))
         embeds = jnp.take(table, input_ids, axis=0)
