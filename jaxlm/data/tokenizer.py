@@ -22,11 +22,30 @@ BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORD_SPECIALS = ["<PAD>", "<UNK>"]
 
 
-class Tokenizer:
-    """A thin wrapper that knows its end-of-text id (``<|endoftext|>`` or ``[SEP]``)."""
+def segment_words(text: str, segmenter: str | None) -> str:
+    """``segmenter="jieba"``: the text with spaces between its Chinese words (jieba's bundled
+    dictionary), so a word vocabulary sees words rather than single characters. HF
+    ``tokenizers`` cannot hold a Python segmenter in ``tokenizer.json``; the run's config
+    (``data.tokenizer.segmenter``) says to apply it."""
+    if not segmenter:
+        return text
+    try:
+        import jieba
+    except ImportError:
+        raise DataError("data.tokenizer.segmenter=jieba needs jieba: pip install 'jaxlm[text]'") from None
+    import logging
 
-    def __init__(self, tok: tokenizers.Tokenizer):
+    jieba.setLogLevel(logging.WARNING)
+    return " ".join(w for w in jieba.cut(text) if w.strip())
+
+
+class Tokenizer:
+    """A thin wrapper that knows its end-of-text id (``<|endoftext|>`` or ``[SEP]``), and the
+    word segmenter its texts go through first (``None``: none)."""
+
+    def __init__(self, tok: tokenizers.Tokenizer, segmenter: str | None = None):
         self.tok = tok
+        self.segmenter = segmenter
         for name in (EOS, "[SEP]", "</s>"):
             if tok.token_to_id(name) is not None:
                 self.eos_token, self.eos_id = name, tok.token_to_id(name)
@@ -39,9 +58,10 @@ class Tokenizer:
         return self.tok.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=add_special_tokens).ids
+        return self.tok.encode(segment_words(text, self.segmenter), add_special_tokens=add_special_tokens).ids
 
     def encode_batch(self, texts: list[str], add_special_tokens: bool = False) -> list[list[int]]:
+        texts = [segment_words(t, self.segmenter) for t in texts]
         return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=add_special_tokens)]
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
@@ -102,20 +122,22 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool = Tru
     return Tokenizer(tok)
 
 
-def train_wordlevel(texts: Iterable[str], vocab_size: int, min_frequency: int = 1, lowercase: bool = True
-                    ) -> Tokenizer:
+def train_wordlevel(texts: Iterable[str], vocab_size: int, min_frequency: int = 1, lowercase: bool = True,
+                    segmenter: str | None = None) -> Tokenizer:
     """A word vocabulary for the classic text models: ``<PAD>`` = 0, ``<UNK>`` = 1, then the
     words of ``texts`` seen at least ``min_frequency`` times, most frequent first (ties in
     alphabetical order), at most ``vocab_size`` entries in all. Words are split at spaces
-    and punctuation; Chinese, Japanese and Korean characters are words of their own."""
+    and punctuation; Chinese, Japanese and Korean characters are words of their own, unless
+    ``segmenter="jieba"`` finds the Chinese words first."""
     tok = tokenizers.Tokenizer(models.WordLevel(unk_token="<UNK>"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=False)
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=False,
+                                                handle_chinese_chars=segmenter is None)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()  # joins words with spaces, no space before punctuation
     trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
                                         special_tokens=WORD_SPECIALS, show_progress=False)
-    tok.train_from_iterator(texts, trainer=trainer)
-    return Tokenizer(tok)
+    tok.train_from_iterator((segment_words(t, segmenter) for t in texts), trainer=trainer)
+    return Tokenizer(tok, segmenter)
 
 
 def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int, **options) -> Tokenizer:
@@ -124,14 +146,14 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int, **options)
                                                                                          **options)
 
 
-def load_tokenizer(path: str | Path) -> Tokenizer:
+def load_tokenizer(path: str | Path, segmenter: str | None = None) -> Tokenizer:
     path = Path(path)
     if path.is_file() and path.name.endswith(".json"):
-        return Tokenizer(tokenizers.Tokenizer.from_file(str(path)))
+        return Tokenizer(tokenizers.Tokenizer.from_file(str(path)), segmenter)
     if not path.is_dir():
         raise DataError(f"tokenizer path {str(path)!r} does not exist")
     if (path / FILE).is_file():
-        return Tokenizer(tokenizers.Tokenizer.from_file(str(path / FILE)))
+        return Tokenizer(tokenizers.Tokenizer.from_file(str(path / FILE)), segmenter)
     if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
         return _gpt2_files(path)
     if (path / "vocab.txt").is_file():
@@ -189,7 +211,7 @@ def get_tokenizer(path: str | None, vocab_size: int, train_texts: list[str], cac
     import jax
 
     if path is not None:
-        tok = load_tokenizer(path)
+        tok = load_tokenizer(path, options.get("segmenter"))
         if jax.process_index() == 0 and Path(path).resolve() != cache_dir.resolve():
             tok.save(cache_dir)  # the run keeps its own copy: it stays usable when ``path`` moves
         return tok
@@ -203,15 +225,23 @@ def _cached_or_trained(kind: str, vocab_size: int, train_texts: list[str], cache
         return tok.vocab_size <= vocab_size if kind == "word" else tok.vocab_size == vocab_size
 
     if (cache_dir / FILE).is_file():
-        tok = load_tokenizer(cache_dir)
+        tok = load_tokenizer(cache_dir, options.get("segmenter"))
         if not fits(tok):
             raise DataError(f"{cache_dir / FILE} has {tok.vocab_size} tokens but data.tokenizer.vocab_size="
                             f"{vocab_size}; use a new run.out_dir or delete the cached tokenizer")
         return tok
-    tok = train_tokenizer(kind, train_texts, vocab_size, **options)
-    if not fits(tok):  # a small text has fewer pieces (or a bigger alphabet) than asked for
+    tok = train_to_size(kind, train_texts, vocab_size, **options)
+    tok.save(cache_dir)
+    return tok
+
+
+def train_to_size(kind: str, texts: Iterable[str], vocab_size: int, **options) -> Tokenizer:
+    """:func:`train_tokenizer`, failing with the fix when the text cannot give ``vocab_size`` tokens
+    (a word vocabulary may come out smaller: ``vocab_size`` is its maximum)."""
+    tok = train_tokenizer(kind, texts, vocab_size, **options)
+    if tok.vocab_size > vocab_size or (kind != "word" and tok.vocab_size != vocab_size):
+        # a small text has fewer pieces (or a bigger alphabet) than asked for
         raise DataError(f"the training text yields a {kind} vocabulary of {tok.vocab_size} tokens, not "
                         f"data.tokenizer.vocab_size={vocab_size}; set data.tokenizer.vocab_size={tok.vocab_size} "
                         f"(and model.vocab_size to match)")
-    tok.save(cache_dir)
     return tok

@@ -26,7 +26,12 @@ def load_run_model(path: str | os.PathLike, step: int | None = None, best: bool 
     config = validate_config(config_dict)
     heads = MODEL_FAMILIES[config.model.type].heads
     head = next((h for h, cls in heads.items() if cls.__name__ == meta.get("architecture")), None)
-    model, _, _ = build_run_model(config, head or config.task.head, dtype=jnp.float32)
+    kwargs = {}
+    if (head or config.task.head) == "contrastive":
+        from jaxlm.tasks.contrastive import projection_settings
+
+        kwargs = projection_settings(config.task)
+    model, _, _ = build_run_model(config, head or config.task.head, dtype=jnp.float32, **kwargs)
     model = for_params(model, params)
     model_state = load_model_state(resolve(path)[0], meta["step"])  # the checkpoint load_run read
     if model_state:  # BatchNorm running averages: apply() reads them

@@ -132,6 +132,7 @@ class GPT2Model(nn.Module):
         wte = embed(c.vocab_size, c.n_embd, ("vocab", "embed"), std=c.initializer_range, name="wte",
                     dtype=self.dtype)
         x = wte(input_ids) if inputs_embeds is None else inputs_embeds.astype(self.dtype)
+        x = self.perturb("wte_output", x)  # the adversarial hook (jaxlm/train/adversarial.py)
         if position_ids is None:
             position_ids = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
         x = add_positions(x, position_ids, c.positions, c.n_positions, std=c.initializer_range, name="wpe",

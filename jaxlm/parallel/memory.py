@@ -11,7 +11,6 @@ import math
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 from jax.sharding import AbstractMesh
 
 from jaxlm.config import Config, MeshConfig
@@ -37,8 +36,7 @@ def state_memory(config: Config, head: str, n_devices: int) -> dict[str, int]:
     mesh = AbstractMesh(mesh_shape(config.mesh, n_devices), AXES)
     model = build_model(config.model, head)
     tx, _ = build_optimizer(config.optimizer, config.schedule, config.trainer.max_steps)
-    ids = jnp.ones((1, min(8, config.model.max_positions or 8)), jnp.int32)
-    boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids)["params"])
+    boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), **config.model.dummy_inputs())["params"])
     boxed_opt = jax.eval_shape(tx.init, boxed)
     params = nn.meta.unbox(boxed)
     rules = rules_for(config.mesh)

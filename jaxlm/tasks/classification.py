@@ -7,7 +7,8 @@ read single texts as plain word ids of a word-level vocabulary built from the tr
 
 The labelled rows are split per class into train / validation / test (``task.split``,
 seeded by ``task.split_seed``, so runs with different ``run.seed`` share one split);
-evaluation scores ``task.eval_split``.
+evaluation scores ``task.eval_split``. With ``task.packing`` several short examples share a row
+(:mod:`jaxlm.data.packing`); the logits, and so every metric, are those of the unpacked rows.
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ import numpy as np
 from jaxlm.config import Config
 from jaxlm.data.bert_inputs import frame_texts
 from jaxlm.data.labeled import Table, label_ids, read_dataset, read_files, stratified_split
+from jaxlm.data.packing import pack_rows
 from jaxlm.data.tokenizer import Tokenizer, get_tokenizer
+from jaxlm.data.windows import flatten_windows, pool_logits, windowed
 from jaxlm.errors import ConfigError, DataError, JaxlmError
+from jaxlm.layers.attention import segment_mask
 from jaxlm.models import head_of
 from jaxlm.tasks.encoder import EncoderTask, encoder_tokenizer, framer
 from jaxlm.train.losses import cross_entropy_sum
@@ -58,6 +62,12 @@ def check_classes(labels: np.ndarray, names: list[str] | None, where: str) -> No
 
 
 class ClassificationTask(EncoderTask):
+    windows = False
+    """task.long_text=windows: rows are [texts, windows, length] and logits are pooled."""
+    augment = None
+    packing = False
+    """task.packing: several examples per row, attention within each (segment ids)."""
+
     def __init__(self, config: Config, run_dir: Path):
         super().__init__(config)
         t, model = config.task, config.model
@@ -84,36 +94,143 @@ class ClassificationTask(EncoderTask):
                 raise ConfigError(f"model.type={model.type} classifies single texts; {table.where} has a "
                                   f"{pair_column!r} column: set task.text_pair_column=null or use a BERT model")
             tok = word_tokenizer(config, train_texts, run_dir)
-            rows, cut = word_rows(tok.encode_batch(texts), config.data.seq_len)
             self.model_kwargs = word_model_kwargs(model, tok)
         else:
             tok = encoder_tokenizer(config, train_texts, run_dir, needs=("[PAD]", "[CLS]", "[SEP]"))
-            rows, cut = frame_texts(tok.encode_batch(texts), tok.encode_batch(pairs) if pairs else None,
-                                    framer(tok, config.data.seq_len))
+        if pairs and t.augment:
+            raise ConfigError(f"task.augment augments single texts; {table.where} has a {pair_column!r} column: "
+                              "set task.text_pair_column=null or drop task.augment")
+        if pairs and t.long_text == "windows":
+            raise ConfigError(f"task.long_text=windows reads single texts; {table.where} has a {pair_column!r} column: "
+                              "set task.text_pair_column=null or task.long_text=truncate")
+        self.windows = t.long_text == "windows"
+        self.pooling = t.window_pooling
+        self.encode = TextEncoder(tok, config)
+        rows, cut = self.encode(texts, pairs)
         if cut.any():
             held = f" (the model holds {model.max_positions})" if model.max_positions else ""
             limit = f"data.seq_len={config.data.seq_len} tokens{held}"
+            if self.windows:
+                limit = f"task.max_windows={t.max_windows} windows of {limit}"
             if t.truncation == "error":
                 raise DataError(f"{table.where} row {cut.argmax() + 1} and {cut.sum() - 1} more are longer than "
                                 f"{limit}; raise data.seq_len or set task.truncation=truncate")
             log.info("truncated %d of %d texts of %s to %s; task.truncation=error refuses them instead",
                      cut.sum(), len(cut), table.where, limit)
-        rows["label"] = labels
-        self.train, valid, test = ({k: v[part] for k, v in rows.items()} for part in parts)
-        self.valid = valid if t.eval_split == "validation" else test
-        if not len(self.valid["label"]):
+        if not len(parts[1 if t.eval_split == "validation" else 2]):
             raise ConfigError(f"task.eval_split={t.eval_split} but task.split={t.split} leaves it no rows")
+        self.packing = t.packing
+        if self.packing:
+            if uses_words(model):
+                raise ConfigError(f"task.packing needs a Transformer encoder (bert, distilbert), not model.type="
+                                  f"{model.type}; set task.packing=false")
+            if self.windows or t.augment:
+                raise ConfigError("task.packing packs fixed rows of short texts; it does not combine with "
+                                  "task.long_text=windows or task.augment: drop one of them")
+            self.train, valid, test = (pack_rows({k: v[part] for k, v in rows.items()}, labels[part])
+                                       for part in parts)
+        else:
+            rows["label"] = labels
+            self.train, valid, test = ({k: v[part] for k, v in rows.items()} for part in parts)
+        self.valid = valid if t.eval_split == "validation" else test
+        if t.augment:
+            from jaxlm.data.text_augment import build_augmenter
+
+            self.augment = build_augmenter(t.augment)
+            self.train_texts = [texts[i] for i in parts[0]]
+            self.train = {**self.train, "row": np.arange(len(parts[0]))}  # which text each batch row holds
+
+    def train_iterator(self, batch_size, process_index=0, process_count=1):
+        batches = super().train_iterator(batch_size, process_index, process_count)
+        if self.augment is None:
+            return batches
+        return AugmentedBatches(batches, self.train_texts, self.augment, self.encode)
+
+    def model_inputs(self, batch):
+        if self.packing:
+            inputs = {"input_ids": batch["input_ids"], "attention_mask": segment_mask(batch["segment_ids"]),
+                      "position_ids": batch["position_ids"], "pooled_positions": batch["pooled_positions"]}
+            if self.token_types:
+                inputs["token_type_ids"] = batch["token_type_ids"]
+            return inputs
+        inputs = super().model_inputs(batch)
+        return flatten_windows(inputs) if self.windows else inputs
+
+    def logits(self, model, params, batch, dropout_rng):
+        logits = self.apply(model, params, self.model_inputs(batch), dropout_rng).logits
+        return pool_logits(logits, batch["window_mask"], self.pooling) if self.windows else logits
+
+    def weights(self, batch):
+        """Each example's weight: 0 for the zero rows that pad the last eval batch (and unused packed slots)."""
+        if self.packing:
+            return batch["label_weight"]
+        return batch["window_mask"][:, 0] if self.windows else batch["attention_mask"][:, 0]
 
     def loss(self, model, params, batch, dropout_rng, label_smoothing=0.0):
-        logits = self.apply(model, params, self.model_inputs(batch), dropout_rng).logits
-        return cross_entropy_sum(logits, batch["label"], batch["attention_mask"][:, 0], label_smoothing)
+        logits = self.logits(model, params, batch, dropout_rng)
+        return cross_entropy_sum(logits, batch["label"], self.weights(batch), label_smoothing)
 
     def eval_sums(self, model, params, batch):
-        logits = self.apply(model, params, self.model_inputs(batch), None).logits
-        return classification_sums(logits, batch["label"], batch["attention_mask"][:, 0], self.num_labels)
+        logits = self.logits(model, params, batch, None)  # packed: [rows, examples per row, labels]
+        return classification_sums(logits.reshape(-1, logits.shape[-1]), batch["label"].reshape(-1),
+                                   self.weights(batch).reshape(-1), self.num_labels)
 
     def summarize(self, sums, complete):
         return classification_summary(sums)
+
+
+class TextEncoder:
+    """Texts (and pairs) -> the model's row arrays and which texts were cut: word ids for the
+    classic text models, ``[CLS] A [SEP] (B [SEP])`` for BERT-style ones; with
+    ``task.long_text=windows``, ``[texts, windows, length]`` arrays and a ``window_mask``."""
+
+    def __init__(self, tok: Tokenizer, config: Config):
+        t, self.length = config.task, config.data.seq_len
+        self.tok, self.words = tok, uses_words(config.model)
+        self.windows = t.long_text == "windows"
+        self.max_windows = t.max_windows
+        size = self.length if self.words else self.length - 2
+        self.size, self.stride = size, t.window_stride or max(1, size // 2)
+        self.framer = None if self.words else framer(tok, self.length)
+
+    def frame(self, ids, pair_ids=None):
+        if self.words:
+            return word_rows(ids, self.length)
+        return frame_texts(ids, pair_ids, self.framer)
+
+    def __call__(self, texts: list[str], pairs: list[str] | None = None):
+        ids = self.tok.encode_batch(texts)
+        pair_ids = self.tok.encode_batch(pairs) if pairs else None
+        if self.windows:
+            return windowed(ids, self.size, self.stride, self.max_windows, self.frame)
+        return self.frame(ids, pair_ids)
+
+
+class AugmentedBatches:
+    """Training batches whose texts are augmented afresh: row ``r`` of epoch ``e`` goes through
+    the augmenter with a generator seeded by ``(run.seed, e, r)`` and is tokenized again, so
+    ``state()`` / ``restore()`` (the wrapped iterator's) reproduce the augmentation exactly."""
+
+    def __init__(self, batches, texts: list[str], augment, encode: TextEncoder):
+        self.batches, self.texts, self.augment, self.encode = batches, texts, augment, encode
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = next(self.batches)
+        b = self.batches
+        rows = batch.pop("row")
+        texts = [self.augment(self.texts[r], np.random.default_rng([b.seed, b.epoch, int(r), 0x7E47])) or self.texts[r]
+                 for r in rows]
+        encoded, _ = self.encode(texts)
+        return {**batch, **encoded}
+
+    def state(self):
+        return self.batches.state()
+
+    def restore(self, state):
+        self.batches.restore(state)
 
 
 def classification_sums(logits, labels, weights, num_labels: int) -> dict[str, jax.Array]:
@@ -142,7 +259,7 @@ def word_tokenizer(config: Config, train_texts: list[str], run_dir: Path) -> Tok
     t = config.data.tokenizer
     where = t.path or run_dir / "tokenizer"
     tok = get_tokenizer(t.path, t.vocab_size, train_texts, run_dir / "tokenizer", kind="word",
-                        min_frequency=t.min_frequency, lowercase=t.lowercase)
+                        min_frequency=t.min_frequency, lowercase=t.lowercase, segmenter=t.segmenter)
     if tok.token_id("<PAD>") != 0 or tok.token_id("<UNK>") is None:
         raise DataError(f"the tokenizer in {where} is not a word vocabulary with <PAD> = 0 and <UNK>; leave "
                         "data.tokenizer.path unset to build one from the training split")
@@ -174,13 +291,25 @@ def word_model_kwargs(model_config, tok: Tokenizer) -> dict:
                                                         model_config.vocab_size, model_config.embedding_dim)}
 
 
-def classify(model, params, tokenizer: Tokenizer, text: str, text_pair: str | None = None) -> list[tuple[str, float]]:
+def classify(model, params, tokenizer: Tokenizer, text: str, text_pair: str | None = None,
+             config: Config | None = None) -> list[tuple[str, float]]:
     """Every label of a sequence classifier with its probability for ``text`` (and
-    ``text_pair``), most likely first; text beyond the model's positions is cut (logged)."""
+    ``text_pair``), most likely first; text beyond the model's positions is cut (logged),
+    unless the run (``config``) reads long texts as windows."""
     if head_of(model) != "classification":
         raise JaxlmError(f"this is a {type(model).__name__}; predict needs a sequence classifier (a run of "
                          "task: classification, or a converted *ForSequenceClassification)")
     c = model.config
+    if config is not None and getattr(config.task, "long_text", None) == "windows":
+        if text_pair is not None:
+            raise JaxlmError("this run reads single texts as windows (task.long_text=windows); give one TEXT")
+        rows, cut = TextEncoder(tokenizer, config)([text])
+        if cut.any():
+            log.warning("the text is longer than task.max_windows=%d windows; its end was cut", config.task.max_windows)
+        inputs = {k: jnp.asarray(v) for k, v in rows.items() if k in ("input_ids", "attention_mask")
+                  or (k == "token_type_ids" and hasattr(c, "type_vocab_size"))}
+        logits = model.apply({"params": params}, **flatten_windows(inputs)).logits
+        return _ranked_logits(c, pool_logits(logits, jnp.asarray(rows["window_mask"]), config.task.window_pooling)[0])
     if uses_words(c):
         if text_pair is not None:
             raise JaxlmError(f"a {c.type} model classifies single texts; give one TEXT")
@@ -199,7 +328,10 @@ def classify(model, params, tokenizer: Tokenizer, text: str, text_pair: str | No
 
 
 def _ranked(model, params, inputs) -> list[tuple[str, float]]:
-    c = model.config
-    probs = np.asarray(jax.nn.softmax(model.apply({"params": params}, **inputs).logits[0].astype(jnp.float32)))
+    return _ranked_logits(model.config, model.apply({"params": params}, **inputs).logits[0])
+
+
+def _ranked_logits(c, logits) -> list[tuple[str, float]]:
+    probs = np.asarray(jax.nn.softmax(logits.astype(jnp.float32)))
     names = label_names(c) or [str(i) for i in range(c.num_labels)]
     return [(names[i], float(probs[i])) for i in np.argsort(-probs)]
