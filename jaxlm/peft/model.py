@@ -159,9 +159,10 @@ class PeftModel(nn.Module):
     def _prompted(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, decode=False,
                   masked_positions=None, **rest):
         n = self.spec.virtual_tokens
-        if self.is_initializing():  # the base's params (its word table) first; no cache yet, it needs the n slots
-            self.base(input_ids, attention_mask, **rest)
-        rows = input_ids.shape[0]
+        rows, length = input_ids.shape
+        if self.is_initializing():  # the base's params (its word table) first, at the prompted length (that of
+            # the adversarial hook's perturbation); no cache yet, it needs the n slots
+            self.base(jnp.zeros((rows, n + length), input_ids.dtype), **rest)
         table = nn.meta.unbox(_at(self.variables["params"], word_table_path(self.variables["params"])))
         embeds = jnp.take(table, input_ids, axis=0)
         starts = not decode or self.is_initializing()  # decoding after prime_cache: they are in the cache
