@@ -173,8 +173,8 @@ def test_bad_peft_settings_are_one_line(mlm_base, tmp_path, capsys):
     common = [f"run.out_dir={tmp_path / 'run'}", *(f"{k}={v}" for k, v in BERT_SIZES.items()),
               f"model.init_from={mlm_base}", f"data.tokenizer.path={mlm_base / 'tokenizer'}", "data.seq_len=32"]
     err = error(*common, "peft.method=lora", "peft.target_modules=[q_proj]")
-    assert "peft.target_modules=['q_proj'] matches no dense layer of this model; its dense layers are: " \
-           "bert.layer_0.attention.query" in err
+    assert "peft.target_modules=['q_proj'] matches no dense layer of this model; its dense layers (and embedding " \
+           "tables) are: " in err and "bert.layer_0.attention.query, " in err
     err = error("peft.method=prefix_tuning", f"run.out_dir={tmp_path / 'cnn'}", config="configs/textcnn-sentiment.yaml")
     assert "peft.method=prefix_tuning needs attention layers" in err and "model.type=text_cnn has none" in err
     err = error(*common, "peft.method=prompt_tuning", "peft.num_virtual_tokens=20")
