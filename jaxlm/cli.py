@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import sys
+import threading
 from pathlib import Path
 
 from jaxlm.errors import JaxlmError
@@ -613,7 +614,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_text_data_commands(data_sub)
 
-
     for p in _all_parsers(parser):
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show library logs and full tracebacks (also JAXLM_DEBUG=1)")
@@ -628,24 +628,32 @@ def _all_parsers(parser: argparse.ArgumentParser):
                 yield from _all_parsers(child)
 
 
+NOISY_LIBRARIES = ("absl", "orbax", "asyncio")
+
+
+def _silence_library_noise():
+    for name in NOISY_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    threading.excepthook = lambda args: None
+    sys.unraisablehook = lambda args: None
+
+
 @contextlib.contextmanager
 def _library_noise(debug: bool):
     """orbax, TensorStore and asyncio report failures that jaxlm names in one line of its own:
     their logs, thread and coroutine tracebacks show only with --debug or JAXLM_DEBUG=1."""
-    import threading
-
-    loggers = {name: logging.getLogger(name) for name in ("absl", "orbax", "asyncio")}
-    saved = ({name: lg.level for name, lg in loggers.items()}, threading.excepthook, sys.unraisablehook)
-    for lg in loggers.values():
-        lg.setLevel(logging.WARNING if debug else logging.CRITICAL)
-    if not debug:
-        threading.excepthook = lambda args: None
-        sys.unraisablehook = lambda args: None
+    saved = ({name: logging.getLogger(name).level for name in NOISY_LIBRARIES}, threading.excepthook,
+             sys.unraisablehook)
+    if debug:
+        for name in NOISY_LIBRARIES:
+            logging.getLogger(name).setLevel(logging.WARNING)
+    else:
+        _silence_library_noise()
     try:
         yield
     finally:
         for name, level in saved[0].items():
-            loggers[name].setLevel(level)
+            logging.getLogger(name).setLevel(level)
         threading.excepthook, sys.unraisablehook = saved[1], saved[2]
 
 
@@ -677,5 +685,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def console() -> None:
+    """The ``jaxlm`` command: ``main``, then the process exits. Failed reads and writes leave
+    TensorStore futures and asyncio tasks that report while the interpreter shuts down, after the
+    one-line error: outside --debug those reports stay silent too."""
+    code = main()
+    if os.environ.get("JAXLM_DEBUG", "") in ("", "0") and "--debug" not in sys.argv:
+        _silence_library_noise()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()
