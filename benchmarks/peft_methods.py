@@ -5,7 +5,7 @@ docs/results.md).
 Each method trains with its shipped config (``configs/bert-classify*.yaml``; full fine-tuning,
 the linear probe and gradual unfreezing are ``configs/bert-classify.yaml`` with the base's weights
 and the ``trainer.trainable`` / ``trainer.unfreeze_every`` settings; Pfeiffer, P-tuning and prefix
-tuning swap the ``peft`` section of the adapter / prompt / LoRA config) in a fresh process, which
+tuning swap the ``peft`` section of the adapter / prompt / prompt config) in a fresh process, which
 reports its wall time and peak resident memory; its best checkpoint (by validation accuracy) is
 then scored on the test split.
 
@@ -56,9 +56,8 @@ def methods(base: str) -> dict[str, tuple[str, dict, list[str]]]:
         "P-tuning (MLP)": ("configs/bert-classify-prompt.yaml", {
             "method": "p_tuning", "num_virtual_tokens": 10, "encoder": "mlp", "encoder_hidden_size": 128,
             "modules_to_save": ["classifier", "pooler"]}, []),
-        "prefix tuning": ("configs/bert-classify-lora.yaml", {
-            "method": "prefix_tuning", "num_virtual_tokens": 10, "modules_to_save": ["classifier", "pooler"]},
-            ["optimizer.learning_rate=1e-2"]),
+        "prefix tuning": ("configs/bert-classify-prompt.yaml", {  # its 10 + 54 tokens fill the 64 positions
+            "method": "prefix_tuning", "num_virtual_tokens": 10, "modules_to_save": ["classifier", "pooler"]}, []),
     }
 
 
