@@ -369,14 +369,16 @@ def load_model_state(path: str | Path, step: int | None = None, best: bool = Fal
     return read_newest(path, lambda ckpt, step: ckpt.read_model_state(step, abstract_state), step, best)
 
 
-def load_params_into(path: str | Path, abstract_params, initial=None) -> Any:
+def load_params_into(path: str | Path, abstract_params, initial=None, may_lack=None) -> Any:
     """Params from a run / checkpoint for a model with ``abstract_params``; every mismatch is named.
 
     The checkpoint may hold another head of the same model family (a jaxlm MLM run, a
     converted ``BertForMaskedLM`` or base ``BertModel``): its trunk loads, its head params
     (and optional trunk parts such as BERT's pooler) that this model lacks are skipped, and
     those it lacks are taken from ``initial`` (the freshly initialised params); both are
-    named in the log. Missing or extra trunk params and shape differences are errors.
+    named in the log. Params whose path ``may_lack(path)`` accepts (a PEFT method's own) are
+    taken from ``initial`` too when the checkpoint lacks them. Missing or extra trunk params
+    and shape differences are errors.
     A checkpoint with the other layer layout (``model.scan_layers``) is converted to this one.
     """
     from jaxlm.models import MODEL_FAMILIES
@@ -391,7 +393,7 @@ def load_params_into(path: str | Path, abstract_params, initial=None) -> Any:
         if stacked != saved_stacked:
             to_saved, to_model = (unstack_layers, stack_layers) if stacked else (stack_layers, unstack_layers)
             params = load_params_into(path, to_saved(abstract_params, config),
-                                      None if initial is None else to_saved(initial, config))
+                                      None if initial is None else to_saved(initial, config), may_lack)
             return jax.tree.map(lambda x, a: x if a.sharding is None else jax.device_put(x, a.sharding),
                                 to_model(params, config), abstract_params)
 
@@ -407,7 +409,8 @@ def load_params_into(path: str | Path, abstract_params, initial=None) -> Any:
                 return True
             return keys is not None and (name[0] == "head" or re.search(keys.optional, name[1].replace("/", ".")))
 
-        fresh = sorted(n for n in wanted.keys() - saved.keys() if initial is not None and optional(n))
+        fresh = sorted(n for n in wanted.keys() - saved.keys()
+                       if initial is not None and (optional(n) or (may_lack and may_lack(wanted[n][0]))))
         skipped = sorted(n for n in saved.keys() - wanted.keys() if optional(n))
         shown = {n: "/".join(p) for n, (p, _) in {**saved, **wanted}.items()}
 

@@ -1,5 +1,5 @@
-"""``jaxlm`` command line: train, eval, generate, predict, embed, fill-mask, checkpoints, convert, tokenizer, data,
-quantize, prune, distill, compare."""
+"""``jaxlm`` command line: train, eval, generate, predict, embed, fill-mask, checkpoints, convert, merge,
+tokenizer, data, quantize, prune, distill, compare."""
 
 from __future__ import annotations
 
@@ -41,9 +41,9 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from jaxlm.checkpoint import load_model_state, load_run
-    from jaxlm.train.trainer import evaluate, setup
-
+    from jaxlm.interop.runs import for_params
     from jaxlm.parallel import distributed
+    from jaxlm.train.trainer import evaluate, setup
 
     if (args.epsilon, args.steps, args.step_size) != (None, None, None) and not args.attack:
         raise JaxlmError("--epsilon / --steps / --step-size set an attack: add --attack fgm|pgd|noise")
@@ -52,7 +52,7 @@ def cmd_eval(args) -> int:
     _, params, meta = load_run(config.run.out_dir, args.step, args.best)
     model_state = load_model_state(config.run.out_dir, meta["step"])
     s = setup(config.model_copy(update={"distill": None}))  # a distilled student evaluates without its teacher
-    s.model = _for_params(s.model, params)
+    s.model = for_params(s.model, params)
     attack = {}
     if args.attack:
         from pydantic import ValidationError
@@ -71,13 +71,6 @@ def cmd_eval(args) -> int:
         attack = {"attack": args.attack, "epsilon": cfg.epsilon}
     _print_metrics({"step": meta["step"], **attack, **evaluate(s, params, model_state=model_state)})
     return 0
-
-
-def _for_params(model, params):
-    """``model``, made to take quantized params if ``params`` are (a ``jaxlm quantize`` run)."""
-    from jaxlm.compress.quantize import is_quantized, quantized_model
-
-    return quantized_model(model) if is_quantized(params) else model
 
 
 def load_for_inference(run: str | None, model_dir: str | None, step=None, best=False):
@@ -101,34 +94,14 @@ def tokenizer_of(run: str | None, model_dir: str | None, config):
 def load_model(run: str | None, model_dir: str | None, step=None, best=False):
     """``(model, params, config)`` from a jaxlm run / checkpoint (its config) or a Hugging
     Face directory (config ``None``)."""
-    from jaxlm.checkpoint import load_model_state, load_run, resolve
-    from jaxlm.config import validate_config
-    from jaxlm.models import MODEL_FAMILIES, build_model
-    from jaxlm.models.state import StatefulModel
+    from jaxlm.interop.runs import load_run_model
 
     if model_dir is not None:
         from jaxlm.interop import from_pretrained
 
         model, params = from_pretrained(model_dir)
         return model, params, None
-    config_dict, params, meta = load_run(run, step, best)
-    config = validate_config(config_dict)
-    heads = MODEL_FAMILIES[config.model.type].heads
-    head = next((h for h, cls in heads.items() if cls.__name__ == meta.get("architecture")), None)
-    kwargs = {}
-    if (head or config.task.head) == "contrastive":
-        from jaxlm.tasks.contrastive import projection_settings
-
-        kwargs = projection_settings(config.task)
-    model = _for_params(build_model(config.model, head or config.task.head, **kwargs), params)
-    if config.qat is not None:  # a quantization-aware run predicts as it trained
-        from jaxlm.compress.qat import qat_model
-
-        model = qat_model(model, config.qat.weights, config.qat.activations)
-    model_state = load_model_state(resolve(run)[0], meta["step"])
-    if model_state:  # BatchNorm running averages: apply() reads them
-        model = StatefulModel(model, model_state)
-    return model, params, config
+    return load_run_model(run, step, best)
 
 
 def cmd_generate(args) -> int:
@@ -218,27 +191,39 @@ def cmd_convert(args) -> int:
     out = Path(args.out)
     if checkpoint_dir(out).exists():
         raise JaxlmError(f"{out} already holds checkpoints; choose an empty --out directory")
+    if args.base and not args.from_torch:
+        raise JaxlmError("--base names the base model of an adapter directory given to --from-torch")
+    if args.merge and not args.to_torch:
+        raise JaxlmError("--merge writes a LoRA run's merged weights with --to-torch RUN")
+    if args.dtype and not args.merge:
+        raise JaxlmError("--dtype sets the dtype of merged weights: add --merge")
     if args.from_torch:
         from jaxlm.interop import from_pretrained
+        from jaxlm.peft.interop import adapter_base, run_settings
 
-        model, params = from_pretrained(args.from_torch)
-        tokenizer_files = [f for f in ("tokenizer.json", "vocab.json", "merges.txt", "vocab.txt", "tokenizer_config.json")
-                           if (Path(args.from_torch) / f).is_file()]
+        model, params = from_pretrained(args.from_torch, base=args.base)
+        base = getattr(model, "base", model)  # an adapter's base model
+        sources = [Path(args.from_torch), *([adapter_base(args.from_torch, args.base)] if base is not model else [])]
+        tokenizer_files = next(([d / f for f in TOKENIZER_FILES if (d / f).is_file()] for d in sources
+                                if any((d / f).is_file() for f in TOKENIZER_FILES)), [])
         data = {"seq_len": min(128, model.config.max_positions or 128)}
         if tokenizer_files:
             data["tokenizer"] = {"path": str(out / "tokenizer")}
-        config = validate_config({"run": {"out_dir": str(out)}, "model": model.config.model_dump(), "data": data})
+        config = validate_config({"run": {"out_dir": str(out)}, "model": model.config.model_dump(), "data": data,
+                                  **run_settings(model)})
         with fresh_output_dir(out) as tmp:
             for f in tokenizer_files:
                 (tmp / "tokenizer").mkdir(exist_ok=True)
-                shutil.copy(Path(args.from_torch) / f, tmp / "tokenizer" / f)
+                shutil.copy(f, tmp / "tokenizer" / f.name)
             ckpt = Checkpoints(tmp, config.checkpoint)
-            ckpt.save_weights(params, config.model_dump(mode="json"), type(model).__name__)
+            ckpt.save_weights(params, config.model_dump(mode="json"), type(base).__name__)
             ckpt.close()
             save_config(config, tmp / "config.yaml")
-        print(f"wrote {type(model).__name__} to {checkpoint_dir(out) / '0'}; use it with model.init_from={out}")
+        what = type(base).__name__ + (f" with its {model.spec.method} adapter" if base is not model else "")
+        print(f"wrote {what} to {checkpoint_dir(out) / '0'}; use it with model.init_from={out}")
     else:
         from jaxlm.compress.quantize import dequantize_params, is_quantized
+        from jaxlm.peft.model import PeftModel
 
         model, params, config = load_model(args.to_torch, None)
         if is_quantized(params):  # transformers' classes take float weights
@@ -251,7 +236,31 @@ def cmd_convert(args) -> int:
             model = model.clone(config=full)
             print(f"{args.to_torch} has pruned heads: they are written back as zeros (the same outputs)")
         text = "input_ids" in model.config.dummy_inputs()  # a text model: its tokenizer goes along
-        print(export_torch(model, params, out, tokenizer_of(args.to_torch, None, config) if text else None))
+        tokenizer = tokenizer_of(args.to_torch, None, config) if text else None
+        if isinstance(model, PeftModel) and not args.merge:
+            from jaxlm.peft.interop import to_adapter
+
+            to_adapter(model, params, out, tokenizer)
+            print(f"wrote a PEFT {model.spec.method} adapter to {out} (adapter_config.json + adapter_model.safetensors) "
+                  f"and its base to {out / 'base'}; load it with peft.PeftModel.from_pretrained(base, {str(out)!r})")
+        elif args.merge:
+            from jaxlm.peft.merge import merged_params
+
+            if not isinstance(model, PeftModel):
+                raise JaxlmError(f"{args.to_torch} has no peft section: there is nothing to merge; drop --merge")
+            print(export_torch(model.base, merged_params(model, params, config, args.dtype), out, tokenizer))
+        else:
+            print(export_torch(model, params, out, tokenizer))
+    return 0
+
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "vocab.txt", "tokenizer_config.json")
+
+
+def cmd_merge(args) -> int:
+    from jaxlm.peft.merge import write_merged_run
+
+    print(write_merged_run(args.run, args.out, args.step, args.best, args.dtype))
     return 0
 
 
@@ -540,9 +549,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="PyTorch (Hugging Face) checkpoint <-> jaxlm run directory")
     direction = p.add_mutually_exclusive_group(required=True)
     direction.add_argument("--from-torch", metavar="HF_DIR", help="a transformers directory to import")
-    direction.add_argument("--to-torch", metavar="RUN_DIR", help="a jaxlm run (or checkpoints/N) to export")
+    direction.add_argument("--to-torch", metavar="RUN_DIR", help="a jaxlm run (or checkpoints/N) to export; a PEFT "
+                           "run becomes a PEFT adapter directory (its base in OUT/base)")
     p.add_argument("--out", required=True, help="the directory to write")
+    p.add_argument("--merge", action="store_true", help="--to-torch a LoRA run: a plain transformers model with the "
+                   "updates merged into its weights")
+    p.add_argument("--base", help="--from-torch a PEFT adapter directory: its base model (default: the "
+                   "adapter's base_model_name_or_path)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), help="--merge: the merged weights' dtype (a QLoRA "
+                   "run's NF4 base is dequantized into it: required there)")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("merge", help="write a LoRA run with its updates merged into the weights, as a plain run")
+    p.add_argument("run", help="a jaxlm LoRA run directory (or one of its checkpoints/N)")
+    p.add_argument("--out", required=True, help="the run directory to write")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), help="the merged weights' dtype (a QLoRA run's NF4 "
+                   "base is dequantized into it: required there)")
+    which_checkpoint(p)
+    p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("quantize", help="write a quantized copy of a run (int8, int8-dynamic, nf4, int4 weights)",
                        description="The new run stores integer arrays and scales; eval, predict, generate, fill-mask, "

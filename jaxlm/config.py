@@ -686,6 +686,101 @@ TASKS = {"causal_lm": CausalLMTaskConfig, "mlm": MaskedLMTaskConfig, "classifica
          "gan": GANTaskConfig}
 
 
+class _PeftMethod(Section):
+    modules_to_save: list[str] | None = None
+    """Modules trained in full beside the method's own params (peft's name and matching: a module
+    path's last parts, ``[classifier]``). ``None``: the head a classification task adds, if any."""
+
+
+class LoraConfig(_PeftMethod):
+    """LoRA (Hu et al. 2021): each target dense layer adds ``scale * B A x`` (A ``r x in``, B ``out x r``
+    starting at zero, so training starts at the base model); ``scale = alpha / r`` (rsLoRA: ``alpha /
+    sqrt(r)``). ``quantize: nf4`` keeps the frozen base in 4-bit NormalFloat (QLoRA)."""
+
+    method: Literal["lora"] = "lora"
+    r: int = Field(8, gt=0)
+    alpha: float = Field(8.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the input of the low-rank path."""
+    target_modules: list[str] | str | None = None
+    """Module names (a path's last parts: ``[query, value]``), one regex matched against the whole
+    dotted module path, or ``all-linear`` (every dense layer but the output head); ``None``: the
+    family's usual targets (GPT-2 ``c_attn``, BERT / ViT ``query, value``, DistilBERT ``q_lin, v_lin``)."""
+    use_rslora: bool = False
+    quantize: Literal["nf4"] | None = None
+    """QLoRA: the frozen base's dense kernels stored as 4-bit NormalFloat, dequantized inside the step."""
+    quant_block_size: int = Field(64, gt=0)
+    """QLoRA: weights per absmax scale."""
+    double_quant: bool = True
+    """QLoRA: quantize the scales too (8-bit, blocks of 256), as the QLoRA paper does."""
+
+
+class AdapterConfig(_PeftMethod):
+    """Bottleneck adapters: ``houlsby`` (after the attention and the feed-forward block) or
+    ``pfeiffer`` (after the feed-forward block), ``h + up(f(down(h)))`` before each residual sum."""
+
+    method: Literal["adapter"] = "adapter"
+    kind: Literal["houlsby", "pfeiffer"] = "houlsby"
+    reduction_factor: int = Field(16, gt=0)
+    """The bottleneck is the model width divided by this."""
+    non_linearity: Literal["relu", "swish", "gelu", "tanh"] | None = None
+    """``None``: AdapterHub's default for the kind (houlsby: swish, pfeiffer: relu)."""
+
+
+class _PromptSettings(_PeftMethod):
+    num_virtual_tokens: int = Field(20, gt=0)
+    prompt_init: Literal["random", "text", "sample_vocab"] = "random"
+    """How the trained prompt embeddings start: random, the embeddings of ``prompt_init_text``'s
+    tokens (repeated or cut to length), or those of random vocabulary tokens."""
+    prompt_init_text: str | None = None
+
+    @model_validator(mode="after")
+    def _text(self):
+        if self.prompt_init == "text" and not self.prompt_init_text:
+            raise ValueError("peft.prompt_init=text needs peft.prompt_init_text (the text whose token embeddings "
+                             "start the prompt)")
+        return self
+
+
+class PromptTuningConfig(_PromptSettings):
+    """Prompt tuning (Lester et al. 2021): ``num_virtual_tokens`` trained embeddings before the input."""
+
+    method: Literal["prompt_tuning"] = "prompt_tuning"
+
+
+class PTuningConfig(_PromptSettings):
+    """P-tuning (Liu et al. 2021): the virtual tokens come out of an MLP or a bidirectional LSTM over
+    trained embeddings. ``num_prompt_tokens`` > 0 puts that many plain prompt-tuning tokens
+    (``prompt_init``) before them: prompt tuning and P-tuning combined."""
+
+    method: Literal["p_tuning"] = "p_tuning"
+    encoder: Literal["mlp", "lstm"] = "mlp"
+    encoder_hidden_size: int | None = Field(None, gt=0)
+    """``None``: the model width."""
+    encoder_num_layers: int = Field(2, gt=0)
+    """LSTM layers (the MLP always has peft's three)."""
+    encoder_dropout: float = Field(0.0, ge=0, lt=1)
+    num_prompt_tokens: int = Field(0, ge=0)
+
+
+class PrefixTuningConfig(_PeftMethod):
+    """Prefix tuning / P-tuning v2 (Li & Liang 2021; Liu et al. 2022): trained keys and values before
+    every layer's, ``num_virtual_tokens`` of them; ``prefix_projection`` reparameterizes them by an
+    MLP (embedding -> ``encoder_hidden_size`` -> tanh -> every layer's keys and values)."""
+
+    method: Literal["prefix_tuning"] = "prefix_tuning"
+    num_virtual_tokens: int = Field(20, gt=0)
+    prefix_projection: bool = False
+    encoder_hidden_size: int | None = Field(None, gt=0)
+    """``None``: the model width."""
+
+
+PeftConfig = Annotated[Union[LoraConfig, AdapterConfig, PromptTuningConfig, PTuningConfig,  # noqa: UP007
+                             PrefixTuningConfig], Field(discriminator="method")]
+PEFT_METHODS = {"lora": LoraConfig, "adapter": AdapterConfig, "prompt_tuning": PromptTuningConfig,
+                "p_tuning": PTuningConfig, "prefix_tuning": PrefixTuningConfig}
+
+
 class PrecisionConfig(Section):
     compute: Literal["float32", "bfloat16", "float16"] = "float32"
     """dtype of matmuls and activations (losses and softmax stay float32)."""
@@ -814,11 +909,19 @@ class Config(Section):
     """Pruning during training (off by default)."""
     distill: DistillConfig | None = None
     """Knowledge distillation from a teacher (off by default)."""
+    peft: PeftConfig | None = None
+    """Parameter-efficient fine-tuning: ``method`` (lora, adapter, prompt_tuning, p_tuning,
+    prefix_tuning) and its settings; see jaxlm/peft/."""
 
     @field_validator("task", mode="before")
     @classmethod
     def _task_name(cls, v):
         return {"type": v} if isinstance(v, str) else v
+
+    @field_validator("peft", mode="before")
+    @classmethod
+    def _peft_name(cls, v):
+        return {"method": v} if isinstance(v, str) else v
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -840,6 +943,10 @@ class Config(Section):
         if self.distill is not None and self.trainer.adversarial is not None:
             raise ValueError("distill and trainer.adversarial cannot be combined yet (the adversarial loss does "
                              "not pass the teacher on); drop one of them")
+        combined = [k for k in ("qat", "prune", "distill") if getattr(self, k) is not None]
+        if self.peft is not None and combined:  # each rewrites the model or its params its own way
+            raise ValueError(f"peft cannot be combined with {' / '.join(combined)} yet; train the PEFT run first, "
+                             f"then compress its merged weights (jaxlm merge RUN --out DIR)")
         if self.trainer.batch_size % self.trainer.grad_accum_steps:
             raise ValueError(f"trainer.batch_size={self.trainer.batch_size} is not divisible by "
                              f"trainer.grad_accum_steps={self.trainer.grad_accum_steps}")
@@ -847,6 +954,11 @@ class Config(Section):
         if n_positions is not None and self.data.seq_len > n_positions:
             raise ValueError(f"data.seq_len={self.data.seq_len} exceeds the model's {n_positions} "
                              "positions; lower data.seq_len or raise the model's n_positions")
+        virtual = getattr(self.peft, "num_virtual_tokens", 0) + getattr(self.peft, "num_prompt_tokens", 0)
+        if virtual and n_positions is not None and self.data.seq_len + virtual > n_positions:
+            raise ValueError(f"data.seq_len={self.data.seq_len} plus the {virtual} virtual tokens of "
+                             f"peft.method={self.peft.method} exceed the model's {n_positions} positions; lower "
+                             "data.seq_len or peft.num_virtual_tokens")
         return self
 
 
@@ -913,7 +1025,7 @@ def validate_config(tree: dict) -> Config:
 
 def _unions() -> dict[str, dict[str, type[BaseModel]]]:
     """Config sections that are discriminated unions: their ``type`` tags and classes."""
-    return {"model": {k: f.config for k, f in MODEL_FAMILIES.items()}, "task": TASKS}
+    return {"model": {k: f.config for k, f in MODEL_FAMILIES.items()}, "task": TASKS, "peft": PEFT_METHODS}
 
 
 def _fields_at(loc: tuple) -> dict:
@@ -984,7 +1096,7 @@ def save_config(config: Config, path: Path) -> None:
 # rate, dropout, ...) may change between restarts.
 STATE_KEYS = ("task", "model", "precision.params", "optimizer.name", "run.seed", "trainer.batch_size",
               "data.seq_len", "data.paths", "data.dataset", "data.tokenizer", "trainer.trainable", "trainer.freeze",
-              "trainer.unfreeze_every")
+              "trainer.unfreeze_every", "peft")
 HARMLESS_MODEL_KEYS = {"init_from", "attention_implementation", "remat"}  # and every dropout rate
 HARMLESS_TASK_KEYS = {"eval_split", "truncation"}
 

@@ -219,10 +219,16 @@ class _State(NamedTuple):
 
 
 def init_cache(model, batch: int, length: int):
-    """A zeroed KV cache for ``length`` total tokens (prompt + new)."""
+    """A zeroed KV cache for ``length`` total tokens (prompt + new), after the ``cache_offset`` slots
+    a parameter-efficient model fills first (its virtual tokens or prefix)."""
     shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.ones((batch, length), jnp.int32),
                                                decode=True))
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
+
+
+def _offset(model) -> int:
+    """Cache slots before the first token: a prompt- or prefix-tuned model's virtual tokens (0 otherwise)."""
+    return getattr(model, "cache_offset", 0)
 
 
 def _cache_batch_axis(model) -> int:
@@ -273,7 +279,7 @@ def _forward(model, params, s: _State, index, count: int = 1):
         return out.logits.astype(jnp.float32), variables["cache"]
     positions = (index - s.first)[:, None] + jnp.arange(count)
     if model.config.max_positions:  # lookahead slots past the last position: any real one (their logits are unused)
-        positions = jnp.minimum(positions, model.config.max_positions - 1)
+        positions = jnp.minimum(positions, model.config.max_positions - 1 - _offset(model))
     out, variables = model.apply({"params": params, "cache": s.cache}, fed,
                                  attention_mask=_mask(s.first, s.tokens.shape[1]), position_ids=positions,
                                  decode=True, mutable=["cache"])
@@ -325,7 +331,8 @@ def _beam_step(model, params, plan: _Plan, knobs: _Knobs, s: _State) -> _State:
     # e. the best num_beams unfinished candidates run on, with their ancestors' cache
     running_scores, keep = jax.lax.top_k(candidate_scores + hits.astype(jnp.float32) * NEG, beams)
     tokens = jnp.take_along_axis(candidates, keep[..., None], axis=1).reshape(batch * beams, total)
-    cache = _inherit(cache, _cache_batch_axis(model), jnp.take_along_axis(source, keep, axis=1), prompt - 1 + i)
+    cache = _inherit(cache, _cache_batch_axis(model), jnp.take_along_axis(source, keep, axis=1),
+                     _offset(model) + prompt - 1 + i)
 
     # f. finished candidates among the top num_beams join the finished hypotheses if they rank
     just_finished = hits & (jnp.arange(n) < beams)
@@ -406,7 +413,7 @@ def _lookup_step(model, params, plan: _Plan, knobs: _Knobs, s: _State, stop) -> 
     new = jnp.where(written & ~ended, chosen, knobs.pad)
     done = s.done | jnp.any(written & eos, axis=1)
     tokens = jax.lax.dynamic_update_slice(s.tokens, new, (0, last + 1))
-    return s._replace(step=i + kept + 1, halt=jnp.all(done), tokens=tokens, cache=_rewind(cache, last + 1 + kept),
+    return s._replace(step=i + kept + 1, halt=jnp.all(done), tokens=tokens, cache=_rewind(cache, _offset(model) + last + 1 + kept),
                       done=done)
 
 
@@ -445,6 +452,9 @@ def _prefill(model, params, input_ids, first, plan: _Plan, knobs: _Knobs) -> _St
     total = prompt + plan.max_new_tokens + plan.lookahead
     tokens = jnp.concatenate([input_ids, jnp.full((batch, total - prompt), knobs.pad, input_ids.dtype)], 1)
     cache = init_cache(model, batch, total)
+    if _offset(model):  # the virtual tokens (prompt tuning) go into the cache before the prompt
+        cache = model.apply({"params": params, "cache": cache}, batch, total, method="prime_cache",
+                            mutable=["cache"])[1]["cache"]
     if prompt > 1:
         positions = jnp.maximum(jnp.arange(prompt - 1)[None, :] - first[:, None], 0)
         _, variables = model.apply({"params": params, "cache": cache}, input_ids[:, :-1],
@@ -535,7 +545,7 @@ def _prepare(model, input_ids, attention_mask, options: dict):
     if ids.min() < 0 or ids.max() >= vocab:
         bad = ids.min() if ids.min() < 0 else ids.max()
         raise JaxlmError(f"input_ids must be in [0, {vocab}) (the model's vocab_size), found {bad}")
-    limit = model.config.max_positions
+    limit = model.config.max_positions and model.config.max_positions - _offset(model)
     if limit is not None and _is_seq2seq(model) and max(ids.shape[1], 1 + opts.max_new_tokens) > limit:
         raise JaxlmError(f"the source ({ids.shape[1]} tokens) or 1 + max_new_tokens ({opts.max_new_tokens}) exceeds "
                          f"the model's {limit} positions; shorten the source or lower max_new_tokens")

@@ -33,22 +33,39 @@ def architectures() -> dict[str, tuple[str, type[nn.Module]]]:
             if family.torch_keys is not None for cls in family.heads.values()}
 
 
-def from_pretrained(path: str | os.PathLike, dtype=jnp.float32, *, seed: int = 0) -> tuple[nn.Module, dict]:
-    """``(model, params)`` from a Hugging Face directory (``config.json`` + weights).
+def from_pretrained(path: str | os.PathLike, dtype=jnp.float32, *, seed: int = 0, step: int | None = None,
+                    best: bool = False, base: str | os.PathLike | None = None, head: str | None = None
+                    ) -> tuple[nn.Module, dict]:
+    """``(model, params)`` from a Hugging Face directory (``config.json`` + weights), a Hugging Face
+    PEFT adapter directory (``adapter_config.json``; its base from ``base_model_name_or_path`` or
+    ``base``) or a jaxlm run directory (its latest checkpoint, ``step`` or the ``best``).
 
     ``params`` are plain arrays of ``dtype``, which is also the model's compute dtype. A head
-    the checkpoint lacks is initialised from ``seed`` (and a warning names its weights).
+    the checkpoint lacks is initialised from ``seed`` (and a warning names its weights); ``head``
+    (``classification``, ...) asks for another head of the checkpoint's family.
     """
     directory = Path(path)
+    if (directory / "checkpoints").is_dir() or (directory.name.isdigit() and directory.parent.name == "checkpoints"):
+        from jaxlm.interop.runs import load_run_model
+
+        model, params, _ = load_run_model(directory, step, best)
+        return model, params
+    if (directory / "adapter_config.json").is_file():
+        from jaxlm.peft.interop import from_adapter
+
+        return from_adapter(directory, base, dtype=dtype, seed=seed)
     if not (directory / CONFIG).is_file():
         raise InteropError(f"{directory} has no {CONFIG}: point at a Hugging Face model directory "
-                           f"({CONFIG} + {files.SAFETENSORS} or pytorch_model.bin)")
+                           f"({CONFIG} + {files.SAFETENSORS} or pytorch_model.bin), a PEFT adapter directory "
+                           "(adapter_config.json) or a jaxlm run directory")
     try:
         hf = json.loads((directory / CONFIG).read_text())
     except ValueError as e:
         raise InteropError(f"{directory / CONFIG} is not valid JSON ({e}): download or export it again") from e
     model_type, cls = _architecture(hf)
     family = MODEL_FAMILIES[model_type]
+    if head is not None and head in family.heads:
+        cls = family.heads[head]
     model = cls(config_from_hf(hf, family), dtype=dtype)
     params = walker.params_from_torch(model, files.read_state_dict(directory), family.torch_keys, dtype=dtype,
                                       seed=seed, source=str(directory))

@@ -118,6 +118,12 @@ class SelfAttention(nn.Module):
     pass ``kv=None``, and may bring n rows of queries per cached source row (a source's beams).
     Beam search adds an ``ancestry`` to the self-attention cache (:func:`attend_beams`): each beam then
     reads its ancestors' keys / values in the rows that wrote them, and nothing is reordered.
+
+    ``kv_prefix`` ``[2, batch, n, kv_heads, head_dim]`` (prefix tuning) puts n given keys / values
+    before the sequence's own, at positions 0 .. n-1: the queries then sit at positions n, n+1, ...
+    (rotary positions and the causal mask count them so) and ``attention_mask`` covers the n + length
+    keys. Decoding keeps the prefix in the cache's first n slots (written by every call, so a cache
+    started empty holds it) and the tokens after it.
     """
 
     num_heads: int
@@ -142,21 +148,29 @@ class SelfAttention(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, attention_mask=None, *, kv=None, decode: bool = False, deterministic: bool = True,
-                 output_attentions: bool = False, positions=None):
+    def __call__(self, x, attention_mask=None, *, kv=None, kv_prefix=None, decode: bool = False,
+                 deterministic: bool = True, output_attentions: bool = False, positions=None):
         q, k, v = self._project(x, kv, decode)
         rows, length = q.shape[:2]
         if self.cross and rows != k.shape[0]:  # n query rows per cached source (beam search)
             q = _share_sources(q, k.shape[0])
-        q_positions = jnp.arange(x.shape[1])
+        if kv_prefix is not None and self.cross:
+            raise ValueError("kv_prefix is for self-attention; cross-attention reads the encoder's keys")
+        prefix = 0 if kv_prefix is None else kv_prefix.shape[2]
+        q_positions = prefix + jnp.arange(x.shape[1])
         caching = decode and not self.cross
+        cached = caching and self.has_variable("cache", "cached_key")
         if caching:  # the new tokens come after those already in the cache
             index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
-            q_positions = index.value + q_positions
+            if prefix and cached:
+                self._write_prefix(kv_prefix, index)
+            q_positions = index.value + jnp.arange(x.shape[1])
         rope = self.rope or self.rope_theta
         if rope is not None and not self.cross:
             rotated = q_positions if positions is None else positions
             q, k = apply_rotary(q, rotated, rope), apply_rotary(k, rotated, rope)
+        if prefix and not cached:  # (decoding's first, shape-only call sizes the cache with the prefix)
+            k, v = (jnp.concatenate([p.astype(t.dtype), t], axis=1) for p, t in zip(kv_prefix, (k, v)))
         past = None  # the cache before a few new tokens, which attend to it apart from their own k / v
         ancestry = None  # beam search: which of a prompt's rows holds each beam's keys / values
         if caching:
@@ -175,9 +189,9 @@ class SelfAttention(nn.Module):
         explicit = (output_attentions or (not deterministic and self.dropout_rate > 0)
                     # XLA:CPU cannot lower the float16 backward pass of dot_product_attention
                     or (q.dtype == jnp.float16 and jax.default_backend() == "cpu"))
-        # Query i sits at key position i unless decoding: then masks are built from positions;
-        # otherwise the kernel's own is_causal / local_window_size do it (cuDNN flash can run).
-        aligned = not (decode or explicit or self.cross)
+        # Query i sits at key position i unless decoding or after a prefix: then masks are built from
+        # positions; otherwise the kernel's own is_causal / local_window_size do it (cuDNN flash can run).
+        aligned = not (decode or explicit or self.cross or prefix)
         is_causal = self.causal and aligned and attention_mask is None
         window = self.sliding_window if not self.cross else None
         mask = combine_masks(
@@ -252,6 +266,14 @@ class SelfAttention(nn.Module):
         cached_k = self.variable("cache", "cached_key", jnp.zeros, _to_cache(k).shape, k.dtype)
         cached_v = self.variable("cache", "cached_value", jnp.zeros, _to_cache(v).shape, v.dtype)
         return (cached_k.value, cached_v.value) if initialized else None
+
+    def _write_prefix(self, kv_prefix, index) -> None:
+        """Put the prefix's keys / values into the cache's first slots; the tokens start after them."""
+        for name, x in zip(("cached_key", "cached_value"), kv_prefix):
+            old = self.get_variable("cache", name)
+            self.put_variable("cache", name, jax.lax.dynamic_update_slice(old, _to_cache(x).astype(old.dtype),
+                                                                          (0, 0, 0, 0)))
+        index.value = jnp.maximum(index.value, kv_prefix.shape[2])
 
     def _write_cache(self, k, v, index, past):
         """Write this call's ``k`` / ``v`` into the ``past`` cache at ``index`` and advance it; returns

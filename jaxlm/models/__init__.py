@@ -92,6 +92,8 @@ def head_of(model: nn.Module) -> str:
     """The registry name of a built model's head (``causal_lm``, ``masked_lm``, ...)."""
     heads = MODEL_FAMILIES[model.config.type].heads
     module = getattr(model, "module", model)  # a StatefulModel's module
+    if not isinstance(module, ContrastiveModel):
+        module = getattr(module, "base", module)  # a PeftModel's
     if isinstance(module, ContrastiveModel):
         return "contrastive"
     exact = next((h for h, cls in heads.items() if cls is type(module)), None)

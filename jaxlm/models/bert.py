@@ -30,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxlm.layers.adapters import NO_HOOKS, Hooks, residual_adapter
 from jaxlm.layers.attention import SelfAttention
 from jaxlm.layers.core import ACTIVATIONS, Dropout, dense, embed, layer_norm, norm, zeros
 from jaxlm.layers.embeddings import add_positions
@@ -107,11 +108,12 @@ class BertEmbeddings(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, input_ids, token_type_ids, position_ids, deterministic: bool):
+    def __call__(self, input_ids, token_type_ids, position_ids, deterministic: bool, inputs_embeds=None):
         c = self.config
         kw = dict(std=c.initializer_range, dtype=self.dtype)
         words = embed(c.vocab_size, c.hidden_size, ("vocab", "embed"), name="word_embeddings", **kw)
-        x = self.perturb("word_embeddings_output", embed_ids(words, input_ids, c.pad_token_id))  # adversarial hook
+        x = embed_ids(words, input_ids, c.pad_token_id) if inputs_embeds is None else inputs_embeds.astype(self.dtype)
+        x = self.perturb("word_embeddings_output", x)  # adversarial hook
         x = x + embed(c.type_vocab_size, c.hidden_size, (None, "embed"), name="token_type_embeddings",
                       **kw)(token_type_ids)
         if c.positions == "learned" and c.position_padding_idx is not None:  # RoBERTa: padding positions too
@@ -130,9 +132,10 @@ class BertLayer(nn.Module):
 
     config: BertConfig
     dtype: jnp.dtype = jnp.float32
+    hooks: Hooks = NO_HOOKS
 
     @nn.compact
-    def __call__(self, x, attention_mask, deterministic: bool, output_attentions: bool):
+    def __call__(self, x, kv_prefix, attention_mask, deterministic: bool, output_attentions: bool):
         c = self.config
         kw = dict(std=c.initializer_range, dtype=self.dtype)
         ln_1, ln_2 = (norm(c.norm_type, c.layer_norm_eps, name=n, dtype=self.dtype)
@@ -144,40 +147,51 @@ class BertLayer(nn.Module):
             out_init_std=c.initializer_range, qkv_names=("query", "key", "value"), out_name="output",
             rope_theta=c.rope_theta if c.positions == "rotary" else None, sliding_window=c.sliding_window,
             implementation=c.attention_implementation, dtype=self.dtype, name="attention",
-        )(ln_1(x) if pre else x, attention_mask, deterministic=deterministic, output_attentions=output_attentions)
-        x = x + Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
+        )(ln_1(x) if pre else x, attention_mask, kv_prefix=kv_prefix, deterministic=deterministic,
+          output_attentions=output_attentions)
+        h = Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
+        x = x + residual_adapter(self.hooks, "attention", h, self.dtype)
         x = x if pre else ln_1(x)
         h = dense(c.intermediate_size, ("embed", "mlp"), name="intermediate", **kw)(ln_2(x) if pre else x)
         h = dense(c.hidden_size, ("mlp", "embed"), name="output", **kw)(ACTIVATIONS[c.hidden_act](h))
-        x = x + Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
+        h = Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
+        x = x + residual_adapter(self.hooks, "feed_forward", h, self.dtype)
         x = x if pre else ln_2(x)
         return nn.with_logical_constraint(x, ("batch", "length", "embed")), weights
 
 
 class BertModel(nn.Module):
-    """The BERT trunk: ``last_hidden_state`` and, with the pooler, ``pooler_output``."""
+    """The BERT trunk: ``last_hidden_state`` and, with the pooler, ``pooler_output``.
+
+    ``inputs_embeds`` ``[batch, length, hidden_size]`` replace the word embeddings of ``input_ids``
+    (token types and positions are still added); ``kv_prefix`` ``[layers, 2, batch, n, heads,
+    head_dim]`` puts keys / values before every layer's; ``hooks`` adds adapters to the layers.
+    """
 
     config: BertConfig
     add_pooling_layer: bool = True
     dtype: jnp.dtype = jnp.float32
+    hooks: Hooks = NO_HOOKS
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
-                 output_hidden_states: bool = False, output_attentions: bool = False, pooled_positions=None):
+    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, *,
+                 inputs_embeds=None, kv_prefix=None, output_hidden_states: bool = False,
+                 output_attentions: bool = False, pooled_positions=None):
         c = self.config
         deterministic = not self.has_rng("dropout")
+        shape = input_ids.shape if inputs_embeds is None else inputs_embeds.shape[:2]
         if token_type_ids is None:
-            token_type_ids = jnp.zeros_like(input_ids)
+            token_type_ids = jnp.zeros(shape, jnp.int32)
         if position_ids is None:
-            position_ids = self.default_position_ids(input_ids)
+            position_ids = self.default_position_ids(input_ids, shape)
         x = BertEmbeddings(c, dtype=self.dtype, name="embeddings")(input_ids, token_type_ids, position_ids,
-                                                                   deterministic)
+                                                                   deterministic, inputs_embeds)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        layer = c.remat_layer(BertLayer, static_argnums=(3, 4))
+        layer = c.remat_layer(BertLayer, static_argnums=(4, 5))
         first = x
-        x, outputs, attentions = apply_layers(layer, c, c.num_hidden_layers, x, attention_mask,
+        x, outputs, attentions = apply_layers(layer, c, c.num_hidden_layers, x, kv_prefix, attention_mask,
                                               deterministic, output_attentions, dtype=self.dtype,
-                                              keep_outputs=output_hidden_states)
+                                              keep_outputs=output_hidden_states, hooks=self.hooks)
         if c.norm_position == "pre":  # pre-LN layers leave the residual stream unnormalised
             x = norm(c.norm_type, c.layer_norm_eps, name="final_LayerNorm", dtype=self.dtype)(x)
         extra = {}
@@ -193,9 +207,10 @@ class BertModel(nn.Module):
         )
 
     @staticmethod
-    def default_position_ids(input_ids: jax.Array) -> jax.Array:
-        """Positions when none are given: 0, 1, 2, ... in every row."""
-        return jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+    def default_position_ids(input_ids: jax.Array | None, shape: tuple[int, int]) -> jax.Array:
+        """Positions when none are given: 0, 1, 2, ... in every row (``input_ids`` is None when the
+        model reads ``inputs_embeds``)."""
+        return jnp.broadcast_to(jnp.arange(shape[1]), shape)
 
 
 class BertLMPredictionHead(nn.Module):
@@ -240,6 +255,7 @@ class _BertWithHead(nn.Module):
 
     config: BertConfig
     dtype: jnp.dtype = jnp.float32
+    hooks: Hooks = NO_HOOKS
     add_pooling_layer: ClassVar[bool] = True
     trunk: ClassVar[type[BertModel]] = BertModel
     trunk_name: ClassVar[str] = "bert"
@@ -248,16 +264,16 @@ class _BertWithHead(nn.Module):
     """The head predicts tokens, so it takes ``masked_positions``."""
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
-                 output_hidden_states: bool = False, output_attentions: bool = False,
-                 masked_positions=None, pooled_positions=None) -> ModelOutput:
+    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, *,
+                 inputs_embeds=None, kv_prefix=None, output_hidden_states: bool = False,
+                 output_attentions: bool = False, masked_positions=None, pooled_positions=None) -> ModelOutput:
         """``pooled_positions [batch, P]``: rows packed with P examples each (see :func:`first_tokens`)."""
         check_masked_positions(self, masked_positions)
-        trunk = self.trunk(self.config, add_pooling_layer=self.add_pooling_layer, dtype=self.dtype,
+        trunk = self.trunk(self.config, add_pooling_layer=self.add_pooling_layer, dtype=self.dtype, hooks=self.hooks,
                            name=self.trunk_name)
-        out = trunk(input_ids, attention_mask, token_type_ids, position_ids,
-                    output_hidden_states=output_hidden_states, output_attentions=output_attentions,
-                    pooled_positions=pooled_positions)
+        out = trunk(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds=inputs_embeds,
+                    kv_prefix=kv_prefix, output_hidden_states=output_hidden_states,
+                    output_attentions=output_attentions, pooled_positions=pooled_positions)
         return self.head(out, trunk, deterministic=not self.has_rng("dropout"), masked_positions=masked_positions)
 
     def head(self, out: ModelOutput, trunk: BertModel, deterministic: bool, masked_positions=None) -> ModelOutput:

@@ -21,6 +21,7 @@ from typing import ClassVar, Literal
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxlm.layers.adapters import NO_HOOKS, Hooks, residual_adapter
 from jaxlm.layers.attention import SelfAttention
 from jaxlm.layers.core import ACTIVATIONS, Dropout, dense, embed, layer_norm, zeros
 from jaxlm.models.base import ModelConfig, PrunedHeads, TorchKeyMap
@@ -74,12 +75,13 @@ class DistilBertEmbeddings(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, input_ids, position_ids, deterministic: bool):
+    def __call__(self, input_ids, position_ids, deterministic: bool, inputs_embeds=None):
         c = self.config
         kw = dict(std=c.initializer_range, dtype=self.dtype)
         words = embed(c.vocab_size, c.dim, ("vocab", "embed"), name="word_embeddings", **kw)
         positions = embed(c.max_position_embeddings, c.dim, (None, "embed"), name="position_embeddings", **kw)
-        x = self.perturb("word_embeddings_output", embed_ids(words, input_ids, c.pad_token_id))  # adversarial hook
+        x = embed_ids(words, input_ids, c.pad_token_id) if inputs_embeds is None else inputs_embeds.astype(self.dtype)
+        x = self.perturb("word_embeddings_output", x)  # adversarial hook
         x = x + positions(position_ids)
         x = layer_norm(LAYER_NORM_EPS, name="LayerNorm", dtype=self.dtype)(x)
         return Dropout(c.dropout)(x, deterministic=deterministic)
@@ -90,46 +92,58 @@ class DistilBertLayer(nn.Module):
 
     config: DistilBertConfig
     dtype: jnp.dtype = jnp.float32
+    hooks: Hooks = NO_HOOKS
 
     @nn.compact
-    def __call__(self, x, attention_mask, deterministic: bool, output_attentions: bool):
+    def __call__(self, x, kv_prefix, attention_mask, deterministic: bool, output_attentions: bool):
         c = self.config
         kw = dict(std=c.initializer_range, dtype=self.dtype)
         h, weights = SelfAttention(
             num_heads=c.heads_in(self.name), head_dim=c.head_dim, dropout_rate=c.attention_dropout,
             init_std=c.initializer_range, out_init_std=c.initializer_range, qkv_names=("q_lin", "k_lin", "v_lin"),
             out_name="out_lin", implementation=c.attention_implementation, dtype=self.dtype, name="attention",
-        )(x, attention_mask, deterministic=deterministic, output_attentions=output_attentions)
+        )(x, attention_mask, kv_prefix=kv_prefix, deterministic=deterministic, output_attentions=output_attentions)
+        h = residual_adapter(self.hooks, "attention", h, self.dtype)
         x = layer_norm(LAYER_NORM_EPS, name="sa_layer_norm", dtype=self.dtype)(x + h)
         h = dense(c.hidden_dim, ("embed", "mlp"), name="ffn_lin1", **kw)(x)
         h = dense(c.dim, ("mlp", "embed"), name="ffn_lin2", **kw)(ACTIVATIONS[c.activation](h))
         h = Dropout(c.dropout)(h, deterministic=deterministic)
+        h = residual_adapter(self.hooks, "feed_forward", h, self.dtype)
         x = layer_norm(LAYER_NORM_EPS, name="output_layer_norm", dtype=self.dtype)(x + h)
         return nn.with_logical_constraint(x, ("batch", "length", "embed")), weights
 
 
 class DistilBertModel(nn.Module):
-    """The DistilBERT trunk: ``last_hidden_state``. It has no token types: pass none."""
+    """The DistilBERT trunk: ``last_hidden_state``. It has no token types: pass none.
+
+    ``inputs_embeds`` replace the word embeddings of ``input_ids``; ``kv_prefix`` ``[n_layers, 2,
+    batch, n, heads, head_dim]`` puts keys / values before every layer's; ``hooks`` adds adapters.
+    """
 
     config: DistilBertConfig
     dtype: jnp.dtype = jnp.float32
+    hooks: Hooks = NO_HOOKS
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
-                 output_hidden_states: bool = False, output_attentions: bool = False):
+    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, *,
+                 inputs_embeds=None, kv_prefix=None, output_hidden_states: bool = False,
+                 output_attentions: bool = False):
         if token_type_ids is not None:
             raise ValueError("DistilBERT has no token-type embeddings: call it without token_type_ids")
         c = self.config
         deterministic = not self.has_rng("dropout")
+        shape = input_ids.shape if inputs_embeds is None else inputs_embeds.shape[:2]
         if position_ids is None:
-            position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
-        x = DistilBertEmbeddings(c, dtype=self.dtype, name="embeddings")(input_ids, position_ids, deterministic)
+            position_ids = jnp.broadcast_to(jnp.arange(shape[1]), shape)
+        x = DistilBertEmbeddings(c, dtype=self.dtype, name="embeddings")(input_ids, position_ids, deterministic,
+                                                                         inputs_embeds)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         hidden_states, attentions = [x], []
-        layer = c.remat_layer(DistilBertLayer, static_argnums=(3, 4))
+        layer = c.remat_layer(DistilBertLayer, static_argnums=(4, 5))
         for i in range(c.n_layers):
-            x, w = layer(c, dtype=self.dtype, name=f"layer_{i}")(x, attention_mask, deterministic,
-                                                                           output_attentions)
+            prefix = None if kv_prefix is None else kv_prefix[i]
+            x, w = layer(c, dtype=self.dtype, hooks=self.hooks, name=f"layer_{i}")(
+                x, prefix, attention_mask, deterministic, output_attentions)
             hidden_states.append(x)
             attentions.append(w)
         return ModelOutput(
@@ -144,19 +158,21 @@ class _DistilBertWithHead(nn.Module):
 
     config: DistilBertConfig
     dtype: jnp.dtype = jnp.float32
+    hooks: Hooks = NO_HOOKS
 
     scores_tokens: ClassVar[bool] = False
     """The head predicts tokens, so it takes ``masked_positions``."""
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
-                 output_hidden_states: bool = False, output_attentions: bool = False,
-                 masked_positions=None, pooled_positions=None) -> ModelOutput:
+    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, *,
+                 inputs_embeds=None, kv_prefix=None, output_hidden_states: bool = False,
+                 output_attentions: bool = False, masked_positions=None, pooled_positions=None) -> ModelOutput:
         """``pooled_positions [batch, P]``: rows packed with P examples each (see :func:`first_tokens`)."""
         check_masked_positions(self, masked_positions)
-        trunk = DistilBertModel(self.config, dtype=self.dtype, name="distilbert")
-        out = trunk(input_ids, attention_mask, token_type_ids, position_ids,
-                    output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+        trunk = DistilBertModel(self.config, dtype=self.dtype, hooks=self.hooks, name="distilbert")
+        out = trunk(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds=inputs_embeds,
+                    kv_prefix=kv_prefix, output_hidden_states=output_hidden_states,
+                    output_attentions=output_attentions)
         return self.head(out, trunk, deterministic=not self.has_rng("dropout"), masked_positions=masked_positions,
                          pooled_positions=pooled_positions)
 

@@ -21,6 +21,7 @@ from typing import ClassVar, Literal
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxlm.layers.adapters import NO_HOOKS, Hooks, residual_adapter
 from jaxlm.layers.attention import SelfAttention
 from jaxlm.layers.core import ACTIVATIONS, Dropout, dense, embed, norm
 from jaxlm.layers.embeddings import add_positions
@@ -87,9 +88,10 @@ class GPT2MLP(nn.Module):
 class GPT2Block(nn.Module):
     config: GPT2Config
     dtype: jnp.dtype = jnp.float32
+    hooks: Hooks = NO_HOOKS
 
     @nn.compact
-    def __call__(self, x, attention_mask, deterministic: bool, decode: bool, output_attentions: bool):
+    def __call__(self, x, kv_prefix, attention_mask, deterministic: bool, decode: bool, output_attentions: bool):
         c = self.config
         ln_1, ln_2 = (norm(c.norm_type, c.layer_norm_epsilon, name=n, dtype=self.dtype) for n in ("ln_1", "ln_2"))
         pre = c.norm_position == "pre"
@@ -100,43 +102,53 @@ class GPT2Block(nn.Module):
             out_init_std=c.initializer_range / math.sqrt(2 * c.n_layer),
             rope_theta=c.rope_theta if c.positions == "rotary" else None, sliding_window=c.sliding_window,
             implementation=c.attention_implementation, dtype=self.dtype, name="attn",
-        )(ln_1(x) if pre else x, attention_mask, decode=decode, deterministic=deterministic,
+        )(ln_1(x) if pre else x, attention_mask, kv_prefix=kv_prefix, decode=decode, deterministic=deterministic,
           output_attentions=output_attentions)
-        x = x + Dropout(c.resid_pdrop)(h, deterministic=deterministic)
+        h = Dropout(c.resid_pdrop)(h, deterministic=deterministic)
+        x = x + residual_adapter(self.hooks, "attention", h, self.dtype)
         x = x if pre else ln_1(x)
-        x = x + GPT2MLP(c, dtype=self.dtype, name="mlp")(ln_2(x) if pre else x, deterministic)
+        h = GPT2MLP(c, dtype=self.dtype, name="mlp")(ln_2(x) if pre else x, deterministic)
+        x = x + residual_adapter(self.hooks, "feed_forward", h, self.dtype)
         x = x if pre else ln_2(x)
         return nn.with_logical_constraint(x, ("batch", "length", "embed")), weights
 
 
 class GPT2Model(nn.Module):
-    """The GPT-2 trunk: returns ``last_hidden_state`` (after ``ln_f``; post-LN variants have none)."""
+    """The GPT-2 trunk: returns ``last_hidden_state`` (after ``ln_f``; post-LN variants have none).
+
+    ``inputs_embeds`` ``[batch, length, n_embd]`` replace the token embeddings of ``input_ids``;
+    ``kv_prefix`` ``[n_layer, 2, batch, n, heads, head_dim]`` puts keys / values before every layer's
+    (:class:`~jaxlm.layers.attention.SelfAttention`); ``hooks`` adds adapters to the layers.
+    """
 
     config: GPT2Config
     dtype: jnp.dtype = jnp.float32
+    hooks: Hooks = NO_HOOKS
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
-                 decode: bool = False, output_hidden_states: bool = False, output_attentions: bool = False):
+    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, *,
+                 inputs_embeds=None, kv_prefix=None, decode: bool = False, output_hidden_states: bool = False,
+                 output_attentions: bool = False):
         c = self.config
         deterministic = not self.has_rng("dropout")
-        if position_ids is None:
-            position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
         wte = embed(c.vocab_size, c.n_embd, ("vocab", "embed"), std=c.initializer_range, name="wte",
                     dtype=self.dtype)
-        tokens = self.perturb("wte_output", wte(input_ids))  # the adversarial hook (jaxlm/train/adversarial.py)
-        x = add_positions(tokens, position_ids, c.positions, c.n_positions, std=c.initializer_range, name="wpe",
+        x = wte(input_ids) if inputs_embeds is None else inputs_embeds.astype(self.dtype)
+        x = self.perturb("wte_output", x)  # the adversarial hook (jaxlm/train/adversarial.py)
+        if position_ids is None:
+            position_ids = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
+        x = add_positions(x, position_ids, c.positions, c.n_positions, std=c.initializer_range, name="wpe",
                           dtype=self.dtype)
         if token_type_ids is not None:  # GPT-2 reuses wte for token types, as transformers does
             x = x + wte(token_type_ids)
         x = Dropout(c.embd_pdrop)(x, deterministic=deterministic)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
-        block = c.remat_layer(GPT2Block, static_argnums=(3, 4, 5))
+        block = c.remat_layer(GPT2Block, static_argnums=(4, 5, 6))
         first = x
-        x, outputs, attentions = apply_layers(block, c, c.n_layer, x, attention_mask,
+        x, outputs, attentions = apply_layers(block, c, c.n_layer, x, kv_prefix, attention_mask,
                                               deterministic, decode, output_attentions, dtype=self.dtype,
-                                              keep_outputs=output_hidden_states)
+                                              keep_outputs=output_hidden_states, hooks=self.hooks)
         if c.norm_position == "pre":  # post-LN layers already end normalised
             x = norm(c.norm_type, c.layer_norm_epsilon, name="ln_f", dtype=self.dtype)(x)
         return ModelOutput(
@@ -151,13 +163,16 @@ class GPT2LMHeadModel(nn.Module):
 
     config: GPT2Config
     dtype: jnp.dtype = jnp.float32
+    hooks: Hooks = NO_HOOKS
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
-                 decode: bool = False, output_hidden_states: bool = False, output_attentions: bool = False):
-        trunk = GPT2Model(self.config, dtype=self.dtype, name="transformer")
-        out = trunk(input_ids, attention_mask, token_type_ids, position_ids, decode=decode,
-                    output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, *,
+                 inputs_embeds=None, kv_prefix=None, decode: bool = False, output_hidden_states: bool = False,
+                 output_attentions: bool = False):
+        trunk = GPT2Model(self.config, dtype=self.dtype, hooks=self.hooks, name="transformer")
+        out = trunk(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds=inputs_embeds,
+                    kv_prefix=kv_prefix, decode=decode, output_hidden_states=output_hidden_states,
+                    output_attentions=output_attentions)
         wte = trunk.variables["params"]["wte"]["embedding"]
         wte = wte.value if isinstance(wte, nn.Partitioned) else wte
         logits = jnp.einsum("ble,ve->blv", out.last_hidden_state, wte.astype(self.dtype))

@@ -16,15 +16,19 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxlm.layers.adapters import NO_HOOKS
 
-def apply_layers(layer: type[nn.Module], config, n: int, x, *args, dtype,
-                 keep_outputs: bool, layer_kwargs: Callable[[int], dict] | None = None) -> tuple[jax.Array, tuple, tuple]:
-    """Run ``n`` layers ``layer(config, dtype=dtype, **layer_kwargs(i))`` named after ``config.layers_name``
-    over ``x`` (called inside a compact method); scanned layers are one module, so their ``layer_kwargs``
-    must not differ (the configs that would make them differ refuse ``scan_layers``).
 
-    A layer maps ``(x, *args)`` to ``(x, attention weights or None)``. Returns the final ``x``,
-    every layer's output (when ``keep_outputs``, else ``()``) and every layer's weights.
+def apply_layers(layer: type[nn.Module], config, n: int, x, per_layer, *args, dtype, keep_outputs: bool,
+                 hooks=NO_HOOKS, layer_kwargs: Callable[[int], dict] | None = None) -> tuple[jax.Array, tuple, tuple]:
+    """Run ``n`` layers ``layer(config, dtype=dtype, hooks=hooks, **layer_kwargs(i))`` named after
+    ``config.layers_name`` over ``x`` (called inside a compact method); scanned layers are one module,
+    so their ``layer_kwargs`` must not differ (the configs that would make them differ refuse
+    ``scan_layers``).
+
+    A layer maps ``(x, per_layer[i], *args)`` to ``(x, attention weights or None)``; ``per_layer`` is
+    a pytree with a leading axis of ``n`` (each layer's key / value prefix) or ``None``. Returns the
+    final ``x``, every layer's output (when ``keep_outputs``, else ``()``) and every layer's weights.
     With ``config.scan_layers`` the layers are one ``nn.scan`` over a stacked ``layers`` axis:
     params and the KV cache are stacked, dropout and init rngs are split per layer.
     """
@@ -33,7 +37,8 @@ def apply_layers(layer: type[nn.Module], config, n: int, x, *args, dtype,
     if not config.scan_layers:
         outputs, weights = [], []
         for i in range(n):
-            x, w = layer(config, dtype=dtype, name=f"{name}_{i}", **extra(i))(x, *args)
+            x, w = layer(config, dtype=dtype, hooks=hooks, name=f"{name}_{i}", **extra(i))(
+                x, jax.tree.map(lambda a, i=i: a[i], per_layer), *args)
             outputs.append(x)
             weights.append(w)
         return x, tuple(outputs) if keep_outputs else (), tuple(weights)
@@ -43,9 +48,10 @@ def apply_layers(layer: type[nn.Module], config, n: int, x, *args, dtype,
         return out, (out if keep_outputs else None, w)
 
     scanned = nn.scan(body, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True, "dropout": True},
-                      in_axes=(nn.broadcast,) * len(args), length=n,
+                      in_axes=(0, *(nn.broadcast,) * len(args)), length=n,
                       metadata_params={nn.PARTITION_NAME: "layers"})
-    x, (outputs, weights) = scanned(layer(config, dtype=dtype, name=name, **extra(0)), x, *args)
+    x, (outputs, weights) = scanned(layer(config, dtype=dtype, hooks=hooks, name=name, **extra(0)), x, per_layer,
+                                    *args)
     outputs = tuple(outputs[i] for i in range(n)) if keep_outputs else ()
     weights = tuple(None if weights is None else weights[i] for i in range(n))
     return x, outputs, weights

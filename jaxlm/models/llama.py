@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
+from jaxlm.layers.adapters import NO_HOOKS, Hooks, residual_adapter
 from jaxlm.layers.attention import SelfAttention
 from jaxlm.layers.core import ACTIVATIONS, dense, embed, rms_norm
 from jaxlm.layers.embeddings import Rope
@@ -250,10 +251,12 @@ class LlamaDecoderLayer(nn.Module):
 
     config: DecoderConfig
     dtype: jnp.dtype = jnp.float32
+    hooks: Hooks = NO_HOOKS
     sliding_window: int | None = None
 
     @nn.compact
-    def __call__(self, x, attention_mask, position_ids, deterministic: bool, decode: bool, output_attentions: bool):
+    def __call__(self, x, kv_prefix, attention_mask, position_ids, deterministic: bool, decode: bool,
+                 output_attentions: bool):
         c = self.config
         h, weights = SelfAttention(
             num_heads=c.num_attention_heads, head_dim=c.attention_head_dim, num_kv_heads=c.kv_heads,
@@ -261,34 +264,39 @@ class LlamaDecoderLayer(nn.Module):
             use_bias=c.biases[0], out_bias=c.biases[1], causal=True, rope=c.rope, sliding_window=self.sliding_window,
             qkv_names=("q_proj", "k_proj", "v_proj"), out_name="o_proj", implementation=c.attention_implementation,
             dtype=self.dtype, name="self_attn",
-        )(rms_norm(c.rms_norm_eps, name="input_layernorm", dtype=self.dtype)(x), attention_mask, decode=decode,
-          deterministic=deterministic, output_attentions=output_attentions, positions=position_ids)
-        x = x + h
-        x = x + LlamaMLP(c, dtype=self.dtype, name="mlp")(
+        )(rms_norm(c.rms_norm_eps, name="input_layernorm", dtype=self.dtype)(x), attention_mask, kv_prefix=kv_prefix,
+          decode=decode, deterministic=deterministic, output_attentions=output_attentions, positions=position_ids)
+        x = x + residual_adapter(self.hooks, "attention", h, self.dtype)
+        h = LlamaMLP(c, dtype=self.dtype, name="mlp")(
             rms_norm(c.rms_norm_eps, name="post_attention_layernorm", dtype=self.dtype)(x))
+        x = x + residual_adapter(self.hooks, "feed_forward", h, self.dtype)
         return nn.with_logical_constraint(x, ("batch", "length", "embed")), weights
 
 
 class LlamaModel(nn.Module):
-    """The decoder trunk: ``last_hidden_state`` after the final ``norm``."""
+    """The decoder trunk: ``last_hidden_state`` after the final ``norm``. ``inputs_embeds``,
+    ``kv_prefix`` and ``hooks`` as in :class:`~jaxlm.models.gpt2.GPT2Model` (the PEFT hook points)."""
 
     config: DecoderConfig
     dtype: jnp.dtype = jnp.float32
+    hooks: Hooks = NO_HOOKS
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask=None, position_ids=None, *, decode: bool = False,
-                 output_hidden_states: bool = False, output_attentions: bool = False):
+    def __call__(self, input_ids=None, attention_mask=None, position_ids=None, *, inputs_embeds=None,
+                 kv_prefix=None, decode: bool = False, output_hidden_states: bool = False,
+                 output_attentions: bool = False):
         c = self.config
         deterministic = not self.has_rng("dropout")
         table = embed(c.vocab_size, c.hidden_size, ("vocab", "embed"), std=c.initializer_range, name="embed_tokens",
                       dtype=self.dtype)
-        x = self.perturb("embed_tokens_output", embed_ids(table, input_ids, c.pad_token_id))  # adversarial hook
+        x = embed_ids(table, input_ids, c.pad_token_id) if inputs_embeds is None else inputs_embeds.astype(self.dtype)
+        x = self.perturb("embed_tokens_output", x)  # adversarial hook
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        layer = c.remat_layer(LlamaDecoderLayer, static_argnums=(4, 5, 6))
+        layer = c.remat_layer(LlamaDecoderLayer, static_argnums=(5, 6, 7))
         first = x
-        x, outputs, attentions = apply_layers(layer, c, c.num_hidden_layers, x, attention_mask, position_ids,
-                                              deterministic, decode, output_attentions, dtype=self.dtype,
-                                              keep_outputs=output_hidden_states,
+        x, outputs, attentions = apply_layers(layer, c, c.num_hidden_layers, x, kv_prefix, attention_mask,
+                                              position_ids, deterministic, decode, output_attentions,
+                                              dtype=self.dtype, keep_outputs=output_hidden_states, hooks=self.hooks,
                                               layer_kwargs=lambda i: {"sliding_window": c.layer_window(i)})
         x = rms_norm(c.rms_norm_eps, name="norm", dtype=self.dtype)(x)
         return ModelOutput(
@@ -303,13 +311,15 @@ class _WithTrunk(nn.Module):
 
     config: DecoderConfig
     dtype: jnp.dtype = jnp.float32
+    hooks: Hooks = NO_HOOKS
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask=None, position_ids=None, *, decode: bool = False,
-                 output_hidden_states: bool = False, output_attentions: bool = False):
-        trunk = LlamaModel(self.config, dtype=self.dtype, name="model")
-        out = trunk(input_ids, attention_mask, position_ids, decode=decode,
-                    output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+    def __call__(self, input_ids=None, attention_mask=None, position_ids=None, *, inputs_embeds=None,
+                 kv_prefix=None, decode: bool = False, output_hidden_states: bool = False,
+                 output_attentions: bool = False):
+        trunk = LlamaModel(self.config, dtype=self.dtype, hooks=self.hooks, name="model")
+        out = trunk(input_ids, attention_mask, position_ids, inputs_embeds=inputs_embeds, kv_prefix=kv_prefix,
+                    decode=decode, output_hidden_states=output_hidden_states, output_attentions=output_attentions)
         return self.head(out, trunk, input_ids, attention_mask)
 
 

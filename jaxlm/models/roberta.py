@@ -66,7 +66,9 @@ def roberta_position_ids(input_ids: jax.Array, padding_idx: int) -> jax.Array:
 class RobertaModel(bert.BertModel):
     """The RoBERTa trunk: ``last_hidden_state`` and, with the pooler, ``pooler_output``."""
 
-    def default_position_ids(self, input_ids):
+    def default_position_ids(self, input_ids, shape):
+        if input_ids is None:  # inputs_embeds: every position is a token, numbered after the padding index
+            return jnp.broadcast_to(self.config.pad_token_id + 1 + jnp.arange(shape[1]), shape)
         return roberta_position_ids(input_ids, self.config.pad_token_id)
 
 

@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from pydantic import Field
 
+from jaxlm.layers.adapters import NO_HOOKS, Hooks, Sublayer, residual_adapter
 from jaxlm.layers.attention import SelfAttention, segment_mask, segment_positions
 from jaxlm.layers.core import ACTIVATIONS, Dropout, dense, embed, norm
 from jaxlm.layers.embeddings import PositionType, add_positions
@@ -66,6 +67,10 @@ class TransformerSeq2SeqConfig(ModelConfig, TransformerVariants):
     head_fields: ClassVar[tuple[str, tuple[str, ...]]] = ("d_model", ("encoder_attention_heads",
                                                                       "decoder_attention_heads"))
 
+    def dummy_inputs(self) -> dict:
+        ones = jnp.ones((1, 1), jnp.int32)
+        return {"input_ids": ones, "attention_mask": ones, "decoder_input_ids": ones}
+
 
 class CachedState(nn.Module):
     """Holds a value between decoding calls (``cache`` collection), starting from ``initial``."""
@@ -90,11 +95,16 @@ class FeedForward(nn.Module):
         return dense(c.d_model, ("mlp", "embed"), std=c.init_std, name="fc2", dtype=self.dtype)(h)
 
 
-def residual(c: TransformerSeq2SeqConfig, x, f, layer_norm: nn.Module, deterministic: bool):
-    """``f`` with dropout and a residual, normalised before (pre-LN) or after (post-LN)."""
+def residual(c: TransformerSeq2SeqConfig, x, f, layer_norm: nn.Module, deterministic: bool, hooks: Hooks = NO_HOOKS,
+             where: Sublayer = "attention", dtype=jnp.float32):
+    """``f`` with dropout (and the ``where`` adapter of ``hooks``, if any) and a residual, normalised
+    before (pre-LN) or after (post-LN)."""
+    def sublayer(h):
+        return residual_adapter(hooks, where, Dropout(c.dropout)(f(h), deterministic=deterministic), dtype)
+
     if c.norm_position == "pre":
-        return x + Dropout(c.dropout)(f(layer_norm(x)), deterministic=deterministic)
-    return layer_norm(x + Dropout(c.dropout)(f(x), deterministic=deterministic))
+        return x + sublayer(layer_norm(x))
+    return layer_norm(x + sublayer(x))
 
 
 def attention(c: TransformerSeq2SeqConfig, heads: int, dtype, name: str, **kw) -> SelfAttention:
@@ -107,6 +117,7 @@ def attention(c: TransformerSeq2SeqConfig, heads: int, dtype, name: str, **kw) -
 class EncoderLayer(nn.Module):
     config: TransformerSeq2SeqConfig
     dtype: jnp.dtype = jnp.float32
+    hooks: Hooks = NO_HOOKS
 
     @nn.compact
     def __call__(self, x, mask, deterministic: bool):
@@ -115,14 +126,19 @@ class EncoderLayer(nn.Module):
                          rope_theta=c.rope_theta if c.positions == "rotary" else None, sliding_window=c.sliding_window)
         ln = lambda name: norm(c.norm_type, c.layer_norm_eps, name=name, dtype=self.dtype)  # noqa: E731
         x = residual(c, x, lambda h: attn(h, mask, deterministic=deterministic)[0], ln("self_attn_layer_norm"),
-                     deterministic)
+                     deterministic, self.hooks, "attention", self.dtype)
         ffn = FeedForward(c, c.encoder_ffn_dim, self.dtype, name="ffn")
-        return residual(c, x, lambda h: ffn(h, deterministic), ln("final_layer_norm"), deterministic)
+        return residual(c, x, lambda h: ffn(h, deterministic), ln("final_layer_norm"), deterministic, self.hooks,
+                        "feed_forward", self.dtype)
 
 
 class DecoderLayer(nn.Module):
+    """Adapters (``hooks``) follow the self-attention, the cross-attention (``cross_attention_adapter``)
+    and the feed-forward block."""
+
     config: TransformerSeq2SeqConfig
     dtype: jnp.dtype = jnp.float32
+    hooks: Hooks = NO_HOOKS
 
     @nn.compact
     def __call__(self, x, memory, memory_mask, deterministic: bool, decode: bool, self_mask=None):
@@ -134,12 +150,13 @@ class DecoderLayer(nn.Module):
                               rope_theta=c.rope_theta if c.positions == "rotary" else None)
         ln = lambda name: norm(c.norm_type, c.layer_norm_eps, name=name, dtype=self.dtype)  # noqa: E731
         x = residual(c, x, lambda h: self_attn(h, self_mask, decode=decode, deterministic=deterministic)[0],
-                     ln("self_attn_layer_norm"), deterministic)
+                     ln("self_attn_layer_norm"), deterministic, self.hooks, "attention", self.dtype)
         cross = attention(c, heads, self.dtype, "encoder_attn", cross=True)
         x = residual(c, x, lambda h: cross(h, memory_mask, kv=memory, decode=decode, deterministic=deterministic)[0],
-                     ln("encoder_attn_layer_norm"), deterministic)
+                     ln("encoder_attn_layer_norm"), deterministic, self.hooks, "cross_attention", self.dtype)
         ffn = FeedForward(c, c.decoder_ffn_dim, self.dtype, name="ffn")
-        return residual(c, x, lambda h: ffn(h, deterministic), ln("final_layer_norm"), deterministic)
+        return residual(c, x, lambda h: ffn(h, deterministic), ln("final_layer_norm"), deterministic, self.hooks,
+                        "feed_forward", self.dtype)
 
 
 def _embed_tokens(c: TransformerSeq2SeqConfig, table, ids, positions, dtype, deterministic: bool):
@@ -154,6 +171,7 @@ def _embed_tokens(c: TransformerSeq2SeqConfig, table, ids, positions, dtype, det
 class Encoder(nn.Module):
     config: TransformerSeq2SeqConfig
     dtype: jnp.dtype = jnp.float32
+    hooks: Hooks = NO_HOOKS
 
     @nn.compact
     def __call__(self, input_ids, attention_mask, table, positions=None):
@@ -163,7 +181,7 @@ class Encoder(nn.Module):
         x = _embed_tokens(c, table, input_ids, positions, self.dtype, deterministic)
         for i in range(c.encoder_layers):
             x = nn.with_logical_constraint(
-                EncoderLayer(c, self.dtype, name=f"layers_{i}")(x, attention_mask, deterministic),
+                EncoderLayer(c, self.dtype, self.hooks, name=f"layers_{i}")(x, attention_mask, deterministic),
                 ("batch", "length", "embed"))
         if c.norm_position == "pre":
             x = norm(c.norm_type, c.layer_norm_eps, name="layer_norm", dtype=self.dtype)(x)
@@ -173,6 +191,7 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     config: TransformerSeq2SeqConfig
     dtype: jnp.dtype = jnp.float32
+    hooks: Hooks = NO_HOOKS
 
     @nn.compact
     def __call__(self, decoder_input_ids, encoded: EncoderOutput, table, decode: bool, segment_ids=None):
@@ -193,8 +212,8 @@ class Decoder(nn.Module):
         x = _embed_tokens(c, table, decoder_input_ids, positions, self.dtype, deterministic)
         for i in range(c.decoder_layers):
             x = nn.with_logical_constraint(
-                DecoderLayer(c, self.dtype, name=f"layers_{i}")(x, memory, memory_mask, deterministic, decode,
-                                                                self_mask),
+                DecoderLayer(c, self.dtype, self.hooks, name=f"layers_{i}")(x, memory, memory_mask, deterministic,
+                                                                          decode, self_mask),
                 ("batch", "length", "embed"))
         if c.norm_position == "pre":
             x = norm(c.norm_type, c.layer_norm_eps, name="layer_norm", dtype=self.dtype)(x)
@@ -209,6 +228,7 @@ class TransformerSeq2Seq(nn.Module):
 
     config: TransformerSeq2SeqConfig
     dtype: jnp.dtype = jnp.float32
+    hooks: Hooks = NO_HOOKS
 
     def setup(self):
         c = self.config
@@ -218,8 +238,8 @@ class TransformerSeq2Seq(nn.Module):
             self.shared = make("shared")
         else:
             self.encoder_embed, self.decoder_embed = make("encoder_embed"), make("decoder_embed")
-        self.encoder = Encoder(c, self.dtype)
-        self.decoder = Decoder(c, self.dtype)
+        self.encoder = Encoder(c, self.dtype, self.hooks)
+        self.decoder = Decoder(c, self.dtype, self.hooks)
 
     def _tables(self):
         if self.config.share_embeddings:

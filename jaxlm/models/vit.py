@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from pydantic import model_validator
 
+from jaxlm.layers.adapters import NO_HOOKS, Hooks, residual_adapter
 from jaxlm.layers.attention import SelfAttention
 from jaxlm.layers.core import ACTIVATIONS, Dropout, dense, layer_norm, normal, zeros
 from jaxlm.models.base import ModelConfig, PrunedHeads, TorchKeyMap
@@ -141,9 +142,10 @@ class ViTLayer(nn.Module):
 
     config: ViTConfig
     dtype: jnp.dtype = jnp.float32
+    hooks: Hooks = NO_HOOKS
 
     @nn.compact
-    def __call__(self, x, deterministic: bool, output_attentions: bool):
+    def __call__(self, x, kv_prefix, deterministic: bool, output_attentions: bool):
         c = self.config
         kw = dict(std=c.initializer_range, dtype=self.dtype)
         h = layer_norm(c.layer_norm_eps, name="layernorm_before", dtype=self.dtype)(x)
@@ -151,12 +153,14 @@ class ViTLayer(nn.Module):
             num_heads=c.heads_in(self.name), head_dim=c.head_dim, dropout_rate=c.attention_probs_dropout_prob,
             init_std=c.initializer_range, out_init_std=c.initializer_range, qkv_names=("query", "key", "value"),
             out_name="output", implementation=c.attention_implementation, dtype=self.dtype, name="attention",
-        )(h, None, deterministic=deterministic, output_attentions=output_attentions)
-        x = x + Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
+        )(h, None, kv_prefix=kv_prefix, deterministic=deterministic, output_attentions=output_attentions)
+        h = Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
+        x = x + residual_adapter(self.hooks, "attention", h, self.dtype)
         h = layer_norm(c.layer_norm_eps, name="layernorm_after", dtype=self.dtype)(x)
         h = dense(c.intermediate_size, ("embed", "mlp"), name="intermediate", **kw)(h)
         h = dense(c.hidden_size, ("mlp", "embed"), name="output", **kw)(ACTIVATIONS[c.hidden_act](h))
-        x = x + Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
+        h = Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
+        x = x + residual_adapter(self.hooks, "feed_forward", h, self.dtype)
         return nn.with_logical_constraint(x, ("batch", "length", "embed")), weights
 
 
@@ -168,17 +172,20 @@ class ViTModel(nn.Module):
     config: ViTConfig
     add_pooling_layer: bool = True
     dtype: jnp.dtype = jnp.float32
+    hooks: Hooks = NO_HOOKS
 
     @nn.compact
-    def __call__(self, pixel_values, *, output_hidden_states: bool = False, output_attentions: bool = False):
+    def __call__(self, pixel_values, *, kv_prefix=None, output_hidden_states: bool = False,
+                 output_attentions: bool = False):
         c = self.config
         deterministic = not self.has_rng("dropout")
         x = ViTEmbeddings(c, dtype=self.dtype, name="embeddings")(pixel_values, deterministic)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        layer = c.remat_layer(ViTLayer, static_argnums=(2, 3))
+        layer = c.remat_layer(ViTLayer, static_argnums=(3, 4))
         first = x
-        x, outputs, attentions = apply_layers(layer, c, c.num_hidden_layers, x, deterministic, output_attentions,
-                                              dtype=self.dtype, keep_outputs=output_hidden_states)
+        x, outputs, attentions = apply_layers(layer, c, c.num_hidden_layers, x, kv_prefix, deterministic,
+                                              output_attentions, dtype=self.dtype, keep_outputs=output_hidden_states,
+                                              hooks=self.hooks)
         last = layer_norm(c.layer_norm_eps, name="layernorm", dtype=self.dtype)(x)
         extra = {}
         if self.add_pooling_layer:
@@ -198,12 +205,15 @@ class ViTForImageClassification(nn.Module):
 
     config: ViTConfig
     dtype: jnp.dtype = jnp.float32
+    hooks: Hooks = NO_HOOKS
 
     @nn.compact
-    def __call__(self, pixel_values, *, output_hidden_states: bool = False, output_attentions: bool = False):
+    def __call__(self, pixel_values, *, kv_prefix=None, output_hidden_states: bool = False,
+                 output_attentions: bool = False):
         c = self.config
-        out = ViTModel(c, add_pooling_layer=False, dtype=self.dtype, name="vit")(
-            pixel_values, output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+        out = ViTModel(c, add_pooling_layer=False, dtype=self.dtype, hooks=self.hooks, name="vit")(
+            pixel_values, kv_prefix=kv_prefix, output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions)
         logits = dense(c.num_labels, ("embed", None), std=c.initializer_range, name="classifier",
                        dtype=self.dtype)(out.last_hidden_state[:, 0])
         return out.replace(logits=logits)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -26,7 +27,7 @@ from jaxlm.train.precision import DTYPES, LossScale, cast_floats, skip_nonfinite
 from jaxlm.train.adversarial import AdversarialTask
 from jaxlm.train.groups import GroupSpec, ParamGroup, build_groups, init_opt_state
 from jaxlm.train.step import TrainState
-from jaxlm.train.trainable import TrainableSplit, check_frozen, describe, flat, make_split, merge, unflat
+from jaxlm.train.trainable import TrainableSplit, check_frozen, describe, make_split, merge
 
 log = logging.getLogger("jaxlm")
 
@@ -52,17 +53,35 @@ class Setup:
     """Param paths that ``model.init_from`` never provides (a PEFT method's own params)."""
     teacher: Any = None
     """A distillation teacher's params, on their shardings (``distill.teacher``)."""
+    nf4: bool = False
+    """QLoRA: the frozen params are stored in 4-bit NormalFloat (:mod:`jaxlm.peft.qlora`)."""
 
     @property
     def abstract_constants(self) -> dict:
-        """The step's constant input: ``{"frozen": frozen params}`` (empty when everything trains), and
-        ``"teacher"``, a distillation teacher's params."""
+        """The step's constant input: ``{"frozen": frozen params}`` (empty when everything trains;
+        QLoRA: in NF4, its arrays sharded by the generic FSDP rule), and ``"teacher"``, a
+        distillation teacher's params."""
+        frozen = self.split.split(self.abstract_params)[1]
         teacher = {} if self.teacher is None else {"teacher": jax.tree.map(_abstract, self.teacher)}
-        return {"frozen": self.split.split(self.abstract_params)[1], **teacher}
+        if not self.nf4:
+            return {"frozen": frozen, **teacher}
+        from jaxlm.peft.qlora import quantize_frozen
+
+        stored = jax.eval_shape(lambda f: quantize_frozen(f, self.config), frozen)
+        specs = jax.tree.map(lambda a: jax.sharding.PartitionSpec(*[None] * len(a.shape)), stored)
+        shardings = param_shardings(specs, stored, self.mesh, self.rules)
+        return {"frozen": jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), stored,
+                                       shardings), **teacher}
 
     def assemble(self, trainable, constants) -> dict:
-        """The params the model is applied with, from the trainable tree and the constants."""
-        return merge(trainable, constants["frozen"])
+        """The params the model is applied with, from the trainable tree and the constants (a QLoRA
+        base dequantized here, inside the jitted step)."""
+        frozen = constants["frozen"]
+        if self.nf4:
+            from jaxlm.peft.qlora import dequantize_frozen
+
+            frozen = dequantize_frozen(frozen)
+        return merge(trainable, frozen)
 
     def initial_params(self) -> tuple[Any, dict]:
         """Freshly initialised params (and model state) on their shardings, with ``model.init_from`` loaded."""
@@ -85,8 +104,16 @@ class Setup:
 
     def constants(self, params) -> dict:
         """The step's constants for ``params`` (every param; the trainable ones are ignored)."""
+        frozen = self.split.split(params)[1]
         teacher = {} if self.teacher is None else {"teacher": self.teacher}
-        return {"frozen": self.split.split(params)[1], **teacher}
+        if not self.nf4:
+            return {"frozen": frozen, **teacher}
+        from jaxlm.peft.qlora import log_bytes, quantize_frozen
+
+        stored = quantize_frozen(frozen, self.config)
+        log_bytes(frozen, stored)
+        shardings = jax.tree.map(lambda a: a.sharding, self.abstract_constants["frozen"])
+        return {"frozen": jax.device_put(stored, shardings), **teacher}
 
     def sharding_context(self):
         """The mesh and the logical-axis rules, active while steps are traced and run."""
@@ -113,16 +140,25 @@ def initial_params(config: Config, model, example: dict, fresh=frozenset(), shar
         return nn.meta.unbox(init_variables(model, config, params_key, example))
 
     params, model_state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(config.run.seed))
+    start_prompt = getattr(model, "start_prompt", None)  # a PEFT prompt read from the loaded word embeddings
     if config.model.init_from:
-        initial = flat(params)
-        base = {p: x for p, x in initial.items() if p not in fresh}
-        loaded = load_params_into(config.model.init_from, unflat(jax.tree.map(_abstract, base)), initial=unflat(base))
-        params = unflat({**initial, **flat(loaded)})
+        own = {_layerless(p) for p in fresh}
+        params = load_params_into(config.model.init_from, jax.tree.map(_abstract, params), initial=params,
+                                  may_lack=lambda path: _layerless(path) in own)
         log.info("initialised params from %s", config.model.init_from)
         if model_state:  # BatchNorm statistics come with the weights when the checkpoint has them
             saved = load_model_state(config.model.init_from, abstract_state=jax.tree.map(_abstract, model_state))
             model_state = saved or model_state
+    if start_prompt is not None:
+        params = start_prompt(params)
+        if shardings is not None:
+            params = jax.device_put(params, shardings[0])
     return params, model_state
+
+
+def _layerless(path: tuple[str, ...]) -> tuple[str, ...]:
+    """A param path with layer numbers dropped (``h_3`` -> ``h``): the same for either layer layout."""
+    return tuple(re.sub(r"_\d+$", "", part) for part in path)
 
 
 def _abstract(x: jax.Array) -> jax.ShapeDtypeStruct:
@@ -148,17 +184,35 @@ def check_batch(name: str, size: int, mesh, rules) -> None:
                           f"(mesh.data x mesh.fsdp); use a multiple of {dp}")
 
 
-def build_run_model(config: Config, head: str, **module_kwargs) -> tuple[nn.Module, frozenset, frozenset]:
-    """The model a run trains, and the paths of params that ``model.init_from`` never provides and
-    of those a method adds to the trainable ones (both empty here)."""
+def build_run_model(config: Config, head: str, tokenizer=None, dtype=None, **module_kwargs
+                    ) -> tuple[nn.Module, frozenset, frozenset]:
+    """The model a run trains (computing in ``dtype``, default ``precision.compute``), and its PEFT
+    method's own param paths and those it trains (both empty without a ``peft`` section;
+    ``tokenizer`` encodes ``peft.prompt_init_text``)."""
     from jaxlm.models import build_model
 
-    model = build_model(config.model, head, dtype=DTYPES[config.precision.compute], **module_kwargs)
+    dtype = dtype or DTYPES[config.precision.compute]
+    if config.peft is None:
+        model, fresh, trains = build_model(config.model, head, dtype=dtype, **module_kwargs), frozenset(), frozenset()
+    else:
+        from jaxlm import peft
+
+        model, fresh, trains = peft.build(config, head, dtype, module_kwargs, tokenizer)
     if config.qat is not None:  # dense layers compute on fake-quantized weights and inputs
         from jaxlm.compress.qat import qat_model
 
         model = qat_model(model, config.qat.weights, config.qat.activations)
-    return model, frozenset(), frozenset()
+    return model, fresh, trains
+
+
+def run_tokenizer(config: Config, run_dir: Path):
+    """The tokenizer a task set up (``data.tokenizer.path``, else the one cached in the run), when the
+    model needs it: to start a prompt from ``peft.prompt_init_text``."""
+    if getattr(config.peft, "prompt_init", None) != "text":
+        return None
+    from jaxlm.data.tokenizer import load_tokenizer
+
+    return load_tokenizer(config.data.tokenizer.path or run_dir / "tokenizer")
 
 
 def full_params(config: Config, trainable, frozen_record: dict, where: str) -> dict:
@@ -169,6 +223,13 @@ def full_params(config: Config, trainable, frozen_record: dict, where: str) -> d
     params, _ = initial_params(config, model, config.model.dummy_inputs(), fresh)
     t = config.trainer
     frozen = make_split(params, trainable=t.trainable, freeze=t.freeze, extra=peft_trainable).split(params)[1]
+    if stores_nf4(config):  # training saw (and the fingerprint covers) the NF4 base; inference sees its floats
+        from jaxlm.peft.qlora import dequantize_frozen, quantize_frozen
+
+        stored = quantize_frozen(frozen, config)
+        check_frozen(frozen_record, stored, f"{where}: its checkpoint",
+                     f"the base it was trained from (model.init_from={config.model.init_from}) has changed; restore it")
+        return merge(trainable, dequantize_frozen(stored))
     check_frozen(frozen_record, frozen, f"{where}: its checkpoint",
                  f"the base it was trained from (model.init_from={config.model.init_from}) has changed; restore it")
     return merge(trainable, frozen)
@@ -193,7 +254,21 @@ def build_tx(config: Config, trainable, split: TrainableSplit, group: str = "all
     return skip_nonfinite(tx, config.precision.compute), schedule
 
 
+def check_init_from(config: Config) -> None:
+    """A ``model.init_from`` that does not exist yet is one line naming the command that makes it
+    (before the task reads the tokenizer that run would have written)."""
+    source = config.model.init_from
+    if source is None or Path(source).exists():
+        return
+    name = Path(source).name if Path(source).name != "0" else Path(source).parent.parent.name
+    maker = Path("configs") / f"{name}.yaml"
+    hint = f"run `jaxlm train {maker}` first" if maker.is_file() else "train or convert that run first"
+    raise ConfigError(f"model.init_from={source} is not a jaxlm run or checkpoint directory (it does not exist): "
+                      f"{hint}")
+
+
 def setup(config: Config) -> Setup:
+    check_init_from(config)
     run_dir = Path(config.run.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)  # train has claimed it already (claim_run_dir)
     mesh, rules = make_mesh(config.mesh), rules_for(config.mesh)
@@ -208,7 +283,8 @@ def setup(config: Config) -> Setup:
 
         task, teacher = build_distillation(config, task, run_dir)
     # A task may pass the module data-dependent arguments (a word model's pretrained embeddings).
-    model, fresh, peft_trainable = build_run_model(config, task.head, **getattr(task, "model_kwargs", {}))
+    model, fresh, peft_trainable = build_run_model(config, task.head, run_tokenizer(config, run_dir),
+                                                   **getattr(task, "model_kwargs", {}))
     if teacher is not None:
         model = task.wrap_model(model)
         teacher = _place(task.teacher, teacher, mesh, rules)
@@ -236,7 +312,8 @@ def setup(config: Config) -> Setup:
     if not split.everything:
         log.info("%s", describe(abstract.params, abstract_frozen))
     return Setup(config, run_dir, mesh, task, model, groups, abstract, batch_sharding(mesh, rules), rules,
-                 split, merge(abstract.params, abstract_frozen), abstract.model_state, fresh, teacher)
+                 split, merge(abstract.params, abstract_frozen), abstract.model_state, fresh, teacher,
+                 stores_nf4(config))
 
 
 def _place(model, params, mesh, rules):
@@ -245,3 +322,8 @@ def _place(model, params, mesh, rules):
     boxed = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), **module.config.dummy_inputs())["params"])
     shardings = param_shardings(nn.get_partition_spec(boxed), nn.meta.unbox(boxed), mesh, rules)
     return jax.device_put(params, shardings)
+
+
+def stores_nf4(config: Config) -> bool:
+    """QLoRA: the run keeps its frozen params in NF4 (``peft.quantize: nf4``)."""
+    return getattr(config.peft, "quantize", None) == "nf4"

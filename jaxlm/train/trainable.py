@@ -103,8 +103,14 @@ def make_split(params, *, trainable: Iterable[str] = (), freeze: Iterable[str] =
     return TrainableSplit(frozenset(keep), len(paths))
 
 
+def _stored(x) -> bool:
+    """A leaf that stands for one param though it holds several arrays (a quantized weight)."""
+    return hasattr(x, "layout")
+
+
 def count(tree) -> int:
-    return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+    """Params in a tree (a quantized weight counts as the params it stands for)."""
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(tree, is_leaf=_stored))
 
 
 def describe(trainable, frozen) -> str:
@@ -118,19 +124,21 @@ def _amount(n: int) -> str:
 
 
 def fingerprint(tree) -> str:
-    """A 16-hex-digit digest of a param tree's names, shapes, dtypes and exact bits.
+    """A 16-hex-digit digest of a param tree's names, shapes, dtypes and exact bits (a quantized
+    weight's arrays each count as a leaf).
 
     Each leaf's bits are reduced on its devices by two wrapping uint32 sums (plain and
     position-weighted), so a sharded or multi-host tree is never gathered; the sums, paths,
     shapes and dtypes are then hashed with SHA-256 on the host. Written here because no
     library fingerprints sharded arrays.
     """
-    items = sorted(flat(tree).items())
+    items = sorted((path_name(tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in p)), x)
+                   for p, x in jax.tree_util.tree_flatten_with_path(tree)[0])
     if not items:
         return ""
     sums = jax.device_get(_leaf_sums([x for _, x in items]))
-    text = repr([(path_name(p), tuple(x.shape), str(x.dtype), int(a), int(b))
-                 for (p, x), (a, b) in zip(items, sums, strict=True)])
+    text = repr([(name, tuple(x.shape), str(x.dtype), int(a), int(b))
+                 for (name, x), (a, b) in zip(items, sums, strict=True)])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
