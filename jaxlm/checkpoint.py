@@ -31,6 +31,9 @@ from orbax.checkpoint import checkpoint_managers as policies
 from jaxlm.errors import JaxlmError, first_line
 
 FORMAT_VERSION = 1
+HEAD_PARAMS = r"(classifier|projection_\d+)(/|$)"
+"""Top-level params that are heads in every family: a checkpoint may lack or carry them
+(``model.init_from`` of a contrastive run into a classifier: the projection out, a classifier in)."""
 log = logging.getLogger("jaxlm")
 
 
@@ -379,6 +382,8 @@ def load_params_into(path: str | Path, abstract_params, initial=None) -> Any:
         wanted = _by_trunk_name(abstract_params, keys and keys.prefix)
 
         def optional(name):
+            if re.match(HEAD_PARAMS, name[1]):  # a flat model's head: ResNet's classifier, a projection head
+                return True
             return keys is not None and (name[0] == "head" or re.search(keys.optional, name[1].replace("/", ".")))
 
         fresh = sorted(n for n in wanted.keys() - saved.keys() if initial is not None and optional(n))

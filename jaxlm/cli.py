@@ -1,4 +1,4 @@
-"""``jaxlm`` command line: train, eval, generate, predict, fill-mask, checkpoints, convert, tokenizer."""
+"""``jaxlm`` command line: train, eval, generate, predict, embed, fill-mask, checkpoints, convert, tokenizer, data."""
 
 from __future__ import annotations
 
@@ -43,11 +43,30 @@ def cmd_eval(args) -> int:
 
     from jaxlm.parallel import distributed
 
+    if (args.epsilon, args.steps, args.step_size) != (None, None, None) and not args.attack:
+        raise JaxlmError("--epsilon / --steps / --step-size set an attack: add --attack fgm|pgd|noise")
     config = _config(args)
     distributed.initialize()
     _, params, meta = load_run(config.run.out_dir, args.step, args.best)
     model_state = load_model_state(config.run.out_dir, meta["step"])
-    _print_metrics({"step": meta["step"], **evaluate(setup(config), params, model_state=model_state)})
+    s = setup(config)
+    attack = {}
+    if args.attack:
+        from pydantic import ValidationError
+
+        from jaxlm.config import AdversarialConfig
+        from jaxlm.train.adversarial import AdversarialTask
+
+        settings = {"method": args.attack, "epsilon": args.epsilon, "steps": args.steps, "step_size": args.step_size}
+        try:
+            cfg = AdversarialConfig(**{k: v for k, v in settings.items() if v is not None})
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise JaxlmError(f"--{str(err['loc'][0]).replace('_', '-')} {err['input']}: {err['msg'].lower()}") from None
+        clean = s.task.task if isinstance(s.task, AdversarialTask) else s.task  # attack the task, not its training loss
+        s.task = AdversarialTask(clean, s.model, None, attack=cfg)
+        attack = {"attack": args.attack, "epsilon": cfg.epsilon}
+    _print_metrics({"step": meta["step"], **attack, **evaluate(s, params, model_state=model_state)})
     return 0
 
 
@@ -86,7 +105,12 @@ def load_model(run: str | None, model_dir: str | None, step=None, best=False):
     config = validate_config(config_dict)
     heads = MODEL_FAMILIES[config.model.type].heads
     head = next((h for h, cls in heads.items() if cls.__name__ == meta.get("architecture")), None)
-    model = build_model(config.model, head or config.task.head)
+    kwargs = {}
+    if (head or config.task.head) == "contrastive":
+        from jaxlm.tasks.contrastive import projection_settings
+
+        kwargs = projection_settings(config.task)
+    model = build_model(config.model, head or config.task.head, **kwargs)
     model_state = load_model_state(resolve(run)[0], meta["step"])
     if model_state:  # BatchNorm running averages: apply() reads them
         model = StatefulModel(model, model_state)
@@ -213,6 +237,11 @@ def cmd_predict(args) -> int:
     from jaxlm.tasks.image_classification import classify_image, image_normalization, image_of
 
     model, params, config = load_model(args.run, args.model, args.step, args.best)
+    if head_of(model) == "regression":
+        from jaxlm.tasks.regression import predict_value
+
+        print(f"{predict_value(model, params, args.text):.6g}")
+        return 0
     if head_of(model) == "image_classification":
         scores = classify_image(model, params, image_of(args.text, model), *image_normalization(config, args.model))
     else:
@@ -220,6 +249,57 @@ def cmd_predict(args) -> int:
     print(scores[0][0])
     for label, prob in scores:
         print(f"{prob:.4f}  {label}")
+    return 0
+
+
+def cmd_embed(args) -> int:
+    """Print, write or plot the embeddings of texts or images (or a word2vec run's words)."""
+    from jaxlm.analysis.embed import builtin_labels, embed, expand_inputs, plot, read_labels, write_embeddings
+
+    model, params, config = load_model(args.run, args.model, args.step, args.best)
+    if args.inputs[:1] == ["neighbors"] or (config is not None and config.task.type == "word2vec"):
+        from jaxlm.tasks.word2vec import embed_words
+
+        return embed_words(args, config, params)
+    inputs = expand_inputs(args.inputs)
+    if args.input_file:
+        path = Path(args.input_file)
+        if not path.is_file():
+            raise JaxlmError(f"--from {path}: no such file")
+        inputs += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not inputs:
+        raise JaxlmError("give texts or images to embed (digits:0-99, files, or --from FILE with one per line)")
+    labels = read_labels(args.labels, len(inputs)) or builtin_labels(inputs)
+    images = "pixel_values" in model.config.dummy_inputs()
+    tokenizer = None if images else tokenizer_of(args.run, args.model, config)
+    vectors = embed(model, params, config, tokenizer, inputs, args.pooling)
+    if args.plot:
+        if not args.out:
+            raise JaxlmError("--plot writes a figure: add --out fig.png")
+        out = Path(args.out)
+        plot(vectors, labels, args.plot, out, f"{args.run or args.model}: {len(inputs)} embeddings, {args.plot}",
+             args.seed)
+        print(f"wrote {out}: {args.plot} of {len(inputs)} embeddings of size {vectors.shape[1]}")
+    elif args.out:
+        write_embeddings(Path(args.out), inputs, vectors, labels)
+        print(f"wrote {args.out}: {len(inputs)} embeddings of size {vectors.shape[1]}")
+    else:
+        for i, (text, v) in enumerate(zip(inputs, vectors)):
+            print(json.dumps({"input": text, **({"label": labels[i]} if labels else {}),
+                              "embedding": [round(float(x), 6) for x in v]}))
+    return 0
+
+
+def cmd_sample(args) -> int:
+    """Write samples of a GAN run: a PNG grid or the images as .npy."""
+    from jaxlm.tasks.gan import sample, write_samples
+
+    if args.num < 1:
+        raise JaxlmError(f"--num {args.num}: give at least 1 sample")
+    model, params, _ = load_model(args.run, None, args.step, args.best)
+    images = sample(model, params, args.num, args.seed)
+    write_samples(images, Path(args.out))
+    print(f"wrote {args.out}: {args.num} samples of {images.shape[1]}x{images.shape[2]} from {args.run}")
     return 0
 
 
@@ -285,6 +365,21 @@ def cmd_tokenizer_train(args) -> int:
     return 0
 
 
+def cmd_data_prepare(args) -> int:
+    """Encode a config's data into token shards (what ``train`` would prepare if they were missing)."""
+    from jaxlm.data.prepare import prepare
+    from jaxlm.data.shards import read_manifest
+
+    config = _config(args)
+    directory = prepare(config, workers=args.workers)
+    m = read_manifest(directory)
+    train, valid = m["splits"]["train"], m["splits"]["valid"]
+    print(f"prepared {directory}: {train['tokens']:,} train tokens ({train['text_bytes'] / 1e6:.1f} MB of text), "
+          f"{valid['tokens']:,} validation tokens, {len(train['shards'])} shards; jaxlm train {args.config} "
+          f"{' '.join(args.overrides)} streams them".rstrip())
+    return 0
+
+
 def cmd_memory(args) -> int:
     from jaxlm.parallel.memory import gib, state_memory, table
 
@@ -327,6 +422,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a checkpoint of a config's run.out_dir")
     with_config(p)
     which_checkpoint(p)
+    p.add_argument("--attack", choices=["fgm", "pgd", "noise"],
+                   help="evaluate under this perturbation of the embedding output (robustness)")
+    p.add_argument("--epsilon", type=float, help="the attack's per-example L2 radius (noise: std; default 1.0)")
+    p.add_argument("--steps", type=int, help="pgd: gradient steps (default 3)")
+    p.add_argument("--step-size", type=float, help="pgd: each step's L2 length (default 2.5 * epsilon / steps)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("generate", help="continue a prompt with a language model, or translate it with a seq2seq "
@@ -386,11 +486,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5)
     p.set_defaults(func=cmd_fill_mask)
 
-    p = sub.add_parser("predict", help="the label of a text, text pair or image, with every label's probability")
-    model_source(p, "sequence or image classifier")
-    p.add_argument("text", help="the text; for image classifiers an image file, digits:INDEX or shapes:INDEX")
+    p = sub.add_parser("predict", help="the label of a text, text pair or image, with every label's probability "
+                       "(a regression model: its prediction)")
+    model_source(p, "sequence or image classifier, or regression model")
+    p.add_argument("text", help="the text; for image classifiers an image file, digits:INDEX or shapes:INDEX; for "
+                   "regression the features, comma-separated")
     p.add_argument("text_pair", nargs="?", help="the second text of a pair")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("embed", help="embeddings of texts, images or words: print them, write them, plot them "
+                       "(t-SNE / PCA); `embed neighbors --run W2V WORD`: a word2vec run's nearest words",
+                       description="jaxlm embed --run RUN [INPUT ...] prints, writes (--out) or draws (--plot) "
+                       "embeddings; for a word2vec run the inputs are words (default for --plot: the --top-n most "
+                       "frequent), --out FILE.txt writes every vector in the word2vec text format, and "
+                       "`jaxlm embed neighbors --run RUN WORD` lists its nearest words.")
+    model_source(p, "encoder (a contrastive run, any text / image model, or a word2vec run)")
+    p.add_argument("inputs", nargs="*", metavar="TEXT_OR_IMAGE",
+                   help="texts, or images: files, digits:INDEX, shapes:INDEX, ranges such as digits:0-499; words "
+                   "of a word2vec run; or `neighbors WORD`")
+    p.add_argument("--from", dest="input_file", metavar="FILE", help="more inputs, one per line")
+    p.add_argument("--out", help="write the embeddings (.npy or .jsonl; a word2vec run: .txt in the word2vec text "
+                   "format), or with --plot the figure (.png)")
+    p.add_argument("--plot", choices=["tsne", "pca"], help="draw the embeddings in 2-D (scikit-learn, matplotlib)")
+    p.add_argument("--top-k", type=int, default=10, help="neighbors: how many words (default 10)")
+    p.add_argument("--top-n", type=int, default=60,
+                   help="word2vec --plot without words: the most frequent this many (default 60)")
+    p.add_argument("--seed", type=int, default=0, help="--plot tsne: its seed (default 0)")
+    p.add_argument("--labels", nargs="+", metavar="LABEL",
+                   help="one label per input (or a file with one per line) to colour the plot; digits:/shapes: "
+                   "inputs are labelled with their classes")
+    p.add_argument("--pooling", choices=["cls", "mean"], default="cls",
+                   help="for runs that are not contrastive: how a sequence becomes one vector (default cls)")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("sample", help="samples of a GAN run (task: gan): a PNG grid or .npy images")
+    p.add_argument("--run", required=True, help="a jaxlm GAN run directory (or one of its checkpoints/N)")
+    which_checkpoint(p)
+    p.add_argument("--num", type=int, default=64, help="how many samples (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the latents (default 0)")
+    p.add_argument("--out", required=True,
+                   help="grid.png (a grid) or samples.npy (uint8 [num, height, width, channels])")
+    p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("attention", help="a Transformer's attention on an image (ViT: [CLS] -> patches) or a text "
                        "(BERT, DistilBERT, GPT-2: token x token per layer and head): per-head statistics and a PNG")
@@ -419,8 +555,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="*", metavar="FILES", help="UTF-8 text files or globs (none: the embedded corpus)")
     p.set_defaults(func=cmd_tokenizer_train)
 
-    p = sub.add_parser("data", help="data tools: clean, augment, export")
+    p = sub.add_parser("data", help="data tools: prepare (tokenize into shards), clean, augment, export")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+    p = data_sub.add_parser("prepare", help="tokenize a config's data.paths / data.dataset into shards under "
+                            "data.cache_dir (resumable; train streams them)")
+    with_config(p)
+    p.add_argument("--workers", type=int, help="encoding processes (default: data.prepare.workers, 0 = all cores)")
+    p.set_defaults(func=cmd_data_prepare)
     from jaxlm.data.text_commands import add_commands as add_text_data_commands
 
     add_text_data_commands(data_sub)
@@ -428,11 +569,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_export_command(data_sub)
 
-    p = sub.add_parser("embed", help="embedding tools: a word2vec run's neighbors, export, plot")
-    embed_sub = p.add_subparsers(dest="embed_command", required=True, metavar="COMMAND")
-    from jaxlm.tasks.word2vec import add_embed_commands
-
-    add_embed_commands(embed_sub)
 
     for p in _all_parsers(parser):
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,

@@ -43,11 +43,37 @@ class TokenizerConfig(Section):
     """Word vocabularies: lower-case the text first."""
     segmenter: Literal["jieba"] | None = None
     """Word vocabularies: ``jieba`` splits Chinese text into words (default: each character is a word)."""
+    sample_bytes: int = Field(100_000_000, gt=0)
+    """Prepared data: the tokenizer trains on a seeded sample of this much training text (not the whole corpus)."""
+    sample_seed: int = 0
+
+
+class PrepareConfig(Section):
+    """``jaxlm data prepare`` (and ``train``, when the shards are missing)."""
+
+    workers: int = Field(0, ge=0)
+    """Encoding processes; 0: one per CPU core."""
+    shard_mb: int = Field(64, gt=0)
+    """Text per shard (a unit of work): big files are cut at line breaks, datasets into row ranges."""
 
 
 class DataConfig(Section):
     paths: list[str] | None = None
-    """Text files or globs; ``None`` uses the embedded corpus (CPython's ``pydoc_data``)."""
+    """Text files or globs (plain text, JSON Lines, CSV / TSV, Parquet); ``None`` with no
+    ``dataset`` uses the embedded corpus (CPython's ``pydoc_data``)."""
+    dataset: str | None = None
+    """Pretraining text from Hugging Face ``datasets`` (a name, a ``save_to_disk`` directory, or a
+    builder such as ``json`` over ``paths``) or ``tfds:NAME``."""
+    dataset_config: str | None = None
+    dataset_split: str = "train"
+    streaming: bool = False
+    """Read the Hugging Face dataset with ``streaming=True`` (its shards become the units of work)."""
+    text_column: str = "text"
+    """The text column of JSON Lines / CSV / Parquet files and datasets."""
+    cache_dir: str | None = None
+    """Where prepared shards go (a subdirectory keyed by what determines them); ``None``:
+    ``$JAXLM_CACHE_DIR`` or ``~/.cache/jaxlm``."""
+    prepare: PrepareConfig = PrepareConfig()
 
     seq_len: int = Field(128, gt=0)
     train_overlap: float = Field(0.0, ge=0, lt=1)
@@ -81,6 +107,19 @@ class EarlyStoppingConfig(Section):
     min_delta: float = Field(0.0, ge=0)
 
 
+class AdversarialConfig(Section):
+    """Adversarial perturbations of the embedding output (jaxlm/train/adversarial.py); training
+    adds the loss at the perturbation to the clean loss."""
+
+    method: Literal["noise", "fgm", "pgd"] = "fgm"
+    epsilon: float = Field(1.0, gt=0)
+    """noise: the standard deviation (the book's 1e-3); fgm / pgd: the per-example L2 radius."""
+    steps: int = Field(3, gt=0)
+    """pgd: gradient steps."""
+    step_size: float | None = Field(None, gt=0)
+    """pgd: the L2 length of each step; ``None``: 2.5 * epsilon / steps (Madry et al.)."""
+
+
 class TrainerConfig(Section):
     max_steps: int = Field(1000, gt=0)
     batch_size: int = Field(32, gt=0)
@@ -95,6 +134,8 @@ class TrainerConfig(Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     progress_bar: bool = True
     early_stopping: EarlyStoppingConfig | None = None
+    adversarial: AdversarialConfig | None = None
+    """Adversarial training: the clean loss plus the loss at a perturbation of the embeddings."""
     trainable: list[str] = []
     """Regexes over param paths (``bert/layer_0/attention/query/kernel``): only matching params
     train (``[classifier]``: a linear probe); the rest is frozen. Empty: every param (or a
@@ -106,8 +147,21 @@ class TrainerConfig(Section):
     more layer group downwards every N steps, the embeddings last."""
 
 
+class FtrlConfig(Section):
+    """FTRL-Proximal's settings, named and defaulted as in Keras ``Ftrl`` (see jaxlm.train.optim.ftrl)."""
+
+    learning_rate_power: float = Field(-0.5, le=0)
+    initial_accumulator_value: float = Field(0.1, ge=0)
+    l1_regularization_strength: float = Field(0.0, ge=0)
+    """L1 strength: coordinates whose linear term stays within it are exactly 0."""
+    l2_regularization_strength: float = Field(0.0, ge=0)
+    l2_shrinkage_regularization_strength: float = Field(0.0, ge=0)
+    """L2 added to the gradient of the linear term only (magnitude shrinkage)."""
+    beta: float = Field(0.0, ge=0)
+
+
 class OptimizerConfig(Section):
-    name: Literal["adamw", "adam", "lamb", "sgd", "adagrad", "rmsprop"] = "adamw"
+    name: Literal["adamw", "adam", "lamb", "sgd", "adagrad", "rmsprop", "ftrl"] = "adamw"
     learning_rate: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     """Decoupled for adamw / lamb; L2 added to the gradient (PyTorch's convention) otherwise."""
@@ -120,24 +174,71 @@ class OptimizerConfig(Section):
     nesterov: bool = False
     rmsprop_decay: float = 0.99
     adagrad_initial_accumulator: float = 0.0
+    ftrl: FtrlConfig = FtrlConfig()
+    """``name: ftrl`` only: Keras ``Ftrl``'s settings (``learning_rate`` is the section's)."""
     clip_norm: float | None = Field(1.0, gt=0)
     """Clip gradients to this global L2 norm; ``None`` disables clipping."""
     layer_decay: float | None = Field(None, gt=0, le=1)
     """Layer-wise learning-rate decay: layer i of n learns at ``decay ** (n - i)`` times the rate,
     the embeddings at ``decay ** (n + 1)``, the head at the full rate."""
+    groups: dict[str, dict[str, Any]] = {}
+    """Per parameter group (a GAN's ``generator`` / ``discriminator``): settings of this section
+    that differ for it, e.g. ``{generator: {learning_rate: 2.0e-4}}``."""
+
+    @field_validator("groups")
+    @classmethod
+    def _group_keys(cls, v):
+        for group, settings in v.items():
+            unknown = set(settings) - set(cls.model_fields) - {"groups"}
+            if unknown or "groups" in settings:
+                key = sorted(unknown or {"groups"})[0]
+                raise ValueError(f"optimizer.groups.{group}.{key} is not an optimizer setting; use one of "
+                                 f"{', '.join(k for k in cls.model_fields if k != 'groups')}")
+        return v
+
+    def for_group(self, name: str) -> "OptimizerConfig":
+        """This section with ``groups[name]``'s settings over it."""
+        if name not in self.groups:
+            return self
+        try:
+            return OptimizerConfig.model_validate({**self.model_dump(), **self.groups[name], "groups": {}})
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise ConfigError(f"optimizer.groups.{name}.{'.'.join(map(str, err['loc']))}: {err['msg'].lower()}") \
+                from None
 
 
 class PlateauConfig(Section):
-    """Scale the learning rate by ``factor`` when the training loss stops improving."""
+    """Scale the learning rate by ``factor`` when the training loss, or an eval metric, stops improving."""
 
+    metric: str | None = None
+    """``None``: the training loss; an eval metric (``eval_loss``, ``eval_accuracy``, ...): judged
+    at each evaluation (Keras / PyTorch ``ReduceLROnPlateau`` on a validation metric)."""
+    mode: Literal["min", "max"] = "min"
+    """Whether ``metric`` improves by falling or by rising (the training loss: ``min``)."""
     factor: float = Field(0.5, gt=0, lt=1)
     patience: int = Field(10, ge=0)
+    """Measurements without improvement before the rate is scaled (evaluations, for a metric)."""
     cooldown: int = Field(0, ge=0)
     rtol: float = Field(1e-4, ge=0)
     atol: float = Field(0.0, ge=0)
-    accumulation_size: int = Field(10, gt=0)
-    """Steps whose mean loss makes one plateau measurement."""
+    accumulation_size: int | None = Field(None, gt=0)
+    """Steps (evaluations, for a metric) whose mean makes one measurement; ``None``: 10 steps of
+    the training loss, or each evaluation of a metric."""
     min_scale: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _watched(self):
+        if self.metric is None and self.mode == "max":
+            raise ValueError("schedule.plateau.mode=max needs schedule.plateau.metric (an eval metric such as "
+                             "eval_accuracy); the training loss only falls")
+        if self.rtol == 0 and self.atol == 0:
+            raise ValueError("schedule.plateau needs rtol or atol above 0 to tell progress from noise")
+        return self
+
+    @property
+    def measurements(self) -> int:
+        return self.accumulation_size or (1 if self.metric else 10)
 
 
 class ScheduleConfig(Section):
@@ -296,6 +397,9 @@ class ClassificationTaskConfig(Section):
     """windows: how the windows' logits make the text's logits."""
     max_windows: int = Field(8, gt=0)
     """windows: at most this many windows per text (the rest of a longer text is cut, the count logged)."""
+    packing: bool = False
+    """Pack several short examples into each ``data.seq_len`` row (attention never crosses an
+    example; BERT / DistilBERT); ``trainer.batch_size`` then counts packed rows."""
 
     @field_validator("split")
     @classmethod
@@ -381,6 +485,9 @@ class Seq2SeqTaskConfig(Section):
     word vocabularies also take ``min_frequency`` and ``lowercase``); ``data.tokenizer.path`` loads one."""
     truncation: Literal["truncate", "error"] = "truncate"
     """Files: sources or targets longer than data.seq_len tokens are cut (the count is logged) or refused."""
+    packing: bool = False
+    """Pack several training pairs into each row (attention never crosses a pair; the Transformer
+    model); ``trainer.batch_size`` then counts packed rows. Evaluation reads unpacked rows."""
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -421,12 +528,175 @@ class Word2VecTaskConfig(Section):
         return "word2vec"
 
 
+class LineConfig(Section):
+    """The synthetic ``dataset: line``: ``y = slope * x + intercept + noise``, x uniform in [low, high]."""
+
+    slope: float = 2.0
+    intercept: float = 3.0
+    noise: float = Field(0.1, ge=0)
+    """Standard deviation of the Gaussian noise added to y."""
+    low: float = -1.0
+    high: float = 1.0
+    examples: int = Field(1000, gt=1)
+    seed: int = 0
+
+
+class RegressionTaskConfig(Section):
+    """Regression of a numeric ``target_column`` from numeric ``feature_columns`` (a ``model.type:
+    mlp``), read from CSV / JSONL ``data.paths`` or the synthetic ``dataset: line``."""
+
+    type: Literal["regression"] = "regression"
+    dataset: Literal["line"] | None = None
+    line: LineConfig = LineConfig()
+    feature_columns: list[str] = ["x"]
+    target_column: str = "y"
+    loss: Literal["mse", "mae", "huber"] = "mse"
+    huber_delta: float = Field(1.0, gt=0)
+    """huber: squared below this error, linear above (PyTorch ``HuberLoss``'s ``delta``)."""
+    split: list[float] = [0.8, 0.2, 0.0]
+    """Train / validation / test shares of the rows (shuffled by ``split_seed``)."""
+    split_seed: int = 0
+    eval_split: Literal["validation", "test"] = "validation"
+
+    @field_validator("split")
+    @classmethod
+    def _shares(cls, v):
+        return check_split(v)
+
+    @property
+    def head(self) -> str:
+        return "regression"
+
+
+class ViewsConfig(Section):
+    """SimCLR's image augmentations (jaxlm/data/views.py); the defaults are SimCLR's CIFAR settings."""
+
+    crop_scale: list[float] = [0.08, 1.0]
+    """Random resized crop: the share of the image's area the crop covers."""
+    crop_ratio: list[float] = [3 / 4, 4 / 3]
+    flip: bool = True
+    """Mirror left-right half of the time (not for digits or text)."""
+    color_jitter: float = Field(0.8, ge=0, le=1)
+    """Probability of colour jitter (brightness, contrast; saturation and hue for RGB)."""
+    jitter_strength: float = Field(0.5, ge=0)
+    grayscale: float = Field(0.2, ge=0, le=1)
+    """Probability of turning an RGB view grey."""
+    blur: float = Field(0.0, ge=0, le=1)
+    """Probability of a Gaussian blur (SimCLR: 0.5 on ImageNet, none on CIFAR)."""
+    blur_sigma: list[float] = [0.1, 2.0]
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        for name in ("crop_scale", "crop_ratio", "blur_sigma"):
+            low, high = (getattr(self, name) + [0.0, 0.0])[:2]
+            if len(getattr(self, name)) != 2 or not 0 < low <= high or (name == "crop_scale" and high > 1):
+                raise ValueError(f"task.views.{name}={[low, high]} must be [low, high] with 0 < low <= high"
+                                 f"{' <= 1' if name == 'crop_scale' else ''}")
+        return self
+
+
+class ContrastiveTaskConfig(Section):
+    """Contrastive learning of an encoder's embedding output (SimCLR on images, SimCSE on text).
+
+    Images (a model taking ``pixel_values``): ``dataset`` as in ``image_classification``; two
+    augmented ``views`` of each image. Text (BERT / DistilBERT): CSV / JSONL rows of
+    ``data.paths`` or ``dataset`` (``text_column``; with ``text_pair_column`` present each pair is
+    a positive: supervised SimCSE), else the sentences of text files or the embedded corpus seen
+    twice through dropout (unsupervised SimCSE; held-out pairs are adjacent sentences).
+    """
+
+    type: Literal["contrastive"] = "contrastive"
+    dataset: str | None = None
+    """Images: ``digits``, ``shapes``, a Hugging Face or ``tfds:`` name. Text: a shipped set or a
+    Hugging Face name (else ``data.paths``)."""
+    dataset_config: str | None = None
+    dataset_split: str = "train"
+    image_column: str = "image"
+    text_column: str = "text"
+    text_pair_column: str | None = "text_pair"
+    label_column: str = "label"
+    """Class labels, used when ``positives: labels`` (and for the images' stratified split)."""
+    split: list[float] = [0.8, 0.2, 0.0]
+    split_seed: int = 0
+    eval_split: Literal["validation", "test"] = "validation"
+    mean: list[float] = [0.5]
+    std: list[float] = [0.5]
+    views: ViewsConfig = ViewsConfig()
+    loss: Literal["ntxent", "infonce", "triplet", "margin"] = "ntxent"
+    """``ntxent``: SimCLR's symmetric loss over both views; ``infonce``: SimCSE's, each first view
+    against the second views; ``triplet`` (with ``mining``); ``margin``: Hadsell et al.'s pairs."""
+    positives: Literal["views", "labels"] = "views"
+    """What counts as a positive: the other view of the same example, or also every example of
+    the same class (supervised contrastive; needs ``label_column``)."""
+    temperature: float = Field(0.5, gt=0)
+    margin: float = Field(0.5, gt=0)
+    """triplet / margin: on L2-normalised embeddings (distances in [0, 2])."""
+    mining: Literal["batch_hard", "semi_hard"] = "batch_hard"
+    num_negatives: int | None = Field(None, gt=0)
+    """Negatives each anchor is scored against, drawn at random from the batch (all devices);
+    ``None``: all of them. The batch must hold that many."""
+    projection_dims: list[int] = [128]
+    """The projection head's dense layers after the pooled embedding ([]: none)."""
+    projection_activation: Literal["relu", "gelu", "tanh"] = "relu"
+    pooling: Literal["cls", "mean"] = "cls"
+    """Text / ViT: the first token's final hidden state, or the mean over the real tokens."""
+    truncation: Literal["truncate", "error"] = "truncate"
+
+    @field_validator("split")
+    @classmethod
+    def _shares(cls, v):
+        return check_split(v)
+
+    @property
+    def head(self) -> str:
+        return "contrastive"
+
+
+class GANTaskConfig(Section):
+    """A generative adversarial network (``model.type: dcgan``) on ``dataset``'s images: the
+    discriminator and the generator are two parameter groups with their own optimizers
+    (``optimizer.groups.discriminator`` / ``.generator``); each trainer step makes ``d_steps``
+    discriminator updates, then one generator update."""
+
+    type: Literal["gan"] = "gan"
+    dataset: str = "digits"
+    dataset_config: str | None = None
+    dataset_split: str = "train"
+    image_column: str = "image"
+    label_column: str = "label"
+    split: list[float] = [0.85, 0.15, 0.0]
+    split_seed: int = 0
+    loss: Literal["bce", "hinge"] = "bce"
+    """``bce``: the original minimax loss with the non-saturating generator loss; ``hinge``: the
+    hinge loss of SAGAN / BigGAN."""
+    d_steps: int = Field(1, gt=0)
+    classifier: str | None = None
+    """An image classifier run (``configs/resnet-digits.yaml``) that scores generated samples at
+    each evaluation: ``eval_confident`` (the share it classifies with probability at least
+    ``confidence``), ``eval_class_entropy`` (of the mean predicted class distribution: diversity)
+    and ``eval_inception_score``."""
+    confidence: float = Field(0.9, gt=0, lt=1)
+    eval_samples: int = Field(512, gt=0)
+    """Samples scored per evaluation (fixed latents, so evaluations compare)."""
+
+    @field_validator("split")
+    @classmethod
+    def _shares(cls, v):
+        return check_split(v)
+
+    @property
+    def head(self) -> str:
+        return "gan"
+
+
 TaskConfig = Annotated[Union[CausalLMTaskConfig, MaskedLMTaskConfig, ClassificationTaskConfig,  # noqa: UP007
-                             Seq2SeqTaskConfig, ImageClassificationTaskConfig, Word2VecTaskConfig],
+                             Seq2SeqTaskConfig, ImageClassificationTaskConfig, Word2VecTaskConfig,
+                             RegressionTaskConfig, ContrastiveTaskConfig, GANTaskConfig],
                        Field(discriminator="type")]
 TASKS = {"causal_lm": CausalLMTaskConfig, "mlm": MaskedLMTaskConfig, "classification": ClassificationTaskConfig,
          "seq2seq": Seq2SeqTaskConfig, "image_classification": ImageClassificationTaskConfig,
-         "word2vec": Word2VecTaskConfig}
+         "word2vec": Word2VecTaskConfig, "regression": RegressionTaskConfig, "contrastive": ContrastiveTaskConfig,
+         "gan": GANTaskConfig}
 
 
 class PrecisionConfig(Section):
@@ -637,7 +907,7 @@ def save_config(config: Config, path: Path) -> None:
 # checkpoint that agrees on them. Everything else (max_steps, log/eval cadence, learning
 # rate, dropout, ...) may change between restarts.
 STATE_KEYS = ("task", "model", "precision.params", "optimizer.name", "run.seed", "trainer.batch_size",
-              "data.seq_len", "data.paths", "data.tokenizer", "trainer.trainable", "trainer.freeze",
+              "data.seq_len", "data.paths", "data.dataset", "data.tokenizer", "trainer.trainable", "trainer.freeze",
               "trainer.unfreeze_every")
 HARMLESS_MODEL_KEYS = {"init_from", "attention_implementation", "remat"}  # and every dropout rate
 HARMLESS_TASK_KEYS = {"eval_split", "truncation"}
@@ -669,10 +939,13 @@ def resume_conflicts(saved: dict, config: Config) -> list[str]:
             a = _default(key)
         if key == "task" and isinstance(a, str):  # written before tasks had settings
             a = {"type": a}
-        harmless = {"model": HARMLESS_MODEL_KEYS, "task": HARMLESS_TASK_KEYS}.get(key)
+        harmless = {"model": HARMLESS_MODEL_KEYS, "task": HARMLESS_TASK_KEYS, "data.tokenizer": set()}.get(key)
         if harmless is not None and isinstance(a, dict) and isinstance(b, dict):
             # Settings added to jaxlm after the checkpoint was written had their defaults then.
-            fields = type(getattr(config, key)).model_fields
+            section = config
+            for part in key.split("."):
+                section = getattr(section, part)
+            fields = type(section).model_fields
             a = {**{k: fields[k].default for k in b.keys() - a.keys() if k in fields}, **a}
             out += [f"{key}.{k}: {a.get(k)!r} in the checkpoint, {b.get(k)!r} now"
                     for k in sorted(a.keys() | b.keys())

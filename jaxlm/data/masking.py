@@ -159,3 +159,22 @@ class MaskedBatches:
 
     def restore(self, state: dict[str, int]) -> None:
         self.batches.restore(state)
+
+
+class MaskedRows:
+    """A row source with ``input_ids`` and ``row`` served masked, each row from
+    ``row_rng(seed, epoch, row)``: validation rows streamed from shards get the same masks
+    at every evaluation without being held in memory."""
+
+    def __init__(self, rows, masker: Masker, seed: int, epoch: int = EVAL_EPOCH):
+        self.rows, self.masker, self.seed, self.epoch = rows, masker, seed, epoch
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, indices) -> dict[str, np.ndarray]:
+        batch = self.rows[indices]
+        rows = batch.pop("row")
+        batch["input_ids"], batch["labels"] = self.masker(
+            batch["input_ids"], [row_rng(self.seed, self.epoch, int(r)) for r in rows])
+        return batch

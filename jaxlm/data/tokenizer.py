@@ -230,10 +230,18 @@ def _cached_or_trained(kind: str, vocab_size: int, train_texts: list[str], cache
             raise DataError(f"{cache_dir / FILE} has {tok.vocab_size} tokens but data.tokenizer.vocab_size="
                             f"{vocab_size}; use a new run.out_dir or delete the cached tokenizer")
         return tok
-    tok = train_tokenizer(kind, train_texts, vocab_size, **options)
-    if not fits(tok):  # a small text has fewer pieces (or a bigger alphabet) than asked for
+    tok = train_to_size(kind, train_texts, vocab_size, **options)
+    tok.save(cache_dir)
+    return tok
+
+
+def train_to_size(kind: str, texts: Iterable[str], vocab_size: int, **options) -> Tokenizer:
+    """:func:`train_tokenizer`, failing with the fix when the text cannot give ``vocab_size`` tokens
+    (a word vocabulary may come out smaller: ``vocab_size`` is its maximum)."""
+    tok = train_tokenizer(kind, texts, vocab_size, **options)
+    if tok.vocab_size > vocab_size or (kind != "word" and tok.vocab_size != vocab_size):
+        # a small text has fewer pieces (or a bigger alphabet) than asked for
         raise DataError(f"the training text yields a {kind} vocabulary of {tok.vocab_size} tokens, not "
                         f"data.tokenizer.vocab_size={vocab_size}; set data.tokenizer.vocab_size={tok.vocab_size} "
                         f"(and model.vocab_size to match)")
-    tok.save(cache_dir)
     return tok

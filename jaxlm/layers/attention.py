@@ -2,8 +2,10 @@
 multi-query and grouped-query heads, rotary positions, and an optional KV cache.
 
 Masks are boolean, ``True`` meaning "may attend", broadcastable to
-``[batch, heads, q_len, kv_len]``. The fast path is ``jax.nn.dot_product_attention``
-(cuDNN flash on GPU, XLA elsewhere; it takes grouped key/value heads as they are);
+``[batch, heads, q_len, kv_len]``; an ``attention_mask`` is a ``[batch, kv_len]`` padding mask or
+a full ``[batch, 1, q_len, kv_len]`` one (packed examples: :func:`segment_mask`). The fast path
+is ``jax.nn.dot_product_attention`` (cuDNN flash on GPU, XLA elsewhere; it takes grouped
+key/value heads as they are);
 attention dropout and ``output_attentions`` need the weights themselves, so they take the
 explicit einsum path with the same numerics.
 """
@@ -24,10 +26,31 @@ Implementation = Literal["xla", "cudnn"] | None
 
 
 def padding_mask(attention_mask: jax.Array | None) -> jax.Array | None:
-    """``[batch, kv_len]`` 1/0 mask -> boolean ``[batch, 1, 1, kv_len]``."""
+    """``[batch, kv_len]`` 1/0 mask -> boolean ``[batch, 1, 1, kv_len]``; a full
+    ``[batch, 1, q_len, kv_len]`` mask (:func:`segment_mask`) is used as it is."""
     if attention_mask is None:
         return None
+    if attention_mask.ndim == 4:
+        return attention_mask.astype(bool)
     return attention_mask.astype(bool)[:, None, None, :]
+
+
+def segment_mask(segment_ids: jax.Array, kv_segment_ids: jax.Array | None = None) -> jax.Array:
+    """Packed rows (several examples in one row): ``segment_ids [batch, length]`` numbers each
+    example's tokens 1, 2, ... and padding 0 -> boolean ``[batch, 1, length, kv_length]`` where a
+    token sees only the tokens of its own example (in ``kv_segment_ids``, for cross-attention),
+    so attention never crosses an example boundary. Padding queries see the real tokens, as
+    under a padding mask. Pass it as the models' ``attention_mask``."""
+    kv_segment_ids = segment_ids if kv_segment_ids is None else kv_segment_ids
+    queries, keys = segment_ids[:, None, :, None], kv_segment_ids[:, None, None, :]
+    return (keys != 0) & ((queries == keys) | (queries == 0))
+
+
+def segment_positions(segment_ids: jax.Array) -> jax.Array:
+    """Positions that restart at 0 where each segment of a packed row starts ``[batch, length]``."""
+    index = jnp.arange(segment_ids.shape[1])
+    starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], 1)
+    return index - jax.lax.cummax(jnp.where(starts, index, 0), axis=1)
 
 
 def causal_mask(q_positions: jax.Array, kv_len: int) -> jax.Array:

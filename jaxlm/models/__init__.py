@@ -12,8 +12,9 @@ import flax.linen as nn
 
 from jaxlm.errors import JaxlmError
 from jaxlm.models import bert, distilbert, gpt2, vit, lstm_seq2seq, seq2seq
-from jaxlm.models import resnet, rnn, text_cnn, word2vec
+from jaxlm.models import dcgan, mlp, resnet, rnn, text_cnn, word2vec
 from jaxlm.models.base import ModelConfig, TorchKeyMap
+from jaxlm.models.contrastive import ContrastiveModel
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,10 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
     }, vit.TORCH_KEY_MAP),
     "text_cnn": ModelFamily(text_cnn.TextCNNConfig, {"classification": text_cnn.TextCNNForSequenceClassification}),
     "rnn": ModelFamily(rnn.RNNConfig, {"classification": rnn.RNNForSequenceClassification}),
-    "resnet": ModelFamily(resnet.ResNetConfig, {"image_classification": resnet.ResNetForImageClassification}),
+    "resnet": ModelFamily(resnet.ResNetConfig, {"base": resnet.ResNetModel,
+                                                "image_classification": resnet.ResNetForImageClassification}),
+    "mlp": ModelFamily(mlp.MLPConfig, {"regression": mlp.MLPForRegression}),
+    "dcgan": ModelFamily(dcgan.DCGANConfig, {"gan": dcgan.DCGAN}),
     "transformer_seq2seq": ModelFamily(seq2seq.TransformerSeq2SeqConfig, {"seq2seq": seq2seq.TransformerSeq2Seq}),
     "lstm_seq2seq": ModelFamily(lstm_seq2seq.LSTMSeq2SeqConfig, {"seq2seq": lstm_seq2seq.LSTMSeq2Seq}),
     "word2vec": ModelFamily(word2vec.Word2VecConfig, {"word2vec": word2vec.Word2Vec}),
@@ -60,14 +64,29 @@ class ModelError(JaxlmError):
 
 def build_model(config: ModelConfig, head: str, **module_kwargs) -> nn.Module:
     family = MODEL_FAMILIES[config.type]
+    if head == "contrastive":
+        return ContrastiveModel(config, *contrastive_trunk(config), **module_kwargs)
     if head not in family.heads:
         raise ModelError(f"model type {config.type!r} has no {head!r} head; it has: "
                          f"{', '.join(sorted(family.heads))}")
     return family.heads[head](config, **module_kwargs)
 
 
+def contrastive_trunk(config: ModelConfig) -> tuple[type[nn.Module], str | None]:
+    """The base model class a contrastive model wraps, and its trunk's param name in the family's
+    head models (``None``: flat); a family without a base model has no embedding output."""
+    family = MODEL_FAMILIES[config.type]
+    if "base" not in family.heads:
+        usable = ", ".join(sorted(n for n, f in MODEL_FAMILIES.items() if "base" in f.heads))
+        raise ModelError(f"model type {config.type!r} has no embedding output (no base model) to train "
+                         f"contrastively; use one of: {usable}")
+    return family.heads["base"], family.torch_keys.prefix if family.torch_keys else None
+
+
 def head_of(model: nn.Module) -> str:
     """The registry name of a built model's head (``causal_lm``, ``masked_lm``, ...)."""
     heads = MODEL_FAMILIES[model.config.type].heads
     module = getattr(model, "module", model)  # a StatefulModel's module
+    if isinstance(module, ContrastiveModel):
+        return "contrastive"
     return next(h for h, cls in heads.items() if cls is type(module))

@@ -35,7 +35,7 @@ from jaxlm.layers.core import ACTIVATIONS, Dropout, dense, embed, layer_norm, no
 from jaxlm.layers.embeddings import add_positions
 from jaxlm.models.base import ModelConfig, TorchKeyMap, TransformerVariants
 from jaxlm.models.layout import apply_layers
-from jaxlm.models.outputs import ModelOutput, at_positions, check_masked_positions
+from jaxlm.models.outputs import ModelOutput, at_positions, check_masked_positions, first_tokens
 
 
 class BertConfig(ModelConfig, TransformerVariants):
@@ -105,7 +105,7 @@ class BertEmbeddings(nn.Module):
         c = self.config
         kw = dict(std=c.initializer_range, dtype=self.dtype)
         words = embed(c.vocab_size, c.hidden_size, ("vocab", "embed"), name="word_embeddings", **kw)
-        x = embed_ids(words, input_ids, c.pad_token_id)
+        x = self.perturb("word_embeddings_output", embed_ids(words, input_ids, c.pad_token_id))  # adversarial hook
         x = x + embed(c.type_vocab_size, c.hidden_size, (None, "embed"), name="token_type_embeddings",
                       **kw)(token_type_ids)
         x = add_positions(x, position_ids, c.positions, c.max_position_embeddings, name="position_embeddings", **kw)
@@ -152,7 +152,7 @@ class BertModel(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
-                 output_hidden_states: bool = False, output_attentions: bool = False):
+                 output_hidden_states: bool = False, output_attentions: bool = False, pooled_positions=None):
         c = self.config
         deterministic = not self.has_rng("dropout")
         if token_type_ids is None:
@@ -172,7 +172,7 @@ class BertModel(nn.Module):
         extra = {}
         if self.add_pooling_layer:
             pooled = dense(c.hidden_size, ("embed", None), std=c.initializer_range, name="pooler",
-                           dtype=self.dtype)(x[:, 0])
+                           dtype=self.dtype)(first_tokens(x, pooled_positions))
             extra["pooler_output"] = jnp.tanh(pooled)
         return ModelOutput(
             last_hidden_state=x,
@@ -231,11 +231,13 @@ class _BertWithHead(nn.Module):
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
                  output_hidden_states: bool = False, output_attentions: bool = False,
-                 masked_positions=None) -> ModelOutput:
+                 masked_positions=None, pooled_positions=None) -> ModelOutput:
+        """``pooled_positions [batch, P]``: rows packed with P examples each (see :func:`first_tokens`)."""
         check_masked_positions(self, masked_positions)
         trunk = BertModel(self.config, add_pooling_layer=self.add_pooling_layer, dtype=self.dtype, name="bert")
         out = trunk(input_ids, attention_mask, token_type_ids, position_ids,
-                    output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+                    output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+                    pooled_positions=pooled_positions)
         return self.head(out, trunk, deterministic=not self.has_rng("dropout"), masked_positions=masked_positions)
 
     def head(self, out: ModelOutput, trunk: BertModel, deterministic: bool, masked_positions=None) -> ModelOutput:

@@ -25,7 +25,7 @@ from jaxlm.layers.attention import SelfAttention
 from jaxlm.layers.core import ACTIVATIONS, Dropout, dense, embed, layer_norm, zeros
 from jaxlm.models.base import ModelConfig, TorchKeyMap
 from jaxlm.models.bert import embed_ids
-from jaxlm.models.outputs import ModelOutput, at_positions, check_masked_positions
+from jaxlm.models.outputs import ModelOutput, at_positions, check_masked_positions, first_tokens
 
 LAYER_NORM_EPS = 1e-12
 
@@ -77,7 +77,8 @@ class DistilBertEmbeddings(nn.Module):
         kw = dict(std=c.initializer_range, dtype=self.dtype)
         words = embed(c.vocab_size, c.dim, ("vocab", "embed"), name="word_embeddings", **kw)
         positions = embed(c.max_position_embeddings, c.dim, (None, "embed"), name="position_embeddings", **kw)
-        x = embed_ids(words, input_ids, c.pad_token_id) + positions(position_ids)
+        x = self.perturb("word_embeddings_output", embed_ids(words, input_ids, c.pad_token_id))  # adversarial hook
+        x = x + positions(position_ids)
         x = layer_norm(LAYER_NORM_EPS, name="LayerNorm", dtype=self.dtype)(x)
         return Dropout(c.dropout)(x, deterministic=deterministic)
 
@@ -148,15 +149,17 @@ class _DistilBertWithHead(nn.Module):
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
                  output_hidden_states: bool = False, output_attentions: bool = False,
-                 masked_positions=None) -> ModelOutput:
+                 masked_positions=None, pooled_positions=None) -> ModelOutput:
+        """``pooled_positions [batch, P]``: rows packed with P examples each (see :func:`first_tokens`)."""
         check_masked_positions(self, masked_positions)
         trunk = DistilBertModel(self.config, dtype=self.dtype, name="distilbert")
         out = trunk(input_ids, attention_mask, token_type_ids, position_ids,
                     output_hidden_states=output_hidden_states, output_attentions=output_attentions)
-        return self.head(out, trunk, deterministic=not self.has_rng("dropout"), masked_positions=masked_positions)
+        return self.head(out, trunk, deterministic=not self.has_rng("dropout"), masked_positions=masked_positions,
+                         pooled_positions=pooled_positions)
 
     def head(self, out: ModelOutput, trunk: DistilBertModel, deterministic: bool,
-             masked_positions=None) -> ModelOutput:
+             masked_positions=None, pooled_positions=None) -> ModelOutput:
         raise NotImplementedError
 
 
@@ -165,7 +168,7 @@ class DistilBertForMaskedLM(_DistilBertWithHead):
 
     scores_tokens: ClassVar[bool] = True
 
-    def head(self, out, trunk, deterministic, masked_positions=None):
+    def head(self, out, trunk, deterministic, masked_positions=None, pooled_positions=None):
         c = self.config
         x = dense(c.dim, ("embed", None), std=c.initializer_range, name="vocab_transform",
                   dtype=self.dtype)(at_positions(out.last_hidden_state, masked_positions))
@@ -179,9 +182,10 @@ class DistilBertForMaskedLM(_DistilBertWithHead):
 class DistilBertForSequenceClassification(_DistilBertWithHead):
     """``logits``: ``[batch, num_labels]`` from the first token's final hidden state."""
 
-    def head(self, out, trunk, deterministic, masked_positions=None):
+    def head(self, out, trunk, deterministic, masked_positions=None, pooled_positions=None):
         c = self.config
         kw = dict(std=c.initializer_range, dtype=self.dtype)
-        x = dense(c.dim, ("embed", None), name="pre_classifier", **kw)(out.last_hidden_state[:, 0])
+        x = dense(c.dim, ("embed", None), name="pre_classifier", **kw)(first_tokens(out.last_hidden_state,
+                                                                                     pooled_positions))
         x = Dropout(c.seq_classif_dropout)(nn.relu(x), deterministic=deterministic)
         return out.replace(logits=dense(c.num_labels, ("embed", None), name="classifier", **kw)(x))

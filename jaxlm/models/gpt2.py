@@ -122,8 +122,9 @@ class GPT2Model(nn.Module):
             position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
         wte = embed(c.vocab_size, c.n_embd, ("vocab", "embed"), std=c.initializer_range, name="wte",
                     dtype=self.dtype)
-        x = add_positions(wte(input_ids), position_ids, c.positions, c.n_positions, std=c.initializer_range,
-                          name="wpe", dtype=self.dtype)
+        tokens = self.perturb("wte_output", wte(input_ids))  # the adversarial hook (jaxlm/train/adversarial.py)
+        x = add_positions(tokens, position_ids, c.positions, c.n_positions, std=c.initializer_range, name="wpe",
+                          dtype=self.dtype)
         if token_type_ids is not None:  # GPT-2 reuses wte for token types, as transformers does
             x = x + wte(token_type_ids)
         x = Dropout(c.embd_pdrop)(x, deterministic=deterministic)

@@ -48,6 +48,13 @@ def check_masked_positions(model, masked_positions) -> None:
         raise ValueError(f"{type(model).__name__} predicts no tokens: call it without masked_positions")
 
 
+def first_tokens(hidden: jax.Array, pooled_positions: jax.Array | None) -> jax.Array:
+    """The first-token (``[CLS]``) states a sequence head reads: position 0, ``[batch, features]``;
+    or, for rows packed with several examples, each example's first token at ``pooled_positions
+    [batch, P]`` -> ``[batch, P, features]`` (its logits then have that shape too)."""
+    return hidden[:, 0] if pooled_positions is None else at_positions(hidden, pooled_positions)
+
+
 def at_positions(hidden: jax.Array, positions: jax.Array | None) -> jax.Array:
     """``hidden [batch, length, features]`` at ``positions [batch, P]`` (all of it for ``None``):
     a masked-LM head then predicts only the scored positions, as BERT's pretraining did."""

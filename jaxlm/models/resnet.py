@@ -77,19 +77,21 @@ class BasicBlock(nn.Module):
         return nn.relu(x + y)
 
 
-class ResNetForImageClassification(nn.Module):
-    """``logits``: ``[batch, num_labels]``; ``last_hidden_state``: the pooled ``[batch, width]`` features."""
+class ResNetModel(nn.Module):
+    """The trunk: ``last_hidden_state`` is the pooled ``[batch, width]`` features (the embedding
+    output that contrastive learning trains)."""
 
     config: ResNetConfig
     dtype: jnp.dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, pixel_values) -> ModelOutput:
+    @nn.nowrap
+    def features(self, pixel_values):
+        """Built in the caller's compact scope, so the classifier's params sit beside these."""
         c = self.config
         norm = partial(nn.BatchNorm, use_running_average=not self.is_mutable_collection("batch_stats"),
                        momentum=c.batch_norm_momentum, epsilon=c.batch_norm_epsilon, dtype=self.dtype,
                        scale_init=ones(("mlp",)), bias_init=zeros(("mlp",)))
-        x = pixel_values.astype(self.dtype)
+        x = self.perturb("pixels", pixel_values.astype(self.dtype))  # adversarial hook: the pixels are the input
         if c.stem == "imagenet":
             x = nn.relu(norm(name="stem_bn")(_conv(c.stage_widths[0], (7, 7), (2, 2), "stem_conv", self.dtype)(x)))
             x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
@@ -99,6 +101,19 @@ class ResNetForImageClassification(nn.Module):
             for block in range(blocks):
                 strides = 2 if stage and not block else 1
                 x = BasicBlock(width, strides, norm, self.dtype, name=f"stage{stage + 1}_block{block + 1}")(x)
-        features = x.mean((1, 2))
-        logits = dense(c.num_labels, ("mlp", None), std=0.01, name="classifier", dtype=self.dtype)(features)
+        return x.mean((1, 2))
+
+    @nn.compact
+    def __call__(self, pixel_values) -> ModelOutput:
+        return ModelOutput(last_hidden_state=self.features(pixel_values))
+
+
+class ResNetForImageClassification(ResNetModel):
+    """``logits``: ``[batch, num_labels]``; ``last_hidden_state``: the pooled ``[batch, width]`` features."""
+
+    @nn.compact
+    def __call__(self, pixel_values) -> ModelOutput:
+        features = self.features(pixel_values)
+        logits = dense(self.config.num_labels, ("mlp", None), std=0.01, name="classifier",
+                       dtype=self.dtype)(features)
         return ModelOutput(logits=logits, last_hidden_state=features)

@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from pydantic import Field
 
-from jaxlm.layers.attention import SelfAttention
+from jaxlm.layers.attention import SelfAttention, segment_mask, segment_positions
 from jaxlm.layers.core import ACTIVATIONS, Dropout, dense, embed, norm
 from jaxlm.layers.embeddings import PositionType, add_positions
 from jaxlm.models.base import ModelConfig, TransformerVariants
@@ -125,14 +125,15 @@ class DecoderLayer(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, memory, memory_mask, deterministic: bool, decode: bool):
-        """``memory``: the encoder output, or ``None`` once decoding has cached its keys / values."""
+    def __call__(self, x, memory, memory_mask, deterministic: bool, decode: bool, self_mask=None):
+        """``memory``: the encoder output, or ``None`` once decoding has cached its keys / values;
+        ``self_mask``: packed rows' segments (the causal mask is added)."""
         c = self.config
         heads = c.decoder_attention_heads
         self_attn = attention(c, heads, self.dtype, "self_attn", causal=True, sliding_window=c.sliding_window,
                               rope_theta=c.rope_theta if c.positions == "rotary" else None)
         ln = lambda name: norm(c.norm_type, c.layer_norm_eps, name=name, dtype=self.dtype)  # noqa: E731
-        x = residual(c, x, lambda h: self_attn(h, decode=decode, deterministic=deterministic)[0],
+        x = residual(c, x, lambda h: self_attn(h, self_mask, decode=decode, deterministic=deterministic)[0],
                      ln("self_attn_layer_norm"), deterministic)
         cross = attention(c, heads, self.dtype, "encoder_attn", cross=True)
         x = residual(c, x, lambda h: cross(h, memory_mask, kv=memory, decode=decode, deterministic=deterministic)[0],
@@ -155,10 +156,11 @@ class Encoder(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask, table):
+    def __call__(self, input_ids, attention_mask, table, positions=None):
         c = self.config
         deterministic = not self.has_rng("dropout")
-        x = _embed_tokens(c, table, input_ids, jnp.arange(input_ids.shape[1]), self.dtype, deterministic)
+        positions = jnp.arange(input_ids.shape[1]) if positions is None else positions
+        x = _embed_tokens(c, table, input_ids, positions, self.dtype, deterministic)
         for i in range(c.encoder_layers):
             x = nn.with_logical_constraint(
                 EncoderLayer(c, self.dtype, name=f"layers_{i}")(x, attention_mask, deterministic),
@@ -173,11 +175,15 @@ class Decoder(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, decoder_input_ids, encoded: EncoderOutput, table, decode: bool):
+    def __call__(self, decoder_input_ids, encoded: EncoderOutput, table, decode: bool, segment_ids=None):
         c = self.config
         deterministic = not self.has_rng("dropout")
         length = decoder_input_ids.shape[1]
         positions, memory = jnp.arange(length), encoded.hidden
+        self_mask, memory_mask = None, encoded.mask
+        if segment_ids is not None:  # packed rows: encoded.mask holds the source's segment ids
+            positions, self_mask = segment_positions(segment_ids), segment_mask(segment_ids)
+            memory_mask = segment_mask(segment_ids, encoded.mask)
         if decode:  # continue after the tokens already decoded; the first call only builds the cache
             offset, started = CachedState(name="position")(jnp.zeros((), jnp.int32))
             positions = offset.value + positions
@@ -187,7 +193,8 @@ class Decoder(nn.Module):
         x = _embed_tokens(c, table, decoder_input_ids, positions, self.dtype, deterministic)
         for i in range(c.decoder_layers):
             x = nn.with_logical_constraint(
-                DecoderLayer(c, self.dtype, name=f"layers_{i}")(x, memory, encoded.mask, deterministic, decode),
+                DecoderLayer(c, self.dtype, name=f"layers_{i}")(x, memory, memory_mask, deterministic, decode,
+                                                                self_mask),
                 ("batch", "length", "embed"))
         if c.norm_position == "pre":
             x = norm(c.norm_type, c.layer_norm_eps, name="layer_norm", dtype=self.dtype)(x)
@@ -219,15 +226,26 @@ class TransformerSeq2Seq(nn.Module):
             return self.shared.embedding, self.shared.embedding
         return self.encoder_embed.embedding, self.decoder_embed.embedding
 
-    def encode(self, input_ids, attention_mask=None) -> EncoderOutput:
+    def encode(self, input_ids, attention_mask=None, segment_ids=None) -> EncoderOutput:
+        """``segment_ids``: rows packed with several sources (:func:`segment_mask`; they replace
+        ``attention_mask`` and are the output's ``mask``)."""
+        if segment_ids is not None:
+            hidden = self.encoder(input_ids, segment_mask(segment_ids), self._tables()[0],
+                                  segment_positions(segment_ids))
+            return EncoderOutput(hidden=hidden, mask=segment_ids)
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         return EncoderOutput(hidden=self.encoder(input_ids, attention_mask, self._tables()[0]), mask=attention_mask)
 
-    def decode(self, decoder_input_ids, encoded: EncoderOutput, *, decode: bool = False) -> ModelOutput:
+    def decode(self, decoder_input_ids, encoded: EncoderOutput, *, decode: bool = False,
+               decoder_segment_ids=None) -> ModelOutput:
         """Logits of every decoder position; ``decode=True`` continues from the ``cache`` collection."""
-        logits = self.decoder(decoder_input_ids, encoded, self._tables()[1], decode)
+        logits = self.decoder(decoder_input_ids, encoded, self._tables()[1], decode, decoder_segment_ids)
         return ModelOutput(logits=nn.with_logical_constraint(logits, ("batch", "length", "vocab")))
 
-    def __call__(self, input_ids, attention_mask, decoder_input_ids) -> ModelOutput:
-        return self.decode(decoder_input_ids, self.encode(input_ids, attention_mask))
+    def __call__(self, input_ids, attention_mask, decoder_input_ids, *, segment_ids=None,
+                 decoder_segment_ids=None) -> ModelOutput:
+        """``segment_ids`` / ``decoder_segment_ids``: rows packed with several pairs, each target in
+        the segment of its source (:mod:`jaxlm.data.packing`)."""
+        return self.decode(decoder_input_ids, self.encode(input_ids, attention_mask, segment_ids),
+                           decoder_segment_ids=decoder_segment_ids)

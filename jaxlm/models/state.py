@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-NOT_STATE = ("params", "cache", "intermediates")
-"""Collections that are not model state: parameters, the decoding KV cache, sown values."""
+NOT_STATE = ("params", "cache", "intermediates", "perturbations")
+"""Collections that are not model state: parameters, the decoding KV cache, sown values, and the
+adversarial perturbations of the embedding outputs (jaxlm/train/adversarial.py)."""
 
 
 def split_variables(variables: dict) -> tuple[Any, dict]:

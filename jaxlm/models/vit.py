@@ -109,6 +109,7 @@ class ViTEmbeddings(nn.Module):
             raise ValueError(f"pixel_values are {tuple(pixel_values.shape[1:])} images but this ViT takes "
                              f"{want} (height, width, channels): resize the images or change the config")
         x = ViTPatchEmbeddings(c, dtype=self.dtype, name="patch_embeddings")(pixel_values.astype(self.dtype))
+        x = self.perturb("patch_embeddings_output", x)  # adversarial hook (jaxlm/train/adversarial.py)
         axes = (None, None, "embed")
         cls = self.param("cls_token", normal(c.initializer_range, axes), (1, 1, c.hidden_size))
         positions = self.param("position_embeddings", normal(c.initializer_range, axes),

@@ -74,11 +74,12 @@ class WordEmbeddings(nn.Module):
         mask = attention_mask[..., None].astype(self.dtype)
         if c.embedding_mode == "multichannel":
             tuned, frozen = table("embeddings")(input_ids), table("static_embeddings")(input_ids)
-            return [tuned * mask, jax.lax.stop_gradient(frozen) * mask]
+            return [self.perturb("embeddings_output", tuned) * mask,
+                    self.perturb("static_embeddings_output", jax.lax.stop_gradient(frozen)) * mask]
         x = table("embeddings")(input_ids)
         if c.embedding_mode == "static":
             x = jax.lax.stop_gradient(x)
-        return [x * mask]
+        return [self.perturb("embeddings_output", x) * mask]  # the adversarial hook (jaxlm/train/adversarial.py)
 
 
 def classifier_logits(config: WordModelConfig, features, deterministic: bool, dtype):

@@ -47,11 +47,15 @@ class Task(Protocol):
 def build_task(config: Config, run_dir: Path) -> Task:
     from jaxlm.tasks.causal_lm import CausalLMTask
     from jaxlm.tasks.classification import ClassificationTask
+    from jaxlm.tasks.contrastive import ContrastiveTask
+    from jaxlm.tasks.gan import GANTask
     from jaxlm.tasks.image_classification import ImageClassificationTask
     from jaxlm.tasks.mlm import MaskedLMTask
+    from jaxlm.tasks.regression import RegressionTask
     from jaxlm.tasks.seq2seq import Seq2SeqTask
     from jaxlm.tasks.word2vec import Word2VecTask
 
     tasks = {"causal_lm": CausalLMTask, "mlm": MaskedLMTask, "classification": ClassificationTask,
-             "seq2seq": Seq2SeqTask, "image_classification": ImageClassificationTask, "word2vec": Word2VecTask}
+             "seq2seq": Seq2SeqTask, "image_classification": ImageClassificationTask, "word2vec": Word2VecTask,
+             "regression": RegressionTask, "contrastive": ContrastiveTask, "gan": GANTask}
     return tasks[config.task.type](config, run_dir)

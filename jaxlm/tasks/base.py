@@ -1,14 +1,15 @@
-"""The data half of a task whose splits are dicts of row arrays sharing a leading dimension."""
+"""The data half of a task whose splits are rows: arrays sharing a leading dimension, or streamed windows."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from jaxlm.data.pipeline import BatchIterator, eval_batches
+from jaxlm.data.pipeline import ArrayRows, BatchIterator, eval_batches
 
 
 class ArrayTask:
-    """``self.train`` is served shuffled and resumable, ``self.valid`` every row once, in order."""
+    """``self.train`` is served shuffled and resumable, ``self.valid`` every row once, in order;
+    each is a dict of arrays or a row source read on demand (see :class:`BatchIterator`)."""
 
     train: dict[str, np.ndarray]
     valid: dict[str, np.ndarray]
@@ -22,4 +23,5 @@ class ArrayTask:
         return eval_batches(self.valid, batch_size, limit)
 
     def example_batch(self, batch_size):
-        return {k: v[:1].repeat(batch_size, 0) for k, v in self.valid.items()}
+        rows = ArrayRows(self.valid) if isinstance(self.valid, dict) else self.valid
+        return rows[np.zeros(batch_size, np.int64)]

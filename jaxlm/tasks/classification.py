@@ -7,7 +7,8 @@ read single texts as plain word ids of a word-level vocabulary built from the tr
 
 The labelled rows are split per class into train / validation / test (``task.split``,
 seeded by ``task.split_seed``, so runs with different ``run.seed`` share one split);
-evaluation scores ``task.eval_split``.
+evaluation scores ``task.eval_split``. With ``task.packing`` several short examples share a row
+(:mod:`jaxlm.data.packing`); the logits, and so every metric, are those of the unpacked rows.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ import numpy as np
 from jaxlm.config import Config
 from jaxlm.data.bert_inputs import frame_texts
 from jaxlm.data.labeled import Table, label_ids, read_dataset, read_files, stratified_split
+from jaxlm.data.packing import pack_rows
 from jaxlm.data.tokenizer import Tokenizer, get_tokenizer
 from jaxlm.data.windows import flatten_windows, pool_logits, windowed
 from jaxlm.errors import ConfigError, DataError, JaxlmError
+from jaxlm.layers.attention import segment_mask
 from jaxlm.models import head_of
 from jaxlm.tasks.encoder import EncoderTask, encoder_tokenizer, framer
 from jaxlm.train.losses import cross_entropy_sum
@@ -62,6 +65,8 @@ class ClassificationTask(EncoderTask):
     windows = False
     """task.long_text=windows: rows are [texts, windows, length] and logits are pooled."""
     augment = None
+    packing = False
+    """task.packing: several examples per row, attention within each (segment ids)."""
 
     def __init__(self, config: Config, run_dir: Path):
         super().__init__(config)
@@ -110,16 +115,28 @@ class ClassificationTask(EncoderTask):
                                 f"{limit}; raise data.seq_len or set task.truncation=truncate")
             log.info("truncated %d of %d texts of %s to %s; task.truncation=error refuses them instead",
                      cut.sum(), len(cut), table.where, limit)
-        rows["label"] = labels
-        self.train, valid, test = ({k: v[part] for k, v in rows.items()} for part in parts)
-        self.valid = valid if t.eval_split == "validation" else test
-        if not len(self.valid["label"]):
+        if not len(parts[1 if t.eval_split == "validation" else 2]):
             raise ConfigError(f"task.eval_split={t.eval_split} but task.split={t.split} leaves it no rows")
+        self.packing = t.packing
+        if self.packing:
+            if uses_words(model):
+                raise ConfigError(f"task.packing needs a Transformer encoder (bert, distilbert), not model.type="
+                                  f"{model.type}; set task.packing=false")
+            if self.windows or t.augment:
+                raise ConfigError("task.packing packs fixed rows of short texts; it does not combine with "
+                                  "task.long_text=windows or task.augment: drop one of them")
+            self.train, valid, test = (pack_rows({k: v[part] for k, v in rows.items()}, labels[part])
+                                       for part in parts)
+        else:
+            rows["label"] = labels
+            self.train, valid, test = ({k: v[part] for k, v in rows.items()} for part in parts)
+        self.valid = valid if t.eval_split == "validation" else test
         if t.augment:
             from jaxlm.data.text_augment import build_augmenter
 
             self.augment = build_augmenter(t.augment)
             self.train_texts = [texts[i] for i in parts[0]]
+            self.train = {**self.train, "row": np.arange(len(parts[0]))}  # which text each batch row holds
 
     def train_iterator(self, batch_size, process_index=0, process_count=1):
         batches = super().train_iterator(batch_size, process_index, process_count)
@@ -128,6 +145,12 @@ class ClassificationTask(EncoderTask):
         return AugmentedBatches(batches, self.train_texts, self.augment, self.encode)
 
     def model_inputs(self, batch):
+        if self.packing:
+            inputs = {"input_ids": batch["input_ids"], "attention_mask": segment_mask(batch["segment_ids"]),
+                      "position_ids": batch["position_ids"], "pooled_positions": batch["pooled_positions"]}
+            if self.token_types:
+                inputs["token_type_ids"] = batch["token_type_ids"]
+            return inputs
         inputs = super().model_inputs(batch)
         return flatten_windows(inputs) if self.windows else inputs
 
@@ -136,7 +159,9 @@ class ClassificationTask(EncoderTask):
         return pool_logits(logits, batch["window_mask"], self.pooling) if self.windows else logits
 
     def weights(self, batch):
-        """1 for a real row, 0 for the padding of a last eval batch."""
+        """Each example's weight: 0 for the zero rows that pad the last eval batch (and unused packed slots)."""
+        if self.packing:
+            return batch["label_weight"]
         return batch["window_mask"][:, 0] if self.windows else batch["attention_mask"][:, 0]
 
     def loss(self, model, params, batch, dropout_rng, label_smoothing=0.0):
@@ -144,8 +169,9 @@ class ClassificationTask(EncoderTask):
         return cross_entropy_sum(logits, batch["label"], self.weights(batch), label_smoothing)
 
     def eval_sums(self, model, params, batch):
-        logits = self.logits(model, params, batch, None)
-        return classification_sums(logits, batch["label"], self.weights(batch), self.num_labels)
+        logits = self.logits(model, params, batch, None)  # packed: [rows, examples per row, labels]
+        return classification_sums(logits.reshape(-1, logits.shape[-1]), batch["label"].reshape(-1),
+                                   self.weights(batch).reshape(-1), self.num_labels)
 
     def summarize(self, sums, complete):
         return classification_summary(sums)
@@ -185,7 +211,6 @@ class AugmentedBatches:
 
     def __init__(self, batches, texts: list[str], augment, encode: TextEncoder):
         self.batches, self.texts, self.augment, self.encode = batches, texts, augment, encode
-        batches.arrays = {**batches.arrays, "row": np.arange(batches.n)}
 
     def __iter__(self):
         return self

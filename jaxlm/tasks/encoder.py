@@ -13,12 +13,15 @@ from jaxlm.errors import DataError
 from jaxlm.tasks.base import ArrayTask
 
 
-def encoder_tokenizer(config: Config, train_texts: list[str], run_dir: Path, needs: tuple[str, ...]) -> Tokenizer:
-    """The configured tokenizer, or a WordPiece trained on ``train_texts``; it must hold the
-    special tokens ``needs`` and exactly ``model.vocab_size`` tokens."""
+def encoder_tokenizer(config: Config, train_texts: list[str] | Tokenizer, run_dir: Path, needs: tuple[str, ...]
+                      ) -> Tokenizer:
+    """The configured tokenizer, or a WordPiece trained on ``train_texts`` (or the tokenizer
+    given there: prepared data's); it must hold the special tokens ``needs`` and exactly
+    ``model.vocab_size`` tokens."""
     t = config.data.tokenizer
     where = t.path or run_dir / "tokenizer"
-    tok = get_tokenizer(t.path, t.vocab_size, train_texts, run_dir / "tokenizer", kind="wordpiece")
+    tok = train_texts if isinstance(train_texts, Tokenizer) else \
+        get_tokenizer(t.path, t.vocab_size, train_texts, run_dir / "tokenizer", kind="wordpiece")
     require_tokens(tok, needs, f"the tokenizer in {where}")
     if tok.vocab_size != config.model.vocab_size:
         raise DataError(f"the tokenizer in {where} has {tok.vocab_size} tokens but model.vocab_size="

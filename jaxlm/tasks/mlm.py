@@ -5,6 +5,10 @@ Training rows are masked afresh every epoch by :class:`~jaxlm.data.masking.Maske
 (reproducible and resumable from the iterator position the checkpoint saves); validation
 rows are masked once, so every evaluation scores the same predictions.
 
+``data.paths`` / ``data.dataset`` are prepared into token shards (:mod:`jaxlm.data.prepare`)
+and streamed as ``[CLS] block [SEP]`` rows, validation rows masked as they are read. Sentence
+pairs need sentences, which shards do not keep: NSP / SOP read ``data.paths`` in memory.
+
 With sentence pairs the loss is ``BertForPreTraining``'s: masked-token cross-entropy plus
 the pair classification cross-entropy. To keep the step's ``sum / weight`` exact under
 gradient accumulation, each pair's loss is weighted by its number of masked tokens: the
@@ -23,10 +27,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlm.config import Config
-from jaxlm.data.bert_inputs import pack_blocks, sentence_pairs, split_sentences
+from jaxlm.data.bert_inputs import FramedBlocks, pack_blocks, sentence_pairs, split_sentences
 from jaxlm.data.corpus import load_documents, split_documents
-from jaxlm.data.masking import EVAL_EPOCH, Masker, MaskedBatches, row_rng
+from jaxlm.data.masking import EVAL_EPOCH, Masker, MaskedBatches, MaskedRows, row_rng
 from jaxlm.data.pipeline import BatchIterator
+from jaxlm.data.shards import ShardedTokens
+from jaxlm.data.sources import SourceSpec
+from jaxlm.errors import ConfigError
 from jaxlm.tasks.encoder import EncoderTask, encoder_tokenizer, framer
 from jaxlm.train.losses import cross_entropy_sum
 
@@ -74,8 +81,25 @@ class MaskedLMTask(EncoderTask):
         super().__init__(config)
         t, data = config.task, config.data
         self.head, self.pairs = t.head, t.sentence_pairs
+        needs = ("[PAD]", "[CLS]", "[SEP]", "[MASK]")
+        spec = SourceSpec.of(data)
+        if self.pairs and spec.dataset:
+            raise ConfigError("task.sentence_pairs needs sentences, which prepared shards do not keep: NSP / SOP "
+                              "read data.paths text files in memory; set task.sentence_pairs=null to stream "
+                              "data.dataset")
+        if not spec.is_embedded and not self.pairs:  # prepared shards, streamed; validation masked as read
+            from jaxlm.data.prepare import load_prepared
+
+            directory, manifest, tok = load_prepared(config, run_dir, config.trainer.progress_bar)
+            tok = encoder_tokenizer(config, tok, run_dir, needs)
+            frame = framer(tok, data.seq_len)
+            self.masker = self._masker(config, tok)
+            self.train = FramedBlocks(ShardedTokens(directory, manifest, "train"), frame, keep_last=False)
+            self.valid = MaskedRows(FramedBlocks(ShardedTokens(directory, manifest, "valid"), frame, keep_last=True),
+                                    self.masker, self.seed)
+            return
         train_text, valid_text = split_documents(load_documents(data.paths), data.validation_fraction)
-        tok = encoder_tokenizer(config, train_text, run_dir, needs=("[PAD]", "[CLS]", "[SEP]", "[MASK]"))
+        tok = encoder_tokenizer(config, train_text, run_dir, needs)
         frame = framer(tok, data.seq_len)
         if self.pairs:
             def rows(texts, stream):
@@ -88,14 +112,19 @@ class MaskedLMTask(EncoderTask):
         else:
             train = pack_blocks(tok.encode_batch(train_text), frame, keep_last=False)
             valid = pack_blocks(tok.encode_batch(valid_text), frame, keep_last=True)
-        self.masker = Masker.for_vocab(
-            tok.tok.get_vocab(), tok.special_ids, continuation_prefix=tok.continuation_prefix,
-            probability=t.mask_probability, mask_fraction=t.mask_token_fraction,
-            random_fraction=t.random_token_fraction, unit=t.masking, span_p=t.span_p, max_span=t.max_span)
+        self.masker = self._masker(config, tok)
         self.train = {**train, "row": np.arange(len(train["input_ids"]))}
         rngs = [row_rng(self.seed, EVAL_EPOCH, r) for r in range(len(valid["input_ids"]))]
         valid["input_ids"], valid["labels"] = self.masker(valid["input_ids"], rngs)
         self.valid = valid
+
+    @staticmethod
+    def _masker(config: Config, tok) -> Masker:
+        t = config.task
+        return Masker.for_vocab(
+            tok.tok.get_vocab(), tok.special_ids, continuation_prefix=tok.continuation_prefix,
+            probability=t.mask_probability, mask_fraction=t.mask_token_fraction,
+            random_fraction=t.random_token_fraction, unit=t.masking, span_p=t.span_p, max_span=t.max_span)
 
     def train_iterator(self, batch_size, process_index=0, process_count=1):
         batches = BatchIterator(self.train, batch_size, self.seed, process_index=process_index,

@@ -29,6 +29,7 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from jaxlm.config import Config
 from jaxlm.data.labeled import read_files
+from jaxlm.data.packing import pack_pairs
 from jaxlm.data.tokenizer import FILE, Tokenizer, get_tokenizer, load_tokenizer
 from jaxlm.errors import ConfigError, DataError
 from jaxlm.generate import GenerationOptions, decode_seq2seq
@@ -190,6 +191,11 @@ class Seq2SeqTask(ArrayTask):
             raise DataError(f"the tokenizer has {self.tokenizer.vocab_size} tokens but model.vocab_size="
                             f"{config.model.vocab_size}; set model.vocab_size={self.tokenizer.vocab_size}")
         self.pad_id, self.start_id, self.end_id = special_ids(self.tokenizer)
+        if t.packing:
+            if config.model.type != "transformer_seq2seq":
+                raise ConfigError(f"task.packing needs model.type=transformer_seq2seq (attention masks keep packed "
+                                  f"pairs apart), not {config.model.type}; set task.packing=false")
+            self.train = pack_pairs(self.train, self.pad_id)
 
     def _text_rows(self, config, sources, targets, run_dir) -> Tokenizer:
         """Split the pairs (``data.validation_fraction`` to validation, seeded by ``task.data_seed``),
@@ -216,7 +222,9 @@ class Seq2SeqTask(ArrayTask):
                                  decoder_start_token_id=self.start_id, **options)
 
     def model_inputs(self, batch):
-        return {k: batch[k] for k in ("input_ids", "attention_mask", "decoder_input_ids")}
+        """Packed training rows (``task.packing``) also bring their ``segment_ids``."""
+        keys = ("input_ids", "attention_mask", "decoder_input_ids", "segment_ids", "decoder_segment_ids")
+        return {k: batch[k] for k in keys if k in batch}
 
     def _logits(self, model, params, batch, rng):
         return model.apply({"params": params}, **self.model_inputs(batch),

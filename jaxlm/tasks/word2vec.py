@@ -240,13 +240,20 @@ def vocabulary(run_dir: Path, sentences: list[list[str]], min_count: int) -> tup
 # -- using the trained vectors ------------------------------------------------------------------
 def load_vectors(run: str, step=None, best=False) -> tuple[list[str], np.ndarray]:
     """The words and input vectors of a word2vec run."""
-    from jaxlm.checkpoint import load_run, resolve
+    from jaxlm.checkpoint import load_run
     from jaxlm.config import validate_config
 
     config_dict, params, _ = load_run(run, step, best)
     config = validate_config(config_dict)
     if config.task.type != "word2vec":
         raise JaxlmError(f"{run} is a run of task: {config.task.type}; give a word2vec run (task: word2vec)")
+    return run_vectors(run, params)
+
+
+def run_vectors(run: str, params) -> tuple[list[str], np.ndarray]:
+    """The words of a word2vec run (its ``vocab.json``) and their input vectors in ``params``."""
+    from jaxlm.checkpoint import resolve
+
     words = json.loads((resolve(run)[0] / VOCAB_FILE).read_text())["words"]
     return words, np.asarray(params["embeddings"], np.float32)[:len(words)]
 
@@ -277,90 +284,42 @@ def neighbors(words: list[str], vectors: np.ndarray, word: str, top_k: int = 10)
     return [(words[i], float(sims[i])) for i in best]
 
 
-def plot_words(words: list[str], vectors: np.ndarray, chosen: list[str], out: Path, method: str = "pca",
-               seed: int = 0) -> Path:
-    """A 2-D PCA or t-SNE map of ``chosen`` words (scikit-learn), drawn with matplotlib."""
+# -- `jaxlm embed` on a word2vec run ------------------------------------------------------------
+def embed_words(args, config, params) -> int:
+    """``jaxlm embed`` for a word2vec run: ``neighbors WORD``, ``--out FILE.txt`` (every vector in
+    the word2vec text format), ``--plot pca|tsne`` (chosen words, default the ``--top-n`` most
+    frequent), or the chosen words' vectors as JSON lines."""
+    from jaxlm.analysis.embed import plot
+
+    if config is None or config.task.type != "word2vec":
+        where = args.run or args.model
+        raise JaxlmError(f"`embed neighbors` lists a word2vec run's nearest words, and {where} is not a word2vec "
+                         "run (task: word2vec); give one")
+    words, vectors = run_vectors(args.run, params)
+    if args.inputs[:1] == ["neighbors"]:
+        if len(args.inputs) != 2:
+            raise JaxlmError("give one word: jaxlm embed neighbors --run RUN WORD")
+        for word, sim in neighbors(words, vectors, args.inputs[1], args.top_k):
+            print(f"{sim:.4f}  {word}")
+        return 0
+    if args.out and not args.plot:
+        write_word2vec(words, vectors, Path(args.out))
+        print(f"wrote {len(words)} vectors of {vectors.shape[1]} numbers to {args.out} (word2vec text format); use "
+              f"it with model.pretrained_embeddings={args.out} model.embedding_dim={vectors.shape[1]}")
+        return 0
+    chosen = args.inputs or words[:args.top_n]
     index = {w: i for i, w in enumerate(words)}
     missing = [w for w in chosen if w not in index]
     if missing:
         raise JaxlmError(f"not in the run's vocabulary: {', '.join(missing)}; choose words it has")
-    if len(chosen) < 3:
-        raise JaxlmError("give at least 3 words to plot")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise JaxlmError("plots need matplotlib: pip install 'jaxlm[plot]'") from None
-    x = vectors[[index[w] for w in chosen]]
-    if method == "tsne":
-        from sklearn.manifold import TSNE
-
-        points = TSNE(2, perplexity=min(30.0, len(chosen) - 1), random_state=seed, init="pca").fit_transform(x)
-    else:
-        from sklearn.decomposition import PCA
-
-        points = PCA(2, random_state=seed).fit_transform(x)
-    fig, ax = plt.subplots(figsize=(7, 6))
-    ax.scatter(points[:, 0], points[:, 1], s=12)
-    for (px, py), w in zip(points, chosen):
-        ax.annotate(w, (px, py), fontsize=9, xytext=(3, 3), textcoords="offset points")
-    ax.set_title(f"word2vec vectors, {method.upper()}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(".tmp-" + out.name)
-    fig.savefig(tmp, dpi=120, bbox_inches="tight", format=out.suffix.lstrip(".") or "png")
-    plt.close(fig)
-    tmp.replace(out)
-    return out
-
-
-# -- the `jaxlm embed` sub-actions --------------------------------------------------------------
-def cmd_neighbors(args) -> int:
-    words, vectors = load_vectors(args.run, args.step, args.best)
-    for word, sim in neighbors(words, vectors, args.word, args.top_k):
-        print(f"{sim:.4f}  {word}")
+    chosen_vectors = vectors[[index[w] for w in chosen]]
+    if args.plot:
+        if not args.out:
+            raise JaxlmError("--plot writes a figure: add --out fig.png")
+        plot(chosen_vectors, None, args.plot, Path(args.out), f"word2vec vectors, {args.plot.upper()}", args.seed,
+             names=chosen)
+        print(f"wrote {args.out}: {args.plot.upper()} of {len(chosen)} words")
+        return 0
+    for word, v in zip(chosen, chosen_vectors):
+        print(json.dumps({"input": word, "embedding": [round(float(x), 6) for x in v]}))
     return 0
-
-
-def cmd_export(args) -> int:
-    words, vectors = load_vectors(args.run, args.step, args.best)
-    write_word2vec(words, vectors, Path(args.out))
-    print(f"wrote {len(words)} vectors of {vectors.shape[1]} numbers to {args.out} (word2vec text format); use it "
-          f"with model.pretrained_embeddings={args.out} model.embedding_dim={vectors.shape[1]}")
-    return 0
-
-
-def cmd_plot(args) -> int:
-    words, vectors = load_vectors(args.run, args.step, args.best)
-    chosen = args.words or words[:args.top_n]
-    out = plot_words(words, vectors, chosen, Path(args.out), args.method, args.seed)
-    print(f"wrote {out}: {args.method.upper()} of {len(chosen)} words")
-    return 0
-
-
-def add_embed_commands(embed_sub) -> None:
-    """Register ``neighbors``, ``export`` and ``plot`` (word2vec runs) under ``jaxlm embed``."""
-    def run_args(p):
-        p.add_argument("--run", required=True, help="a word2vec run directory (or one of its checkpoints/N)")
-        group = p.add_mutually_exclusive_group()
-        group.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
-        group.add_argument("--best", action="store_true", help="the best checkpoint by checkpoint.best_metric")
-
-    p = embed_sub.add_parser("neighbors", help="a word2vec run's nearest words to WORD by cosine similarity")
-    run_args(p)
-    p.add_argument("word", metavar="WORD")
-    p.add_argument("--top-k", type=int, default=10)
-    p.set_defaults(func=cmd_neighbors)
-    p = embed_sub.add_parser("export", help="a word2vec run's vectors in the word2vec text format (gensim reads it)")
-    run_args(p)
-    p.add_argument("--out", required=True, help="the .txt file to write")
-    p.set_defaults(func=cmd_export)
-    p = embed_sub.add_parser("plot", help="a PCA / t-SNE map of chosen words of a word2vec run (PNG)")
-    run_args(p)
-    p.add_argument("words", nargs="*", metavar="WORD", help="the words to draw (default: the --top-n most frequent)")
-    p.add_argument("--top-n", type=int, default=60)
-    p.add_argument("--method", choices=["pca", "tsne"], default="pca")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="words.png")
-    p.set_defaults(func=cmd_plot)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,6 +23,8 @@ from jaxlm.tasks import Task, build_task
 from jaxlm.train import layerwise
 from jaxlm.train.optim import build_optimizer
 from jaxlm.train.precision import DTYPES, LossScale, cast_floats, skip_nonfinite
+from jaxlm.train.adversarial import AdversarialTask
+from jaxlm.train.groups import GroupSpec, ParamGroup, build_groups, init_opt_state
 from jaxlm.train.step import TrainState
 from jaxlm.train.trainable import TrainableSplit, check_frozen, describe, flat, make_split, merge, unflat
 
@@ -37,8 +40,8 @@ class Setup:
     mesh: jax.sharding.Mesh
     task: Task
     model: nn.Module
-    tx: Any
-    schedule: Any
+    groups: list[ParamGroup]
+    """What trains in turn, each with its optimizer (one group of every trainable param by default)."""
     abstract_state: TrainState  # ShapeDtypeStructs carrying the target shardings (trainable params only)
     batch_sharding: jax.sharding.NamedSharding
     rules: tuple
@@ -71,7 +74,7 @@ class Setup:
         trainable, frozen = self.split.split(params)
         shardings = jax.tree.map(lambda a: a.sharding, self.abstract_state.opt_state)
         with self.sharding_context():
-            opt_state = jax.jit(self.tx.init, out_shardings=shardings)(trainable)
+            opt_state = jax.jit(partial(init_opt_state, self.groups), out_shardings=shardings)(trainable)
         _, rng = jax.random.split(jax.random.PRNGKey(self.config.run.seed))
         return TrainState(jnp.zeros((), jnp.int32), trainable, opt_state, rng, new_loss_scale(self.config),
                           model_state)
@@ -162,10 +165,11 @@ def full_params(config: Config, trainable, frozen_record: dict, where: str) -> d
     return merge(trainable, frozen)
 
 
-def build_tx(config: Config, trainable, split: TrainableSplit) -> tuple[Callable, Any]:
-    """The optimizer over the trainable params: the configured chain, layer-wise learning-rate
-    decay, gradual unfreezing and float16's skipping of overflowing updates."""
-    t, opt = config.trainer, config.optimizer
+def build_tx(config: Config, trainable, split: TrainableSplit, group: str = "all") -> tuple[Callable, Any]:
+    """The optimizer over the trainable params (of one parameter ``group``): the configured chain
+    (with ``optimizer.groups.<group>``'s settings), layer-wise learning-rate decay, gradual
+    unfreezing and float16's skipping of overflowing updates."""
+    t, opt = config.trainer, config.optimizer.for_group(group)
     tx, schedule = build_optimizer(opt, config.schedule, t.max_steps)
     if opt.layer_decay is not None:
         import optax
@@ -187,23 +191,28 @@ def setup(config: Config) -> Setup:
     task = build_task(config, run_dir)
     # A task may pass the module data-dependent arguments (a word model's pretrained embeddings).
     model, fresh, peft_trainable = build_run_model(config, task.head, **getattr(task, "model_kwargs", {}))
+    if t.adversarial is not None:  # a loss wrapper: clean + adversarial loss
+        task = AdversarialTask(task, model, t.adversarial)
     example = task.model_inputs(task.example_batch(1))
     boxed_params, boxed_model_state = jax.eval_shape(
         lambda key: init_variables(model, config, key, example), jax.random.PRNGKey(0))
     split = make_split(boxed_params, trainable=t.trainable, freeze=t.freeze, extra=peft_trainable)
     boxed_trainable, boxed_frozen = split.split(boxed_params)
-    tx, schedule = build_tx(config, nn.meta.unbox(boxed_trainable), split)
+    noisy = t.adversarial is not None and t.adversarial.method == "noise"
+    specs = task.param_groups() if hasattr(task, "param_groups") else [GroupSpec("all", task.loss, random=noisy)]
+    trainable = nn.meta.unbox(boxed_trainable)
+    groups = build_groups(specs, trainable, lambda g, own: build_tx(config, own, split, g))
 
-    def boxed_state(key):
-        return TrainState(jnp.zeros((), jnp.int32), boxed_trainable, tx.init(boxed_trainable), key,
+    def boxed_state(key, trainable):  # params as arguments: optimizers that read values at init (plateau) trace
+        return TrainState(jnp.zeros((), jnp.int32), trainable, init_opt_state(groups, trainable), key,
                           new_loss_scale(config), boxed_model_state)
 
-    boxed = jax.eval_shape(boxed_state, jax.random.PRNGKey(0))
+    boxed = jax.eval_shape(boxed_state, jax.random.PRNGKey(0), boxed_trainable)
     tree = (boxed, boxed_frozen)
     shardings = param_shardings(nn.get_partition_spec(tree), nn.meta.unbox(tree), mesh, rules)
     abstract, abstract_frozen = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                              nn.meta.unbox(tree), shardings)
     if not split.everything:
         log.info("%s", describe(abstract.params, abstract_frozen))
-    return Setup(config, run_dir, mesh, task, model, tx, schedule, abstract, batch_sharding(mesh, rules), rules,
+    return Setup(config, run_dir, mesh, task, model, groups, abstract, batch_sharding(mesh, rules), rules,
                  split, merge(abstract.params, abstract_frozen), abstract.model_state, fresh)

@@ -19,6 +19,7 @@ from jaxlm.errors import JaxlmError
 from jaxlm.rundir import RunClaim, claim_run_dir
 from jaxlm.train.early_stopping import EarlyStopping, LoopPosition
 from jaxlm.train.logging import MetricsLogger, console_summary, rewind_metrics
+from jaxlm.train.optim import plateau_observer
 from jaxlm.train.preemption import PreemptionGuard
 from jaxlm.train.setup import Setup, setup  # noqa: F401 - setup is part of this module's interface
 from jaxlm.train.step import TrainState, make_eval_step, make_train_step
@@ -74,12 +75,13 @@ def _train(s: Setup, claim: RunClaim) -> dict[str, float]:
     constant_shardings = jax.tree.map(lambda a: a.sharding, s.abstract_constants)
     # The constants (the frozen params) are an input of every step, never donated, never updated.
     train_step = jax.jit(
-        make_train_step(s.model, s.task, s.tx, s.schedule, t.grad_accum_steps, t.label_smoothing,
-                        c.model.uses_dropout, s.assemble),
+        make_train_step(s.model, s.task, None, None, t.grad_accum_steps, t.label_smoothing,
+                        c.model.uses_dropout, s.assemble, s.groups),
         in_shardings=(shardings, s.batch_sharding, constant_shardings), out_shardings=(shardings, None),
         donate_argnums=0)
     eval_fn = jax.jit(make_eval_step(s.model, s.task, s.assemble),
                       in_shardings=(shardings.params, shardings.model_state, s.batch_sharding, constant_shardings))
+    observe_plateau = plateau_observer(c.schedule.plateau, shardings.opt_state)
 
     logger = MetricsLogger(s.run_dir, enabled=is_main)
     step = int(state.step)
@@ -122,6 +124,8 @@ def _train(s: Setup, claim: RunClaim) -> dict[str, float]:
                 if is_main:
                     bar.write(f"step {step}: {console_summary(evaluated)}")
                 improved = stopping.update(evaluated)
+                if observe_plateau:
+                    state = state.replace(opt_state=observe_plateau(state.opt_state, evaluated))
             preempted = guard.reached(step)
             # An early-stopping run checkpoints every new best, so the best is always kept.
             ckpt.save(step, state, position.state(), config_json, evaluated,
