@@ -55,6 +55,7 @@ run() {
     task.eval_split=test --best
   # the trainer logs "trains 0.26M of 0.93M params (27.82 %)" when not every param trains
   local share; share=$(grep -o 'trains [^(]*([0-9.]* %)' "$OUT/$name.log" | tail -n 1 | sed 's/^trains //' || true)
+  [[ " $* " == *" trainer.unfreeze_every="* ]] && share="all, thawed top down"  # every group is trainable from step 0
   table_row "$name" "${share:-all (100 %)}" "$(metric "$OUT/$name-test.json" eval_accuracy)" \
     "$(metric "$OUT/$name-test.json" eval_f1)" "$seconds"
 }
