@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import sys
+import threading
 from pathlib import Path
 
 from jaxlm.errors import JaxlmError
@@ -257,7 +258,7 @@ def cmd_embed(args) -> int:
     from jaxlm.analysis.embed import builtin_labels, embed, expand_inputs, plot, read_labels, write_embeddings
 
     model, params, config = load_model(args.run, args.model, args.step, args.best)
-    if args.inputs[:1] == ["neighbors"] or (config is not None and config.task.type == "word2vec"):
+    if args.neighbors or (config is not None and config.task.type == "word2vec"):
         from jaxlm.tasks.word2vec import embed_words
 
         return embed_words(args, config, params)
@@ -508,6 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the embeddings (.npy or .jsonl; a word2vec run: .txt in the word2vec text "
                    "format), or with --plot the figure (.png)")
     p.add_argument("--plot", choices=["tsne", "pca"], help="draw the embeddings in 2-D (scikit-learn, matplotlib)")
+    p.add_argument("--neighbors", action="store_true", help=argparse.SUPPRESS)  # `jaxlm embed neighbors ...`
     p.add_argument("--top-k", type=int, default=10, help="neighbors: how many words (default 10)")
     p.add_argument("--top-n", type=int, default=60,
                    help="word2vec --plot without words: the most frequent this many (default 60)")
@@ -569,7 +571,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_export_command(data_sub)
 
-
     for p in _all_parsers(parser):
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show library logs and full tracebacks (also JAXLM_DEBUG=1)")
@@ -584,24 +585,32 @@ def _all_parsers(parser: argparse.ArgumentParser):
                 yield from _all_parsers(child)
 
 
+NOISY_LIBRARIES = ("absl", "orbax", "asyncio")
+
+
+def _silence_library_noise():
+    for name in NOISY_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    threading.excepthook = lambda args: None
+    sys.unraisablehook = lambda args: None
+
+
 @contextlib.contextmanager
 def _library_noise(debug: bool):
     """orbax, TensorStore and asyncio report failures that jaxlm names in one line of its own:
     their logs, thread and coroutine tracebacks show only with --debug or JAXLM_DEBUG=1."""
-    import threading
-
-    loggers = {name: logging.getLogger(name) for name in ("absl", "orbax", "asyncio")}
-    saved = ({name: lg.level for name, lg in loggers.items()}, threading.excepthook, sys.unraisablehook)
-    for lg in loggers.values():
-        lg.setLevel(logging.WARNING if debug else logging.CRITICAL)
-    if not debug:
-        threading.excepthook = lambda args: None
-        sys.unraisablehook = lambda args: None
+    saved = ({name: logging.getLogger(name).level for name in NOISY_LIBRARIES}, threading.excepthook,
+             sys.unraisablehook)
+    if debug:
+        for name in NOISY_LIBRARIES:
+            logging.getLogger(name).setLevel(logging.WARNING)
+    else:
+        _silence_library_noise()
     try:
         yield
     finally:
         for name, level in saved[0].items():
-            loggers[name].setLevel(level)
+            logging.getLogger(name).setLevel(level)
         threading.excepthook, sys.unraisablehook = saved[1], saved[2]
 
 
@@ -613,6 +622,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("jax", "orbax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    if argv[:2] == ["embed", "neighbors"]:  # a sub-action in front of options and the word: argparse's positionals
+        argv = ["embed", "--neighbors", *argv[2:]]  # would take it as the first input and then refuse the word
     args = build_parser().parse_args(argv)
     debug = getattr(args, "debug", False) or os.environ.get("JAXLM_DEBUG", "") not in ("", "0")
     try:
@@ -630,5 +642,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def console() -> None:
+    """The ``jaxlm`` command: ``main``, then the process exits. Failed reads and writes leave
+    TensorStore futures and asyncio tasks that report while the interpreter shuts down, after the
+    one-line error: outside --debug those reports stay silent too."""
+    code = main()
+    if os.environ.get("JAXLM_DEBUG", "") in ("", "0") and "--debug" not in sys.argv:
+        _silence_library_noise()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

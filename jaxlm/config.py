@@ -361,7 +361,20 @@ class AugmentConfig(Section):
         return self
 
 
-class ClassificationTaskConfig(Section):
+class SplitTask(Section):
+    """A task that splits its rows into train / validation / test itself: ``split`` (shares, checked
+    by :func:`check_split`) and ``split_seed``; each task sets its own default shares."""
+
+    split: list[float] = [0.7, 0.15, 0.15]
+    split_seed: int = 0
+
+    @field_validator("split")
+    @classmethod
+    def _shares(cls, v):
+        return check_split(v)
+
+
+class ClassificationTaskConfig(SplitTask):
     """Sequence classification of single texts or text pairs from the pooled first token.
 
     Data: CSV / JSONL files in ``data.paths``, or ``dataset``: a set shipped with jaxlm
@@ -401,17 +414,12 @@ class ClassificationTaskConfig(Section):
     """Pack several short examples into each ``data.seq_len`` row (attention never crosses an
     example; BERT / DistilBERT); ``trainer.batch_size`` then counts packed rows."""
 
-    @field_validator("split")
-    @classmethod
-    def _shares(cls, v):
-        return check_split(v)
-
     @property
     def head(self) -> str:
         return "classification"
 
 
-class ImageClassificationTaskConfig(Section):
+class ImageClassificationTaskConfig(SplitTask):
     """Image classification: ``pixel_values`` ``[batch, height, width, channels]`` into
     ``model.num_labels`` classes, for any model with an ``image_classification`` head.
 
@@ -438,11 +446,6 @@ class ImageClassificationTaskConfig(Section):
     """Training augmentation: pad by this many pixels and crop back at a random offset (0: off)."""
     flip: bool = False
     """Training augmentation: mirror left-right half of the time (not for digits or text)."""
-
-    @field_validator("split")
-    @classmethod
-    def _shares(cls, v):
-        return check_split(v)
 
     @model_validator(mode="after")
     def _normalisation(self):
@@ -541,7 +544,7 @@ class LineConfig(Section):
     seed: int = 0
 
 
-class RegressionTaskConfig(Section):
+class RegressionTaskConfig(SplitTask):
     """Regression of a numeric ``target_column`` from numeric ``feature_columns`` (a ``model.type:
     mlp``), read from CSV / JSONL ``data.paths`` or the synthetic ``dataset: line``."""
 
@@ -557,11 +560,6 @@ class RegressionTaskConfig(Section):
     """Train / validation / test shares of the rows (shuffled by ``split_seed``)."""
     split_seed: int = 0
     eval_split: Literal["validation", "test"] = "validation"
-
-    @field_validator("split")
-    @classmethod
-    def _shares(cls, v):
-        return check_split(v)
 
     @property
     def head(self) -> str:
@@ -595,7 +593,7 @@ class ViewsConfig(Section):
         return self
 
 
-class ContrastiveTaskConfig(Section):
+class ContrastiveTaskConfig(SplitTask):
     """Contrastive learning of an encoder's embedding output (SimCLR on images, SimCSE on text).
 
     Images (a model taking ``pixel_values``): ``dataset`` as in ``image_classification``; two
@@ -642,17 +640,12 @@ class ContrastiveTaskConfig(Section):
     """Text / ViT: the first token's final hidden state, or the mean over the real tokens."""
     truncation: Literal["truncate", "error"] = "truncate"
 
-    @field_validator("split")
-    @classmethod
-    def _shares(cls, v):
-        return check_split(v)
-
     @property
     def head(self) -> str:
         return "contrastive"
 
 
-class GANTaskConfig(Section):
+class GANTaskConfig(SplitTask):
     """A generative adversarial network (``model.type: dcgan``) on ``dataset``'s images: the
     discriminator and the generator are two parameter groups with their own optimizers
     (``optimizer.groups.discriminator`` / ``.generator``); each trainer step makes ``d_steps``
@@ -678,11 +671,6 @@ class GANTaskConfig(Section):
     confidence: float = Field(0.9, gt=0, lt=1)
     eval_samples: int = Field(512, gt=0)
     """Samples scored per evaluation (fixed latents, so evaluations compare)."""
-
-    @field_validator("split")
-    @classmethod
-    def _shares(cls, v):
-        return check_split(v)
 
     @property
     def head(self) -> str:

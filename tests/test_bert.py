@@ -24,7 +24,9 @@ def ids(seed=0):
 
 
 def init(model):
-    return model.init(jax.random.key(0), ids())
+    """The model's variables without the adversarial hooks' ``perturbations`` (not parameters)."""
+    variables = model.init(jax.random.key(0), ids())
+    return {k: v for k, v in variables.items() if k != "perturbations"}
 
 
 @pytest.mark.parametrize("cfg,head", HEADS, ids=[f"{c.type}-{h}" for c, h in HEADS])

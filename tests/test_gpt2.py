@@ -14,6 +14,7 @@ CFG = GPT2Config(vocab_size=97, n_positions=32, n_embd=32, n_layer=2, n_head=4)
 def lm():
     model = GPT2LMHeadModel(CFG)
     variables = model.init(jax.random.PRNGKey(0), jnp.ones((1, 8), jnp.int32))
+    variables = {k: v for k, v in variables.items() if k != "perturbations"}  # the adversarial hooks
     return model, nn.meta.unbox(variables)["params"], variables
 
 

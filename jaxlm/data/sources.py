@@ -249,7 +249,7 @@ def tfds_source(spec: SourceSpec, key: str = "data.dataset"):
                         "pip install 'jaxlm[data]'") from None
     name = spec.dataset.removeprefix("tfds:")
     try:
-        return tfds.data_source(name, split=spec.dataset_split)
+        return tfds.data_source(name, split=spec.dataset_split, download=False)  # offline: built data only
     except Exception as e:  # noqa: BLE001
         reason = first_line(e)
         raise DataError(f"{key}={spec.dataset!r}: tfds could not open split {spec.dataset_split!r} ({reason}); "

@@ -296,10 +296,10 @@ def embed_words(args, config, params) -> int:
         raise JaxlmError(f"`embed neighbors` lists a word2vec run's nearest words, and {where} is not a word2vec "
                          "run (task: word2vec); give one")
     words, vectors = run_vectors(args.run, params)
-    if args.inputs[:1] == ["neighbors"]:
-        if len(args.inputs) != 2:
+    if args.neighbors:
+        if len(args.inputs) != 1:
             raise JaxlmError("give one word: jaxlm embed neighbors --run RUN WORD")
-        for word, sim in neighbors(words, vectors, args.inputs[1], args.top_k):
+        for word, sim in neighbors(words, vectors, args.inputs[0], args.top_k):
             print(f"{sim:.4f}  {word}")
         return 0
     if args.out and not args.plot:
