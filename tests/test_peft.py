@@ -231,6 +231,15 @@ FAMILIES = {
                                         "encoder_layers": 1, "decoder_layers": 1, "encoder_attention_heads": 2,
                                         "decoder_attention_heads": 2, "encoder_ffn_dim": 32, "decoder_ffn_dim": 32},
                             ["q_proj", "v_proj"]),
+    "llama": ("causal_lm", {"type": "llama", "vocab_size": 50, "hidden_size": 16, "intermediate_size": 32,
+                            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                            "max_position_embeddings": 16}, ["q_proj", "v_proj"]),
+    "qwen2": ("classification", {"type": "qwen2", "vocab_size": 50, "hidden_size": 16, "intermediate_size": 32,
+                                 "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                                 "max_position_embeddings": 16, "pad_token_id": 0}, ["q_proj", "v_proj"]),
+    "roberta": ("masked_lm", {"type": "roberta", "vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 2,
+                              "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 20},
+                ["query", "value"]),
 }
 
 

@@ -21,12 +21,15 @@ from jaxlm.peft import lora
 from jaxlm.peft.model import PROMPT_METHODS, PeftModel, PeftSpec, dims
 
 # peft's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING for the families jaxlm has.
-DEFAULT_TARGETS = {"gpt2": ("c_attn",), "bert": ("query", "value"), "distilbert": ("q_lin", "v_lin"),
-                   "vit": ("query", "value"), "transformer_seq2seq": ("q_proj", "v_proj")}
-# Modules a classification head adds (peft's default modules_to_save), and output layers all-linear skips.
-HEAD_MODULES = {"classification": ("classifier",), "image_classification": ("classifier",),
+DEFAULT_TARGETS = {"gpt2": ("c_attn",), "bert": ("query", "value"), "roberta": ("query", "value"),
+                   "distilbert": ("q_lin", "v_lin"), "vit": ("query", "value"),
+                   "transformer_seq2seq": ("q_proj", "v_proj"), "llama": ("q_proj", "v_proj"),
+                   "qwen2": ("q_proj", "v_proj"), "mistral": ("q_proj", "v_proj")}
+# Modules a classification head adds (peft's default modules_to_save: the decoders' is ``score``),
+# and output layers all-linear skips.
+HEAD_MODULES = {"classification": ("classifier", "score"), "image_classification": ("classifier",),
                 "token_classification": ("classifier",), "question_answering": ("qa_outputs",)}
-OUTPUT_LAYERS = ("classifier", "qa_outputs", "seq_relationship", "lm_head")
+OUTPUT_LAYERS = ("classifier", "score", "qa_outputs", "seq_relationship", "lm_head")
 TRANSFORMERS = ("gpt2", "bert", "distilbert", "vit", "transformer_seq2seq")
 NEEDS = {"adapter": TRANSFORMERS, "prefix_tuning": ("gpt2", "bert", "distilbert", "vit"),
          "prompt_tuning": ("gpt2", "bert", "distilbert"), "p_tuning": ("gpt2", "bert", "distilbert")}
