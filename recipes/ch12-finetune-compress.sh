@@ -6,13 +6,14 @@
 #   -> a small BERT pretrained by masked-token prediction on the training split only (no Chinese
 #   BERT can be downloaded offline) -> fine-tuned four ways: every weight, a linear probe (only the
 #   classifier trains), gradual unfreezing (one layer group more every N steps, top first), and
-#   the same BERT from random initialisation -> each scored on the test split (best checkpoint)
+#   the same BERT from random initialisation, and LoRA (rank-8 query / value updates, the head and
+#   pooler trained in full) -> each scored on the test split (best checkpoint)
+#   -> compressing the fully fine-tuned BERT: a 1-layer student distilled from it, 50 % magnitude
+#   pruning, int8 weights -> one `jaxlm compare` table (size, speed, test accuracy)
 #   -> learning curves, the confusion matrix and the attention of the fine-tuned model on a review.
 #
-# The table gives test accuracy, the share of parameters that train and the wall time of each.
-# Not here yet: LoRA and the other PEFT methods (issue #20, branch peft), distillation, pruning,
-# int8 quantization and the `jaxlm compare` table (issue #21, branch compress): they join this
-# script when those branches are merged.
+# The table gives test accuracy, the share of parameters that train and the wall time of each;
+# compare.md gives the compressed models beside their teacher.
 #
 # Usage: recipes/ch12-finetune-compress.sh [--full | --tiny] [--out DIR]
 #   default  the BERT configs' own sizes (300 pretraining steps, 150 fine-tuning steps a run) and
@@ -75,11 +76,23 @@ run bert-full configs/bert-reviews-zh.yaml "${BASE[@]}" "${FT_SIZES[@]}"
 run bert-probe configs/bert-reviews-zh.yaml "${BASE[@]}" "trainer.trainable=[classifier]" "${FT_SIZES[@]}"
 run bert-unfreeze configs/bert-reviews-zh.yaml "${BASE[@]}" "trainer.unfreeze_every=$UNFREEZE" "${FT_SIZES[@]}"
 run bert-scratch configs/bert-reviews-zh.yaml "${BASE[@]}" model.init_from=null "${FT_SIZES[@]}"
+run bert-lora configs/bert-reviews-zh.yaml "${BASE[@]}" peft.method=lora peft.r=8 peft.alpha=16 \
+  "peft.target_modules=[query,value]" "peft.modules_to_save=[classifier,pooler]" optimizer.learning_rate=2e-3 \
+  "${FT_SIZES[@]}"
 
-echo "== 4. figures: the curves of the four fine-tunings, the confusion matrix and attention of the full one"
+echo "== 4. compressing the fine-tuned BERT: a distilled 1-layer student, 50 % pruning, int8 weights"
+jaxlm distill init "$OUT/bert-full" --layers 1 --out "$OUT/student"
+run bert-distill configs/bert-reviews-zh.yaml "${BASE[@]}" "model.init_from=$OUT/student" model.num_hidden_layers=1 \
+  "distill.teacher=$OUT/bert-full" distill.temperature=2.0 distill.alpha_kd=0.5 distill.alpha_ce=0.5 "${FT_SIZES[@]}"
+jaxlm prune "$OUT/bert-full" --method magnitude --sparsity 0.5 --out "$OUT/bert-full-pruned"
+jaxlm quantize "$OUT/bert-full" --method int8 --out "$OUT/bert-full-int8"
+jaxlm compare "$OUT/bert-full" "$OUT/bert-distill" "$OUT/bert-full-pruned" "$OUT/bert-full-int8" --split test \
+  --out "$OUT/compare.md"
+
+echo "== 5. figures: the curves of the four fine-tunings, the confusion matrix and attention of the full one"
 jaxlm plot "$OUT/bert-full" "$OUT/bert-probe" "$OUT/bert-unfreeze" "$OUT/bert-scratch" \
   --metrics loss,eval_accuracy --out "$OUT/curves.png"
 jaxlm plot --confusion "$OUT/bert-full" --eval "$OUT/bert-full-test.json" --out "$OUT/confusion-bert-full.png"
 jaxlm attention --run "$OUT/bert-full" --best --text "房间很干净，服务也很周到。" --layer 0 --out "$OUT/attention.png"
-cat "$RESULTS"
-echo "done: $OUT (results.md, one directory and one log per run, curves.png, confusion-bert-full.png, attention.png)"
+cat "$RESULTS" "$OUT/compare.md"
+echo "done: $OUT (results.md, compare.md, one directory and one log per run, curves.png, confusion-bert-full.png, attention.png)"

@@ -17,6 +17,8 @@ from jaxlm.models import build_model
 FAMILIES = {
     "bert": ({"type": "bert", "vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 3, "num_attention_heads": 4,
               "intermediate_size": 32, "max_position_embeddings": 16}, "classification"),
+    "roberta": ({"type": "roberta", "vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 3,
+                 "num_attention_heads": 4, "intermediate_size": 32, "max_position_embeddings": 20}, "masked_lm"),
     "distilbert": ({"type": "distilbert", "vocab_size": 50, "dim": 16, "n_layers": 3, "n_heads": 4, "hidden_dim": 32,
                     "max_position_embeddings": 16}, "masked_lm"),
     "gpt2": ({"type": "gpt2", "vocab_size": 50, "n_embd": 16, "n_layer": 3, "n_head": 4, "n_positions": 16},

@@ -40,6 +40,7 @@ class Layout:
 
 LAYOUTS = {
     "bert": Layout("layer", "attention", ("query", "key", "value"), "output", "num_hidden_layers"),
+    "roberta": Layout("layer", "attention", ("query", "key", "value"), "output", "num_hidden_layers"),
     "distilbert": Layout("layer", "attention", ("q_lin", "k_lin", "v_lin"), "out_lin", "n_layers"),
     "gpt2": Layout("h", "attn", ("c_attn",), "c_proj", "n_layer"),
     "vit": Layout("layer", "attention", ("query", "key", "value"), "output", "num_hidden_layers"),
