@@ -12,7 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p.name for p in (ROOT / "recipes").glob("*.sh") if p.name != "lib.sh")
-ROWS = {"ch8-contrastive.sh": 4, "ch11-train-end-to-end.sh": 3, "ch12-finetune-compress.sh": 8}
+ROWS = {"ch5-peft-table.sh": 6, "ch8-contrastive.sh": 4, "ch10-prune-digits.sh": 6, "ch11-train-end-to-end.sh": 3,
+        "ch12-finetune-compress.sh": 8}
 
 
 def run_recipe(name: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
