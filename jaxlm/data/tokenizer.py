@@ -8,6 +8,7 @@ Loadable: a ``tokenizer.json`` (any kind: Llama's, Qwen2's, Mistral's ...), GPT-
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Iterable
 
@@ -15,6 +16,8 @@ import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from jaxlm.errors import DataError
+
+log = logging.getLogger(__name__)
 
 EOS = "<|endoftext|>"
 FILE = "tokenizer.json"
@@ -250,6 +253,9 @@ def get_tokenizer(path: str | None, vocab_size: int, train_texts: list[str], cac
     """
     import jax
 
+    if path is not None and not Path(path).exists() and (cache_dir / FILE).is_file():
+        log.info("data.tokenizer.path=%s does not exist (moved?): reading the run's copy in %s", path, cache_dir)
+        return load_tokenizer(cache_dir, options.get("segmenter"))
     if path is not None:
         tok = load_tokenizer(path, options.get("segmenter"))
         if jax.process_index() == 0 and Path(path).resolve() != cache_dir.resolve():

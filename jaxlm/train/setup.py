@@ -255,8 +255,9 @@ def build_tx(config: Config, trainable, split: TrainableSplit, group: str = "all
 
 
 def check_init_from(config: Config) -> None:
-    """A ``model.init_from`` that does not exist yet is one line naming the command that makes it
-    (before the task reads the tokenizer that run would have written)."""
+    """Before training: a ``model.init_from`` that does not exist yet is one line naming the command
+    that makes it (before the task reads the tokenizer that run would have written). Reading a
+    trained run (eval, compare) needs no base: its params are in its checkpoints."""
     source = config.model.init_from
     if source is None or Path(source).exists():
         return
@@ -268,7 +269,6 @@ def check_init_from(config: Config) -> None:
 
 
 def setup(config: Config) -> Setup:
-    check_init_from(config)
     run_dir = Path(config.run.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)  # train has claimed it already (claim_run_dir)
     mesh, rules = make_mesh(config.mesh), rules_for(config.mesh)
