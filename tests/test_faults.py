@@ -277,6 +277,9 @@ def test_a_run_keeps_a_copy_of_the_tokenizer_it_loaded(reference, tmp_path):
     tok.rename(tmp_path / "moved")
     code, out, err = cli("generate", "--run", tmp_path / "run", "--prompt", "The", "--max-new-tokens", 2)
     assert code == 0 and out.startswith("The"), err
+    # eval of the run's own config (data.tokenizer.path still names the old place) reads the copy
+    code, out, err = cli("eval", tmp_path / "run" / "config.yaml")
+    assert code == 0 and '"step": 2' in out and "reading the run's copy" in err, err
 
 
 # --- SIGKILL during saves, again and again (slow) --------------------------------------------

@@ -34,7 +34,7 @@ from jaxlm.data import sources
 from jaxlm.data.encode import encode_unit, quiet_worker, stamp, training_chunks
 from jaxlm.data.shards import (FORMAT, MANIFEST, SPLITS, check_tokenizer, file_sha256, read_manifest, token_dtype,
                                write_json)
-from jaxlm.data.tokenizer import FILE, Tokenizer, load_tokenizer, train_to_size
+from jaxlm.data.tokenizer import FILE, Tokenizer, configured_path, load_tokenizer, train_to_size
 from jaxlm.errors import ConfigError, DataError
 
 log = logging.getLogger("jaxlm")
@@ -59,8 +59,9 @@ def tokenizer_kind(config: Config) -> str:
 def key_of(config: Config) -> dict:
     """Everything that determines the prepared shards."""
     data, t = config.data, config.data.tokenizer
-    if t.path is not None:
-        tok = load_tokenizer(t.path)
+    path = configured_path(t.path, Path(config.run.out_dir) / "tokenizer")
+    if path is not None:
+        tok = load_tokenizer(path)
         tokenizer = {"sha256": hashlib.sha256(tok.tok.to_str().encode()).hexdigest()}
     else:
         tokenizer = {"kind": tokenizer_kind(config), "vocab_size": t.vocab_size, "sample_bytes": t.sample_bytes,
@@ -175,7 +176,7 @@ def _tokenizer(config: Config, directory: Path, units, spec, progress: bool) -> 
     if (out / FILE).is_file():
         return out / FILE
     if t.path is not None:
-        load_tokenizer(t.path).save(out)
+        load_tokenizer(configured_path(t.path, Path(config.run.out_dir) / "tokenizer")).save(out)
         return out / FILE
     sample = sample_training_text(units, spec, config.data.validation_fraction, t.sample_bytes, t.sample_seed, progress)
     log.info("training a %s tokenizer on %.1f MB of sampled training text", tokenizer_kind(config),

@@ -243,6 +243,15 @@ def _bert_framing(tok: tokenizers.Tokenizer) -> None:
         tok.post_processor = processors.BertProcessing(("[SEP]", sep), ("[CLS]", cls))
 
 
+def configured_path(path: str | Path | None, run_copy: Path) -> str | Path | None:
+    """``data.tokenizer.path``, or the run's own copy of it (``run_copy``) once it no longer exists:
+    a trained run stays readable after its tokenizer moves."""
+    if path is not None and not Path(path).exists() and (run_copy / FILE).is_file():
+        log.info("data.tokenizer.path=%s does not exist (moved?): reading the run's copy in %s", path, run_copy)
+        return run_copy
+    return path
+
+
 def get_tokenizer(path: str | None, vocab_size: int, train_texts: list[str], cache_dir: Path,
                   kind: str = "bpe", **options) -> Tokenizer:
     """The configured tokenizer, or one of ``kind`` trained on ``train_texts`` (cached in ``cache_dir``).
@@ -253,9 +262,7 @@ def get_tokenizer(path: str | None, vocab_size: int, train_texts: list[str], cac
     """
     import jax
 
-    if path is not None and not Path(path).exists() and (cache_dir / FILE).is_file():
-        log.info("data.tokenizer.path=%s does not exist (moved?): reading the run's copy in %s", path, cache_dir)
-        return load_tokenizer(cache_dir, options.get("segmenter"))
+    path = configured_path(path, cache_dir)
     if path is not None:
         tok = load_tokenizer(path, options.get("segmenter"))
         if jax.process_index() == 0 and Path(path).resolve() != cache_dir.resolve():
