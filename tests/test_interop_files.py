@@ -139,10 +139,10 @@ def test_directory_without_config(tmp_path):
 
 
 def test_unsupported_architecture_lists_the_supported_ones(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["RobertaForMaskedLM"],
-                                                      "model_type": "roberta"}))
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["T5ForConditionalGeneration"],
+                                                      "model_type": "t5"}))
     message = error(tmp_path)
-    assert "RobertaForMaskedLM" in message and "BertForMaskedLM" in message and "GPT2LMHeadModel" in message
+    assert "T5ForConditionalGeneration" in message and "BertForMaskedLM" in message and "GPT2LMHeadModel" in message
 
 
 def test_unsupported_settings_are_named(tmp_path):

@@ -197,7 +197,7 @@ def gpt2_tiny(tmp_path, corpus, name, **extra):
 @pytest.mark.parametrize("peft", [{"peft.method": "prompt_tuning", "peft.num_virtual_tokens": 3},
                                   {"peft.method": "prefix_tuning", "peft.num_virtual_tokens": 3}])
 def test_generation_of_a_prompt_or_prefix_tuned_gpt2_uses_the_cache(tmp_path, corpus_file, peft):
-    from jaxlm.generate import generate
+    from jaxlm.generation import generate
 
     train(gpt2_tiny(tmp_path, corpus_file, "base", **{"trainer.max_steps": 2}))
     train(gpt2_tiny(tmp_path, corpus_file, "tuned", **{"model.init_from": tmp_path / "base", **peft,

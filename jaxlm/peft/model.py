@@ -12,7 +12,7 @@ The wrapper shares its base's scope (``nn.share_scope``), so the base's params k
 - prefix tuning: ``prefix_encoder``, whose keys / values go before every layer's (``kv_prefix``;
   the text's positions start after them, as transformers counts a cache).
 
-Decoding (:mod:`jaxlm.generate`) keeps the virtual tokens' or the prefix's keys / values in the
+Decoding (:mod:`jaxlm.generation`) keeps the virtual tokens' or the prefix's keys / values in the
 cache's first ``cache_offset`` slots: :meth:`PeftModel.prime_cache` writes the virtual tokens
 before the prompt; the prefix is written by the attention itself.
 """
