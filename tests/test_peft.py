@@ -181,6 +181,8 @@ def test_bad_peft_settings_are_one_line(mlm_base, tmp_path, capsys):
     assert "data.seq_len=32 plus the 20 virtual tokens of peft.method=prompt_tuning exceed the model's 48" in err
     err = error(*common, "peft.method=lora", "peft.modules_to_save=[clasifier]")
     assert "peft.modules_to_save names 'clasifier', which is not a module of this model" in err
+    err = error(*common, "peft.method=lora", "prune.sparsity=0.5")
+    assert "peft cannot be combined with prune yet" in err and "jaxlm merge RUN --out DIR" in err
     train(classify(mlm_base, tmp_path / "qlora", METHODS["qlora"], **{"trainer.max_steps": 2}))
     assert main(["merge", str(tmp_path / "qlora"), "--out", str(tmp_path / "merged")]) == 2
     err = capsys.readouterr().err.strip()
