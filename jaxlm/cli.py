@@ -754,6 +754,10 @@ def _all_parsers(parser: argparse.ArgumentParser):
 NOISY_LIBRARIES = ("absl", "orbax", "asyncio")
 
 
+def _debug_env() -> bool:
+    return os.environ.get("JAXLM_DEBUG", "") not in ("", "0")
+
+
 def _silence_library_noise():
     for name in NOISY_LIBRARIES:
         logging.getLogger(name).setLevel(logging.CRITICAL)
@@ -792,7 +796,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:2] == ["embed", "neighbors"]:  # a sub-action in front of options and the word: argparse's positionals
         argv = ["embed", "--neighbors", *argv[2:]]  # would take it as the first input and then refuse the word
     args = build_parser().parse_args(argv)
-    debug = getattr(args, "debug", False) or os.environ.get("JAXLM_DEBUG", "") not in ("", "0")
+    debug = getattr(args, "debug", False) or _debug_env()
     try:
         with _library_noise(debug):
             return args.func(args)
@@ -813,7 +817,7 @@ def console() -> None:
     TensorStore futures and asyncio tasks that report while the interpreter shuts down, after the
     one-line error: outside --debug those reports stay silent too."""
     code = main()
-    if os.environ.get("JAXLM_DEBUG", "") in ("", "0") and "--debug" not in sys.argv:
+    if not (_debug_env() or "--debug" in sys.argv):
         _silence_library_noise()
     sys.exit(code)
 
