@@ -815,10 +815,16 @@ def main(argv: list[str] | None = None) -> int:
 def console() -> None:
     """The ``jaxlm`` command: ``main``, then the process exits. Failed reads and writes leave
     TensorStore futures and asyncio tasks that report while the interpreter shuts down, after the
-    one-line error: outside --debug those reports stay silent too."""
+    one-line error, some of them from C++ threads straight to the stderr descriptor: outside
+    --debug, stderr is closed once ``main`` has returned and said what it had to say."""
     code = main()
     if not (_debug_env() or "--debug" in sys.argv):
         _silence_library_noise()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
     sys.exit(code)
 
 

@@ -91,8 +91,8 @@ import collections, shutil, sys
 from jaxlm import checkpoint
 usage = collections.namedtuple("usage", "total used free")
 checkpoint.shutil.disk_usage = lambda path: usage(1 << 40, 0, 1 << 40)
-from jaxlm.cli import main
-sys.exit(main(sys.argv[1:]))
+from jaxlm.cli import console
+console()
 """
 
 # Runs the CLI with the checkpoint writer failing as a full disk makes it fail: for machines
@@ -106,8 +106,8 @@ def save(self, step, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
     return original(self, step, *args, **kwargs)
 ocp.CheckpointManager.save = save
-from jaxlm.cli import main
-sys.exit(main(sys.argv[1:]))
+from jaxlm.cli import console
+console()
 """
 
 

@@ -85,6 +85,17 @@ def test_the_quality_metric_from_a_fixed_classifier(tmp_path):
     m = json.loads(out.strip().splitlines()[-1])
     assert 0 <= m["eval_confident"] <= 1 and 0 <= m["eval_class_entropy"] <= np.log(10) + 1e-6
     assert 1 <= m["eval_inception_score"] <= 10
+    # The classifier is held fixed: its fingerprint is in the checkpoint, and a resume with a changed one refuses.
+    from jaxlm.checkpoint import load_run
+
+    assert load_run(tmp_path / "gan")[2]["classifier"]["source"] == str(tmp_path / "clf")
+    code, _, err = run(["train", "configs/resnet-digits.yaml", f"run.out_dir={tmp_path / 'clf'}", "trainer.max_steps=3",
+                        "trainer.eval_every=2", "model.stage_sizes=[1]", "model.stage_widths=[8]",
+                        "trainer.progress_bar=false"])
+    assert code == 0, err
+    one_line_error(jaxlm(*gan(tmp_path / "gan", **{"task.classifier": tmp_path / "clf", "trainer.max_steps": 4,
+                                                   "trainer.eval_every": 2})), "trained with the classifier",
+                   "use that classifier or a new run.out_dir")
     one_line_error(jaxlm(*gan(tmp_path / "g2", **{"task.classifier": tmp_path / "nothing"})), "task.classifier",
                    "resnet-digits")
     one_line_error(jaxlm(*gan(tmp_path / "g3", **{"task.classifier": tmp_path / "gan"})), "not an image classifier")

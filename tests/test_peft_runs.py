@@ -7,6 +7,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -16,6 +17,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12
 METHODS = {"lora": ["peft.method=lora", "peft.r=4", "peft.target_modules=all-linear", "peft.dropout=0.1"],
            "qlora": ["peft.method=lora", "peft.r=4", "peft.quantize=nf4", "peft.quant_block_size=32"]}
+
+
+def wait_for_checkpoint(run_dir, proc, timeout=120):
+    deadline = time.time() + timeout
+    while not any(d.name.isdigit() for d in (run_dir / "checkpoints").glob("*")):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.02)
 
 
 def command(run_dir, base, corpus, method):
@@ -49,6 +57,8 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_losses(base, tmp_path, metho
     kill_at = random.Random(os.getpid()).randint(4, STEPS - 2)
     p = start(command(tmp_path / "killed", base_run, corpus, method))
     wait_for_step(tmp_path / "killed", kill_at, p)
+    # Saves are asynchronous: on a loaded host the first may not be committed yet at step kill_at.
+    wait_for_checkpoint(tmp_path / "killed", p)
     p.send_signal(signal.SIGKILL)
     p.wait()
     code, _, err = run(command(tmp_path / "killed", base_run, corpus, method))

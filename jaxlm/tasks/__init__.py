@@ -43,6 +43,10 @@ class Task(Protocol):
     def summarize(self, sums: dict[str, np.ndarray], complete: bool) -> dict[str, float]:
         """``complete``: the sums cover the whole validation split."""
 
+    # Optional: ``param_groups() -> list[GroupSpec]`` (several players, each with its own optimizer:
+    # jaxlm/train/groups.py) and ``held_fixed() -> {name: (config key, source, params)}`` (models the
+    # task uses but never trains; the checkpoint keeps their fingerprints and a resume checks them).
+
 
 def build_task(config: Config, run_dir: Path) -> Task:
     from jaxlm.tasks.causal_lm import CausalLMTask

@@ -72,6 +72,11 @@ class GANTask(ArrayTask):
                       "latent_seed": np.arange(len(rows), dtype=np.uint32)}
         self.classifier = load_classifier(t.classifier, model) if t.classifier else None
 
+    def held_fixed(self) -> dict:
+        """The scoring classifier, fingerprinted in the checkpoint so a resumed run scores with the same one."""
+        return {} if self.classifier is None else {"classifier": ("task.classifier", self.t.classifier,
+                                                                   self.classifier.params)}
+
     def model_inputs(self, batch):
         return {"latents": jnp.zeros((len(batch["pixel_values"]), self.latent_dim), jnp.float32),
                 "pixel_values": self.real(batch)}

@@ -168,8 +168,12 @@ def start_state(s: Setup, ckpt: Checkpoints, data) -> tuple[TrainState, dict]:
         params, model_state = s.initial_params()
         constants = s.constants(params)
     ckpt.extra_meta = {"frozen": frozen_meta(constants["frozen"])} if not s.split.everything else {}
-    if s.teacher is not None:  # a distillation teacher: its fingerprint, so a resume cannot switch teachers
-        ckpt.extra_meta["teacher"] = {"source": c.distill.teacher, **frozen_meta(s.teacher)}
+    # Models held fixed outside the params (a distillation teacher, a GAN's scoring classifier): their
+    # fingerprints, so a resume cannot switch them.
+    held = {"teacher": ("distill.teacher", c.distill.teacher, s.teacher)} if s.teacher is not None else {}
+    held.update(s.task.held_fixed() if hasattr(s.task, "held_fixed") else {})
+    for name, (_, source, tree) in held.items():
+        ckpt.extra_meta[name] = {"source": source, **frozen_meta(tree)}
 
     def check(meta: dict, where) -> None:
         conflicts = resume_conflicts(meta["config"], c)
@@ -178,11 +182,12 @@ def start_state(s: Setup, ckpt: Checkpoints, data) -> tuple[TrainState, dict]:
                                   "(or undo the change)")
         check_frozen(meta.get("frozen"), constants["frozen"], f"cannot resume {where}: the checkpoint",
                      "point model.init_from at the base it was trained from, or use a new run.out_dir")
-        if s.teacher is not None and meta.get("teacher", {}).get("fingerprint") != frozen_meta(s.teacher)["fingerprint"]:
-            raise CheckpointError(f"cannot resume {where}: it was distilled from the teacher "
-                                  f"{meta.get('teacher', {}).get('source')} (fingerprint "
-                                  f"{meta.get('teacher', {}).get('fingerprint')}), but distill.teacher={c.distill.teacher} "
-                                  f"is {frozen_meta(s.teacher)['fingerprint']}; use that teacher or a new run.out_dir")
+        for name, (key, source, _) in held.items():
+            saved, now = meta.get(name, {}), ckpt.extra_meta[name]["fingerprint"]
+            if saved.get("fingerprint") != now:
+                raise CheckpointError(f"cannot resume {where}: it was trained with the {name} {saved.get('source')} "
+                                      f"(fingerprint {saved.get('fingerprint')}), but {key}={source} is {now}; use "
+                                      f"that {name} or a new run.out_dir")
 
     if ckpt.all_steps():
         if resume == "never":
