@@ -74,6 +74,7 @@ class Checkpoints:
                     "data": ocp.JsonCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
         self.manager = ocp.CheckpointManager(checkpoint_dir(run_dir), options=options, item_handlers=handlers)
         self._pending: tuple[int, int] | None = None  # (step, bytes) of the save in flight
+        self._failed: set[int] = set()  # steps whose save failed: their partial files go, now and at close
         self.extra_meta: dict = {}
         """Saved into every checkpoint's meta: ``{"frozen": ...}`` when the params item holds the
         trainable params only (:mod:`jaxlm.train.trainable`)."""
@@ -128,9 +129,8 @@ class Checkpoints:
     def _save_error(self, step: int, needed: int, error: BaseException, free: int | None = None) -> CheckpointError:
         """The one-line error for a checkpoint that could not be written; its partial files are removed."""
         where = checkpoint_dir(self.run_dir)
-        if jax.process_index() == 0:
-            for partial in where.glob(f"{step}.orbax-checkpoint-tmp*"):
-                shutil.rmtree(partial, ignore_errors=True)
+        self._failed.add(step)
+        self._remove_partials()
         previous = [s for s in self.all_steps() if s < step]
         kept = f"checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
         if _disk_full(error):
@@ -272,8 +272,27 @@ class Checkpoints:
         if pending is not None and not (checkpoint_dir(self.run_dir) / str(pending[0])).is_dir():
             raise self._save_error(*pending, RuntimeError("orbax did not commit it"))
 
+    def _remove_partials(self, settle: float = 0.0) -> None:
+        """Remove the failed saves' partial directories; with ``settle``, keep removing them until
+        none has reappeared for ``settle`` seconds (at most 20 times that): TensorStore writes still
+        in flight when orbax reported the failure recreate them, and Python cannot wait on those."""
+        if jax.process_index() or not self._failed:
+            return
+        quiet_since = deadline = time.monotonic()
+        deadline += 20 * settle
+        while True:
+            for step in self._failed:
+                for partial in checkpoint_dir(self.run_dir).glob(f"{step}.orbax-checkpoint-tmp*"):
+                    shutil.rmtree(partial, ignore_errors=True)
+                    quiet_since = time.monotonic()
+            if time.monotonic() - quiet_since >= settle or time.monotonic() > deadline:
+                return
+            time.sleep(settle / 10)
+
     def close(self) -> None:
-        """Wait for the save in flight (raising if it failed), then release orbax's resources."""
+        """Wait for the save in flight (raising if it failed), then release orbax's resources; a
+        failed save's partial files are removed again then, as writes still in flight when orbax
+        reported the failure may have recreated them."""
         try:
             self.wait()
         finally:
@@ -281,6 +300,7 @@ class Checkpoints:
                 self.manager.close()
             except Exception:  # noqa: BLE001 - it waits again: a failed save was reported above
                 pass
+            self._remove_partials(settle=0.5)
 
 
 def open_run(path: str | Path, step: int | None = None, best: bool = False) -> tuple[Checkpoints, int]:
