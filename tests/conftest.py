@@ -45,10 +45,38 @@ def tiny_overrides(out_dir, **extra) -> list[str]:
     return [f"{k}={'null' if v is None else v}" for k, v in base.items()]
 
 
-@pytest.fixture
-def corpus_file(tmp_path):
+def small_corpus(directory):
+    """``directory/corpus.txt``: the first six documents of the embedded corpus (for tiny runs)."""
     from jaxlm.data.corpus import embedded_corpus
 
-    path = tmp_path / "corpus.txt"
+    path = directory / "corpus.txt"
     path.write_text("\n".join(embedded_corpus()[:6]))
     return path
+
+
+@pytest.fixture
+def corpus_file(tmp_path):
+    return small_corpus(tmp_path)
+
+
+def build_local_tfds(data_dir, dataset: str, examples: list[tuple[str, int]]) -> None:
+    """Build the tfds dataset ``dataset`` (one ``train`` split of ``text`` / binary ``label``
+    examples) under ``data_dir``, as a user builds their own: no download."""
+    import tensorflow_datasets as tfds
+
+    class Builder(tfds.core.GeneratorBasedBuilder):
+        name = dataset
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+                {"text": tfds.features.Text(), "label": tfds.features.ClassLabel(num_classes=2)}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            for i, (text, label) in enumerate(examples):
+                yield i, {"text": text, "label": label}
+
+    Builder(data_dir=str(data_dir), file_format="array_record").download_and_prepare()

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import tiny_overrides
+from conftest import small_corpus, tiny_overrides
 from jaxlm.train.logging import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,11 +68,8 @@ def wait_for_step(run_dir, step, proc, timeout=120):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    from jaxlm.data.corpus import embedded_corpus
-
     root = tmp_path_factory.mktemp("reference")
-    corpus = root / "corpus.txt"
-    corpus.write_text("\n".join(embedded_corpus()[:6]))
+    corpus = small_corpus(root)
     code, _, err = run(command(root / "run", corpus))
     assert code == 0, err
     return corpus, losses(root / "run")

@@ -7,15 +7,13 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
-from conftest import tiny_overrides
-from jaxlm.data.corpus import embedded_corpus
+from conftest import small_corpus, tiny_overrides
 from jaxlm.train.logging import read_metrics
-from test_checkpoint import MAX_STEPS, ROOT, assert_same_losses, command, losses, reference, run, start  # noqa: F401
+from test_checkpoint import assert_same_losses, command, losses, reference, run, start  # noqa: F401 (reference: a fixture)
 
 
 def short_failure(code, out, err, *needles):
@@ -189,8 +187,7 @@ def falls_back(code, out, err, newest, to_step):
 def damaged_runs(tmp_path_factory):
     """A GPT-2 and a BERT classifier run, each with readable checkpoints 1 and 2 and a damaged newest 3."""
     root = tmp_path_factory.mktemp("damaged")
-    corpus = root / "corpus.txt"
-    corpus.write_text("\n".join(embedded_corpus()[:6]))
+    corpus = small_corpus(root)
     steps = {"trainer.max_steps": 3, "checkpoint.every": 1, "checkpoint.keep": 3, "trainer.eval_every": 1000}
     gpt2 = root / "gpt2"
     code, _, err = run(["train", "configs/gpt2-tiny.yaml",

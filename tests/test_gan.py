@@ -1,7 +1,6 @@
 """task: gan: the two players updated in turn in one step, exact resume, samples, the quality metric."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest

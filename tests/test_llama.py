@@ -356,6 +356,7 @@ def test_cli_generate_with_a_llama_directory(tmp_path, capsys):
     import tokenizers
     from tokenizers import models, pre_tokenizers, processors, trainers
 
+    from conftest import small_corpus
     from jaxlm.cli import main
     from jaxlm.data.corpus import embedded_corpus
     from jaxlm.interop.parity import random_checkpoint
@@ -382,8 +383,7 @@ def test_cli_generate_with_a_llama_directory(tmp_path, capsys):
     # convert to a jaxlm run (tokenizer files along), fine-tune it briefly, export it back
     run, tuned, exported = tmp_path / "run", tmp_path / "tuned", tmp_path / "exported"
     assert main(["convert", "--from-torch", str(directory), "--out", str(run)]) == 0
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n".join(embedded_corpus()[:6]))
+    corpus = small_corpus(tmp_path)
     assert main(["train", str(run / "config.yaml"), f"run.out_dir={tuned}", f"model.init_from={run}",
                  f"data.paths={corpus}", "data.seq_len=32", "trainer.batch_size=2", "trainer.max_steps=2",
                  "trainer.eval_batches=1", "trainer.progress_bar=false", "checkpoint.every=2"]) == 0

@@ -54,13 +54,12 @@ MESHES = ["8,1,1", "2,4,1", "2,2,2", "1,4,2"]
 
 @pytest.fixture(scope="module")
 def sharded_runs(tmp_path_factory):
+    from conftest import small_corpus
     from jaxlm.data.corpus import embedded_corpus
-
     from jaxlm.data.tokenizer import train_tokenizer
 
     root = tmp_path_factory.mktemp("corpus")
-    corpus = root / "corpus.txt"
-    corpus.write_text("\n".join(embedded_corpus()[:6]))
+    corpus = small_corpus(root)
     train_tokenizer("wordpiece", embedded_corpus()[:6], 512).save(root / "wordpiece")
     runs = [f"{family}:{mesh}" for family in ("gpt2", "bert") for mesh in MESHES]
     return {**run_meshes(1, root, ["gpt2:1,1,1", "bert:1,1,1"]), **run_meshes(8, root, runs)}

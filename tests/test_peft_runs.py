@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from conftest import small_corpus
 from test_checkpoint import losses, run, start, wait_for_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,11 +37,8 @@ def command(run_dir, base, corpus, method):
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    from jaxlm.data.corpus import embedded_corpus
-
     root = tmp_path_factory.mktemp("peft-runs")
-    corpus = root / "corpus.txt"
-    corpus.write_text("\n".join(embedded_corpus()[:6]))
+    corpus = small_corpus(root)
     args = command(root / "base", None, corpus, "lora")
     args = [a for a in args if not a.startswith(("peft.", "model.init_from", "trainer.max_steps"))]
     code, _, err = run([*args, "trainer.max_steps=3"])

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import tiny_overrides
+from conftest import small_corpus, tiny_overrides
 from jaxlm.config import load_config
 from jaxlm.train.logging import read_metrics
 from jaxlm.train.precision import LossScale, skip_nonfinite
@@ -15,11 +15,8 @@ from jaxlm.train.trainer import train
 
 @pytest.fixture(scope="module")
 def final_losses(tmp_path_factory):
-    from jaxlm.data.corpus import embedded_corpus
-
     root = tmp_path_factory.mktemp("precision")
-    corpus = root / "corpus.txt"
-    corpus.write_text("\n".join(embedded_corpus()[:6]))
+    corpus = small_corpus(root)
     out = {}
     for compute in ("float32", "bfloat16", "float16"):
         run = root / compute

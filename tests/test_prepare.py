@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import tiny_overrides
+from conftest import build_local_tfds, tiny_overrides
 from jaxlm.config import load_config
 from jaxlm.data import prepare as prep
 from jaxlm.data.corpus import embedded_corpus
@@ -96,22 +96,8 @@ def test_every_local_format_and_hf_datasets_give_one_stream(tmp_path):
 def test_tfds_dataset_built_locally(tmp_path, monkeypatch):
     import tensorflow_datasets as tfds
 
-    class TinyReviews(tfds.core.GeneratorBasedBuilder):
-        VERSION = tfds.core.Version("1.0.0")
-
-        def _info(self):
-            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
-                {"text": tfds.features.Text(), "label": tfds.features.ClassLabel(num_classes=2)}))
-
-        def _split_generators(self, dl_manager):
-            return {"train": self._generate_examples()}
-
-        def _generate_examples(self):
-            for i, row in enumerate(ROWS):
-                yield i, {"text": row, "label": i % 2}
-
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
-    TinyReviews(data_dir=str(tmp_path / "tfds"), file_format="array_record").download_and_prepare()
+    build_local_tfds(tmp_path / "tfds", "tiny_reviews", [(row, i % 2) for i, row in enumerate(ROWS)])
     directory = prep.prepare(config(tmp_path, **{"data.dataset": "tfds:tiny_reviews"}), progress=False)
     rows = [r["text"].decode() for r in tfds.data_source("tiny_reviews", split="train")]  # tfds's own order
     assert sorted(rows) == sorted(ROWS)

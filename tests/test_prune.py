@@ -13,10 +13,9 @@ import optax
 import pytest
 from flax import traverse_util
 
-from conftest import tiny_overrides
+from conftest import small_corpus, tiny_overrides
 from jaxlm.cli import main
-from jaxlm.compress.prune import (apply_masks, compute_masks, is_update_step, prune_optimizer, sparsity_at,
-                                  sparsity_report)
+from jaxlm.compress.prune import compute_masks, is_update_step, prune_optimizer, sparsity_at, sparsity_report
 from jaxlm.config import PruneConfig
 from test_checkpoint import assert_same_losses, losses, run, start, wait_for_step
 
@@ -189,11 +188,8 @@ def command(run_dir, corpus, **extra):
 
 @pytest.fixture(scope="module")
 def gradual_run(tmp_path_factory):
-    from jaxlm.data.corpus import embedded_corpus
-
     root = tmp_path_factory.mktemp("gradual")
-    corpus = root / "corpus.txt"
-    corpus.write_text("\n".join(embedded_corpus()[:6]))
+    corpus = small_corpus(root)
     code, _, err = run(command(root / "run", corpus))
     assert code == 0, err
     return root, corpus, losses(root / "run")

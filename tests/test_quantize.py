@@ -12,7 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import traverse_util
 
-from conftest import tiny_overrides
+from conftest import small_corpus, tiny_overrides
 from jaxlm.cli import load_model, main
 from jaxlm.compress.quantize import (NF4_CODE, QuantizedArray, dequantize, dequantize_params, dynamic_map,
                                      from_storable, int8_dense, is_quantized, kernel_reduce_axes, quantize_blockwise,
@@ -165,10 +165,8 @@ def test_int8_dynamic_dense_is_the_integer_product(axis, features, x_shape):
 
 @pytest.fixture(scope="module")
 def gpt2_run(tmp_path_factory):
-    from jaxlm.data.corpus import embedded_corpus
-
     root = tmp_path_factory.mktemp("quant-gpt2")
-    (root / "corpus.txt").write_text("\n".join(embedded_corpus()[:6]))
+    small_corpus(root)
     assert main(["train", "configs/gpt2-tiny.yaml", *tiny_overrides(root / "run", **{"data.paths": root / "corpus.txt"})]) == 0
     return root
 

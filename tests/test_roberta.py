@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_overrides
+from conftest import small_corpus, tiny_overrides
 from jaxlm.cli import main
 from jaxlm.config import load_config
 from jaxlm.data.bert_inputs import frame_texts
@@ -50,10 +50,9 @@ def test_roberta_framing_of_single_texts_and_pairs():
 @pytest.fixture(scope="module")
 def mlm_run(tmp_path_factory):
     """A RoBERTa pretrained for a few steps on a small text (its byte-level BPE trained on it)."""
-    from jaxlm.data.corpus import embedded_corpus
 
     root = tmp_path_factory.mktemp("roberta")
-    (root / "corpus.txt").write_text("\n".join(embedded_corpus()[:6]))
+    small_corpus(root)
     overrides = [o for o in tiny_overrides(root / "run") if not o.startswith("model.")]
     overrides += [f"model.{k}={v}" for k, v in TINY.items()] + [
         "model.type=roberta", "task=mlm", f"data.paths={root / 'corpus.txt'}", "data.tokenizer.vocab_size=320",

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import build_local_tfds
 from jaxlm.checkpoint import Checkpoints
 from jaxlm.cli import main
 from jaxlm.config import EarlyStoppingConfig, load_config, resume_conflicts
@@ -236,7 +237,6 @@ def test_tokenizer_size_must_match_the_model(tmp_path, capsys):
 def test_hf_datasets_and_tfds_sources(monkeypatch, tmp_path):
     """The real libraries on data built here: a ``save_to_disk`` directory and a tfds dataset."""
     import datasets
-    import tensorflow_datasets as tfds
 
     datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["good film", "bad film"], "label": [1, 0]})}
                          ).save_to_disk(str(tmp_path / "hf"))
@@ -245,22 +245,8 @@ def test_hf_datasets_and_tfds_sources(monkeypatch, tmp_path):
     with pytest.raises(DataError, match="task.dataset='no_such_set_here': Hugging Face datasets could not load"):
         labeled.read_dataset("no_such_set_here", None, "train")
 
-    class TinyImdb(tfds.core.GeneratorBasedBuilder):
-        VERSION = tfds.core.Version("1.0.0")
-
-        def _info(self):
-            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
-                {"text": tfds.features.Text(), "label": tfds.features.ClassLabel(num_classes=2)}))
-
-        def _split_generators(self, dl_manager):
-            return {"train": self._generate_examples()}
-
-        def _generate_examples(self):
-            yield 0, {"text": "fine", "label": 1}
-            yield 1, {"text": "poor", "label": 0}
-
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
-    TinyImdb(data_dir=str(tmp_path / "tfds"), file_format="array_record").download_and_prepare()
+    build_local_tfds(tmp_path / "tfds", "tiny_imdb", [("fine", 1), ("poor", 0)])
     table = labeled.read_dataset("tfds:tiny_imdb", None, "train")
     assert sorted(zip(table.columns["text"], table.columns["label"])) == [("fine", 1), ("poor", 0)]
 
