@@ -3,6 +3,7 @@ evaluation from the memory-mapped ``.npy`` rows (the same rows and losses as in 
 read or encoding on a restart), exact resume, and one-line errors for damaged files, a changed
 tokenizer and configs that stay in memory."""
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -53,18 +54,20 @@ def losses(run):
 
 def test_prepare_then_train_equals_in_memory_and_restarts_read_no_table(tmp_path, csv_file, monkeypatch, capsys):
     s = settings(tmp_path)
-    with monkeypatch.context() as m:
-        in_memory(m)
-        assert main(["train", BERT, *overrides(tmp_path / "memory", **s)]) == 0
-    assert not (tmp_path / "cache").exists()
-
     assert main(["data", "prepare", BERT, *overrides(tmp_path / "run", **s)]) == 0
     out = capsys.readouterr().out
     assert "prepared " in out and "56 train, 12 validation, 12 test examples" in out and ".npy rows" in out
-    directory = next((tmp_path / "cache").glob("reviews-*"))
+    directory = next((tmp_path / "cache").glob("reviews-*/manifest.json")).parent
     manifest = read_manifest(directory, "jaxlm-rows/1")
     assert sorted(manifest["splits"]["train"]["fields"]) == ["attention_mask", "input_ids", "label", "token_type_ids"]
     assert main(["train", BERT, *overrides(tmp_path / "run", **s)]) == 0
+
+    # The in-memory path with the same tokenizer (training a WordPiece again may break ties otherwise).
+    shutil.copytree(directory / "tokenizer", tmp_path / "memory" / "tokenizer")
+    with monkeypatch.context() as m:
+        in_memory(m)
+        assert main(["train", BERT, *overrides(tmp_path / "memory", **s)]) == 0
+    assert len(list((tmp_path / "cache").glob("*/manifest.json"))) == 1
     expected = losses(tmp_path / "memory")
     assert len(expected[0]) == 4 and len(expected[1]) == 2
     assert losses(tmp_path / "run") == expected  # bit-equal: the same rows in the same order
@@ -100,9 +103,9 @@ def test_prepared_rows_equal_in_memory_rows(tmp_path, csv_file, monkeypatch, con
         c = load_config(config, [f"{k}={'null' if v is None else v}" for k, v in {
             "run.out_dir": tmp_path / "run", "trainer.progress_bar": False, **settings(tmp_path)}.items()])
     prepared = ClassificationTask(c, tmp_path / "run")
-    with monkeypatch.context() as m:
+    with monkeypatch.context() as m:  # the run's tokenizer, as a resumed run reads it
         in_memory(m)
-        memory = ClassificationTask(c, tmp_path / "memory")
+        memory = ClassificationTask(c, tmp_path / "run")
     for a, b in ((prepared.train, memory.train), (prepared.valid, memory.valid)):
         assert a.keys() == b.keys() and all(isinstance(v, np.memmap) for v in a.values())
         assert all(a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]) for k in a)
@@ -133,10 +136,17 @@ def test_changed_source_new_key_and_damage_named(tmp_path, csv_file, monkeypatch
                    f"delete {second} and rerun jaxlm data prepare")
     ids.write_bytes(original)
 
-    run_tok = tmp_path / "run" / "tokenizer" / "tokenizer.json"
-    run_tok.write_text(run_tok.read_text().replace('"[UNK]"', '"[unk]"', 1))
+    prepared_tok = second / "tokenizer" / "tokenizer.json"
+    original = prepared_tok.read_text()
+    prepared_tok.write_text(original.replace('"lowercase": true', '"lowercase": false', 1))
     assert main(["train", BERT, *overrides(tmp_path / "run", **s)]) == 2
-    one_line_error(capsys, f"{run_tok} is not the tokenizer the shards in {second}")
+    one_line_error(capsys, f"{prepared_tok} is not the tokenizer the shards in {second}")
+    prepared_tok.write_text(original)
+    # The run's own tokenizer, changed, is the one the run reads (as in memory): rows encoded with it.
+    run_tok = tmp_path / "run" / "tokenizer" / "tokenizer.json"
+    run_tok.write_text(run_tok.read_text().replace('"lowercase": true', '"lowercase": false', 1))
+    third = classification_prepare.prepare_rows(config)
+    assert third not in (first, second) and (third / "tokenizer" / "tokenizer.json").read_text() == run_tok.read_text()
 
 
 def test_shipped_sets_and_augment_stay_in_memory(tmp_path, csv_file, capsys, caplog):

