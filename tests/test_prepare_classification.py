@@ -162,3 +162,21 @@ def test_shipped_sets_and_augment_stay_in_memory(tmp_path, csv_file, capsys, cap
     with pytest.raises(ConfigError, match="either data.paths"):
         classification_prepare.prepare_rows(load_config(BERT, overrides(tmp_path / "run", **{
             **settings(tmp_path), "task.dataset": "imdb"})))
+
+
+def test_hugging_face_dataset_is_prepared_like_files(tmp_path, monkeypatch):
+    import datasets
+
+    texts, labels = zip(*reviews(60))
+    datasets.Dataset.from_dict({"text": list(texts), "label": [int(x == "positive") for x in labels]}).save_to_disk(
+        str(tmp_path / "hf"))
+    c = load_config(BERT, overrides(tmp_path / "run", **settings(tmp_path, **{"data.paths": None,
+                                                                              "task.dataset": tmp_path / "hf"})))
+    prepared = ClassificationTask(c, tmp_path / "run")
+    assert isinstance(prepared.train["input_ids"], np.memmap)
+    assert next((tmp_path / "cache").glob("*/manifest.json")).parent.name.startswith("hf-")
+    with monkeypatch.context() as m:
+        in_memory(m)
+        memory = ClassificationTask(c, tmp_path / "run")
+    assert all(np.array_equal(prepared.train[k], memory.train[k]) for k in memory.train)
+    assert all(np.array_equal(prepared.valid[k], memory.valid[k]) for k in memory.valid)
