@@ -459,16 +459,13 @@ def cmd_tokenizer_train(args) -> int:
 
 
 def cmd_data_prepare(args) -> int:
-    """Encode a config's data into token shards (what ``train`` would prepare if they were missing)."""
-    from jaxlm.data.prepare import prepare
-    from jaxlm.data.shards import read_manifest
+    """Encode a config's data into token shards, or a classification config's labelled rows into
+    ``.npy`` files (what ``train`` would prepare if they were missing)."""
+    from jaxlm.data.prepare import describe, prepare
 
     config = _config(args)
     directory = prepare(config, workers=args.workers)
-    m = read_manifest(directory)
-    train, valid = m["splits"]["train"], m["splits"]["valid"]
-    print(f"prepared {directory}: {train['tokens']:,} train tokens ({train['text_bytes'] / 1e6:.1f} MB of text), "
-          f"{valid['tokens']:,} validation tokens, {len(train['shards'])} shards; jaxlm train {args.config} "
+    print(f"prepared {directory}: {describe(config, directory)}; jaxlm train {args.config} "
           f"{' '.join(args.overrides)} streams them".rstrip())
     return 0
 
@@ -725,8 +722,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="data tools: prepare (tokenize into shards), clean, augment, export")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
-    p = data_sub.add_parser("prepare", help="tokenize a config's data.paths / data.dataset into shards under "
-                            "data.cache_dir (resumable; train streams them)")
+    p = data_sub.add_parser("prepare", help="tokenize a config's data.paths / data.dataset into shards (a "
+                            "classification config's labelled rows into .npy files) under data.cache_dir (train "
+                            "streams them)")
     with_config(p)
     p.add_argument("--workers", type=int, help="encoding processes (default: data.prepare.workers, 0 = all cores)")
     p.set_defaults(func=cmd_data_prepare)

@@ -109,7 +109,8 @@ class IndexShuffle:
 
 
 class ArrayRows:
-    """Rows of arrays sharing a leading dimension."""
+    """Rows of arrays sharing a leading dimension, in memory or memory-mapped (``np.load(mmap_mode="r")``:
+    indexing with the rows of a batch reads only those rows)."""
 
     def __init__(self, arrays: dict[str, np.ndarray]):
         self.arrays = arrays

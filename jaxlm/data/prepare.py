@@ -1,6 +1,11 @@
 """``jaxlm data prepare``: train (or load) the tokenizer, then encode the sources into token
 shards in parallel worker processes, once; ``jaxlm train`` streams them.
 
+That is pretraining text (``task: causal_lm`` / ``mlm``). A ``task: classification`` config
+prepares labelled rows instead: the encoded train / validation / test rows of its stratified
+split as memory-mapped ``.npy`` files (:mod:`jaxlm.tasks.classification_prepare`), in the same
+cache, found and checked the same way (:func:`prepare`, :func:`load_prepared` dispatch on the task).
+
 The shards go to ``data.cache_dir/<name>-<key>/``, the key a hash of everything that
 determines them (the sources' files with sizes and times, or the dataset and its settings;
 the tokenizer's file or training settings; the validation share; the shard size), so every
@@ -32,6 +37,7 @@ from tqdm import tqdm
 from jaxlm.config import Config
 from jaxlm.data import sources
 from jaxlm.data.encode import encode_unit, quiet_worker, stamp, training_chunks
+from jaxlm.data.npy_rows import ROWS_FORMAT
 from jaxlm.data.shards import (FORMAT, MANIFEST, SPLITS, check_tokenizer, file_sha256, read_manifest, token_dtype,
                                write_json)
 from jaxlm.data.tokenizer import FILE, Tokenizer, configured_path, load_tokenizer, train_to_size
@@ -49,8 +55,8 @@ def cache_root(config: Config) -> Path:
 def tokenizer_kind(config: Config) -> str:
     kind = TOKENIZER_KINDS.get(config.task.type)
     if kind is None:
-        raise ConfigError(f"jaxlm data prepare encodes pretraining text (task causal_lm or mlm), not task "
-                          f"{config.task.type}")
+        raise ConfigError(f"jaxlm data prepare encodes pretraining text (task causal_lm or mlm) or labelled rows "
+                          f"(task classification), not task {config.task.type}")
     if kind == "wordpiece" and config.model.type == "roberta":  # RoBERTa's byte-level BPE and specials
         return "roberta_bpe"
     return kind
@@ -76,7 +82,12 @@ def prepared_dir(config: Config) -> Path:
         raise ConfigError("the embedded corpus trains without a prepare step; set data.paths or data.dataset to "
                           "prepare a corpus")
     tokenizer_kind(config)
-    digest = hashlib.sha256(json.dumps(key_of(config), sort_keys=True).encode()).hexdigest()[:16]
+    return keyed_dir(config, spec, key_of(config))
+
+
+def keyed_dir(config: Config, spec: sources.SourceSpec, key: dict) -> Path:
+    """``data.cache_dir/<name>-<hash of key>``, named after the first source."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     first = spec.dataset or Path(sources.matched_files(spec.paths)[0]).stem
     name = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(first.removeprefix("tfds:")).name)[:40]
     return cache_root(config) / f"{name}-{digest}"
@@ -84,7 +95,18 @@ def prepared_dir(config: Config) -> Path:
 
 def prepare(config: Config, workers: int | None = None, progress: bool = True) -> Path:
     """The prepared directory of ``config``'s data, encoding whatever is not done yet."""
+    if config.task.type == "classification":  # labelled rows, not token shards
+        from jaxlm.tasks.classification_prepare import prepare_rows
+
+        return prepare_rows(config)
     directory = prepared_dir(config)
+    return once(directory, lambda: _prepare(config, directory, workers or config.data.prepare.workers
+                                            or os.cpu_count() or 1, progress))
+
+
+def once(directory: Path, build) -> Path:
+    """``directory`` once it has a manifest: ``build()`` writes it (the manifest last) unless another
+    process holds the lock, in which case this one waits, then reads theirs."""
     if (directory / MANIFEST).is_file():
         return directory
     from filelock import FileLock
@@ -92,8 +114,20 @@ def prepare(config: Config, workers: int | None = None, progress: bool = True) -
     directory.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(directory) + ".lock"):  # one prepare per directory at a time; others wait, then read it
         if not (directory / MANIFEST).is_file():
-            _prepare(config, directory, workers or config.data.prepare.workers or os.cpu_count() or 1, progress)
+            build()
     return directory
+
+
+def describe(config: Config, directory: Path) -> str:
+    """What a prepared directory holds, in a few words (``jaxlm data prepare`` prints it)."""
+    if config.task.type == "classification":
+        m = read_manifest(directory, ROWS_FORMAT)
+        counts = ", ".join(f"{m['splits'][s]['examples']:,} {s}" for s in ("train", "validation", "test"))
+        return f"{counts} examples of {m['where']} as memory-mapped .npy rows"
+    m = read_manifest(directory)
+    train, valid = m["splits"]["train"], m["splits"]["valid"]
+    return (f"{train['tokens']:,} train tokens ({train['text_bytes'] / 1e6:.1f} MB of text), {valid['tokens']:,} "
+            f"validation tokens, {len(train['shards'])} shards")
 
 
 def _prepare(config: Config, directory: Path, workers: int, progress: bool) -> None:
@@ -209,13 +243,15 @@ def sample_training_text(units, spec, fraction: float, budget: int, seed: int, p
     return reservoir
 
 
-def load_prepared(config: Config, run_dir: Path, progress: bool = True) -> tuple[Path, dict, Tokenizer]:
+def load_prepared(config: Config, run_dir: Path, progress: bool = True, segmenter: str | None = None
+                  ) -> tuple[Path, dict, Tokenizer]:
     """Prepare if needed (process 0 of a multi-process job; the others wait), check the shards'
-    tokenizer, and keep it with the run (``run_dir/tokenizer``): ``(directory, manifest, tokenizer)``."""
+    tokenizer, and keep it with the run (``run_dir/tokenizer``): ``(directory, manifest, tokenizer)``
+    (a word vocabulary's texts go through ``segmenter`` first)."""
     from jaxlm.parallel.distributed import main_process_first
 
     directory = main_process_first(lambda: prepare(config, progress=progress))
-    manifest = read_manifest(directory)
+    manifest = read_manifest(directory, ROWS_FORMAT if config.task.type == "classification" else FORMAT)
     check_tokenizer(directory, manifest, directory / manifest["tokenizer"]["file"])
     run_tok = run_dir / "tokenizer" / FILE
 
@@ -226,4 +262,4 @@ def load_prepared(config: Config, run_dir: Path, progress: bool = True) -> tuple
             run_tok.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(directory / manifest["tokenizer"]["file"], run_tok)
     main_process_first(keep_with_run)
-    return directory, manifest, load_tokenizer(directory / manifest["tokenizer"]["file"])
+    return directory, manifest, load_tokenizer(directory / manifest["tokenizer"]["file"], segmenter)

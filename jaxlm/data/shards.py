@@ -89,14 +89,14 @@ class ShardWriter:
                 "text_bytes": self.text_bytes, "crc32": block_crcs(self.directory / f"{self.name}.tokens")}
 
 
-def read_manifest(directory: Path) -> dict:
+def read_manifest(directory: Path, fmt: str = FORMAT) -> dict:
     path = directory / MANIFEST
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise DataError(f"{path} is unreadable ({e}); rerun jaxlm data prepare") from None
-    if manifest.get("format") != FORMAT:
-        raise DataError(f"{path} is format {manifest.get('format')!r}, not {FORMAT}; rerun jaxlm data prepare")
+    if manifest.get("format") != fmt:
+        raise DataError(f"{path} is format {manifest.get('format')!r}, not {fmt}; rerun jaxlm data prepare")
     return manifest
 
 

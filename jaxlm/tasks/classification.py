@@ -9,11 +9,16 @@ The labelled rows are split per class into train / validation / test (``task.spl
 seeded by ``task.split_seed``, so runs with different ``run.seed`` share one split);
 evaluation scores ``task.eval_split``. With ``task.packing`` several short examples share a row
 (:mod:`jaxlm.data.packing`); the logits, and so every metric, are those of the unpacked rows.
+
+Rows of ``data.paths`` / ``task.dataset`` are encoded once by ``jaxlm data prepare`` (or the
+first ``train``) into memory-mapped ``.npy`` files (:mod:`jaxlm.tasks.classification_prepare`);
+the sets shipped with jaxlm and ``task.augment`` runs are encoded in memory at every start.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import jax
@@ -61,7 +66,92 @@ def check_classes(labels: np.ndarray, names: list[str] | None, where: str) -> No
                         "least two classes: add rows of the others")
 
 
+def check_source(config: Config) -> None:
+    if bool(config.task.dataset) == bool(config.data.paths):
+        raise ConfigError("task: classification reads either data.paths (CSV / JSONL files) or task.dataset "
+                          "(sentiment_en, sentiment_zh, reviews_zh, a Hugging Face datasets name or tfds:NAME): "
+                          "set one")
+
+
+def named_pair_column(t) -> bool:
+    """Whether ``task.text_pair_column`` was set to a name other than the default: such a column must
+    exist; the default name (which every saved config.yaml spells out) is used only when the data has it."""
+    return "text_pair_column" in t.model_fields_set and \
+        t.text_pair_column != type(t).model_fields["text_pair_column"].default
+
+
+@dataclass
+class LabelledRows:
+    """A classification config's labelled rows, encoded: the ``splits`` (train, validation, test:
+    dicts of row arrays, ``label`` included) and what built them."""
+
+    tok: Tokenizer
+    encode: TextEncoder
+    splits: list[dict[str, np.ndarray]]
+    texts: list[str]
+    parts: list[np.ndarray]
+    where: str
+    truncated: int
+
+
+def encode_labelled(config: Config, run_dir: Path) -> LabelledRows:
+    """Read the labelled rows, split them per class (``task.split``, ``task.split_seed``), get the
+    tokenizer (``data.tokenizer.path``, or one trained on the training split; either kept in
+    ``run_dir/tokenizer``) and encode every split: what training reads, whether in memory or
+    prepared (:mod:`jaxlm.tasks.classification_prepare` passes its directory as ``run_dir``)."""
+    check_source(config)
+    t, model = config.task, config.model
+    table = read_dataset(t.dataset, t.dataset_config, t.dataset_split) if t.dataset else read_files(config.data.paths)
+    texts = texts_of(table, t.text_column, "task.text_column")
+    pair_column = t.text_pair_column
+    with_pairs = pair_column is not None and (pair_column in table.columns or named_pair_column(t))
+    pairs = texts_of(table, pair_column, "task.text_pair_column") if with_pairs else None
+    labels = label_ids(table.column(t.label_column, "task.label_column"), label_names(model), model.num_labels,
+                       table.where)
+    check_classes(labels, label_names(model), table.where)
+    parts = stratified_split(labels, t.split, t.split_seed)
+    if pairs and (uses_words(model) or reads_token_rows(model)):
+        raise ConfigError(f"model.type={model.type} classifies single texts; {table.where} has a "
+                          f"{pair_column!r} column: set task.text_pair_column=null or use a BERT model")
+    if pairs and t.augment:
+        raise ConfigError(f"task.augment augments single texts; {table.where} has a {pair_column!r} column: "
+                          "set task.text_pair_column=null or drop task.augment")
+    if pairs and t.long_text == "windows":
+        raise ConfigError(f"task.long_text=windows reads single texts; {table.where} has a {pair_column!r} column: "
+                          "set task.text_pair_column=null or task.long_text=truncate")
+    if t.packing and uses_words(model):
+        raise ConfigError(f"task.packing needs a Transformer encoder (bert, distilbert), not model.type="
+                          f"{model.type}; set task.packing=false")
+    if t.packing and (t.long_text == "windows" or t.augment):
+        raise ConfigError("task.packing packs fixed rows of short texts; it does not combine with "
+                          "task.long_text=windows or task.augment: drop one of them")
+    train_texts = [texts[i] for i in parts[0]] + ([pairs[i] for i in parts[0]] if pairs else [])
+    tok = classifier_tokenizer(config, train_texts, run_dir)
+    encode = TextEncoder(tok, config)
+    rows, cut = encode(texts, pairs)
+    if cut.any():
+        held = f" (the model holds {model.max_positions})" if model.max_positions else ""
+        limit = f"data.seq_len={config.data.seq_len} tokens{held}"
+        if t.long_text == "windows":
+            limit = f"task.max_windows={t.max_windows} windows of {limit}"
+        if t.truncation == "error":
+            raise DataError(f"{table.where} row {cut.argmax() + 1} and {cut.sum() - 1} more are longer than "
+                            f"{limit}; raise data.seq_len or set task.truncation=truncate")
+        log.info("truncated %d of %d texts of %s to %s; task.truncation=error refuses them instead",
+                 cut.sum(), len(cut), table.where, limit)
+    if t.packing:
+        splits = [pack_rows({k: v[part] for k, v in rows.items()}, labels[part]) for part in parts]
+    else:
+        rows["label"] = labels
+        splits = [{k: v[part] for k, v in rows.items()} for part in parts]
+    return LabelledRows(tok, encode, splits, texts, parts, table.where, int(cut.sum()))
+
+
 class ClassificationTask(EncoderTask):
+    """Rows of ``data.paths`` / ``task.dataset`` are prepared once into memory-mapped ``.npy`` files
+    (:mod:`jaxlm.tasks.classification_prepare`) and read from there; the sets shipped with jaxlm and
+    ``task.augment`` runs are encoded in memory at every start (see :func:`in_memory_reason`)."""
+
     windows = False
     """task.long_text=windows: rows are [texts, windows, length] and logits are pooled."""
     augment = None
@@ -69,82 +159,31 @@ class ClassificationTask(EncoderTask):
     """task.packing: several examples per row, attention within each (segment ids)."""
 
     def __init__(self, config: Config, run_dir: Path):
+        from jaxlm.tasks.classification_prepare import in_memory_reason, load_rows
+
         super().__init__(config)
         t, model = config.task, config.model
         self.head, self.num_labels = t.head, model.num_labels
-        if bool(t.dataset) == bool(config.data.paths):
-            raise ConfigError("task: classification reads either data.paths (CSV / JSONL files) or task.dataset "
-                              "(sentiment_en, sentiment_zh, reviews_zh, a Hugging Face datasets name or tfds:NAME): "
-                              "set one")
-        table = read_dataset(t.dataset, t.dataset_config, t.dataset_split) if t.dataset else \
-            read_files(config.data.paths)
-        texts = texts_of(table, t.text_column, "task.text_column")
-        pair_column = t.text_pair_column
-        # A pair column named explicitly must exist; the default name (which every saved config.yaml
-        # spells out) is used only when the data has it.
-        named = "text_pair_column" in t.model_fields_set and pair_column != type(t).model_fields["text_pair_column"].default
-        with_pairs = pair_column is not None and (pair_column in table.columns or named)
-        pairs = texts_of(table, pair_column, "task.text_pair_column") if with_pairs else None
-        labels = label_ids(table.column(t.label_column, "task.label_column"), label_names(model), model.num_labels,
-                           table.where)
-        check_classes(labels, label_names(model), table.where)
-        parts = stratified_split(labels, t.split, t.split_seed)
-        train_texts = [texts[i] for i in parts[0]] + ([pairs[i] for i in parts[0]] if pairs else [])
+        self.windows, self.pooling, self.packing = t.long_text == "windows", t.window_pooling, t.packing
+        check_source(config)
+        reason = in_memory_reason(config)
+        if reason is None:
+            tok, (self.train, valid, test) = load_rows(config, run_dir)
+        else:
+            log.info("classification rows encoded in memory: %s", reason)
+            data = encode_labelled(config, run_dir)
+            tok, (self.train, valid, test) = data.tok, data.splits
         if uses_words(model):
-            if pairs:
-                raise ConfigError(f"model.type={model.type} classifies single texts; {table.where} has a "
-                                  f"{pair_column!r} column: set task.text_pair_column=null or use a BERT model")
-            tok = word_tokenizer(config, train_texts, run_dir)
             self.model_kwargs = word_model_kwargs(model, tok)
-        elif reads_token_rows(model):
-            if pairs:
-                raise ConfigError(f"model.type={model.type} classifies single texts; {table.where} has a "
-                                  f"{pair_column!r} column: set task.text_pair_column=null or use a BERT model")
-            tok = decoder_tokenizer(config, train_texts, run_dir)
-        else:
-            tok = encoder_tokenizer(config, train_texts, run_dir, needs=("[PAD]", "[CLS]", "[SEP]"))
-        if pairs and t.augment:
-            raise ConfigError(f"task.augment augments single texts; {table.where} has a {pair_column!r} column: "
-                              "set task.text_pair_column=null or drop task.augment")
-        if pairs and t.long_text == "windows":
-            raise ConfigError(f"task.long_text=windows reads single texts; {table.where} has a {pair_column!r} column: "
-                              "set task.text_pair_column=null or task.long_text=truncate")
-        self.windows = t.long_text == "windows"
-        self.pooling = t.window_pooling
-        self.encode = TextEncoder(tok, config)
-        rows, cut = self.encode(texts, pairs)
-        if cut.any():
-            held = f" (the model holds {model.max_positions})" if model.max_positions else ""
-            limit = f"data.seq_len={config.data.seq_len} tokens{held}"
-            if self.windows:
-                limit = f"task.max_windows={t.max_windows} windows of {limit}"
-            if t.truncation == "error":
-                raise DataError(f"{table.where} row {cut.argmax() + 1} and {cut.sum() - 1} more are longer than "
-                                f"{limit}; raise data.seq_len or set task.truncation=truncate")
-            log.info("truncated %d of %d texts of %s to %s; task.truncation=error refuses them instead",
-                     cut.sum(), len(cut), table.where, limit)
-        if not len(parts[1 if t.eval_split == "validation" else 2]):
-            raise ConfigError(f"task.eval_split={t.eval_split} but task.split={t.split} leaves it no rows")
-        self.packing = t.packing
-        if self.packing:
-            if uses_words(model):
-                raise ConfigError(f"task.packing needs a Transformer encoder (bert, distilbert), not model.type="
-                                  f"{model.type}; set task.packing=false")
-            if self.windows or t.augment:
-                raise ConfigError("task.packing packs fixed rows of short texts; it does not combine with "
-                                  "task.long_text=windows or task.augment: drop one of them")
-            self.train, valid, test = (pack_rows({k: v[part] for k, v in rows.items()}, labels[part])
-                                       for part in parts)
-        else:
-            rows["label"] = labels
-            self.train, valid, test = ({k: v[part] for k, v in rows.items()} for part in parts)
         self.valid = valid if t.eval_split == "validation" else test
+        if not len(self.valid["label"]):
+            raise ConfigError(f"task.eval_split={t.eval_split} but task.split={t.split} leaves it no rows")
         if t.augment:
             from jaxlm.data.text_augment import build_augmenter
 
-            self.augment = build_augmenter(t.augment)
-            self.train_texts = [texts[i] for i in parts[0]]
-            self.train = {**self.train, "row": np.arange(len(parts[0]))}  # which text each batch row holds
+            self.augment, self.encode = build_augmenter(t.augment), data.encode
+            self.train_texts = [data.texts[i] for i in data.parts[0]]
+            self.train = {**self.train, "row": np.arange(len(data.parts[0]))}  # which text each batch row holds
 
     def train_iterator(self, batch_size, process_index=0, process_count=1):
         batches = super().train_iterator(batch_size, process_index, process_count)
@@ -268,23 +307,45 @@ def reads_token_rows(model_config) -> bool:
     return getattr(model_config, "tokenizer_kind", None) == "bpe"
 
 
-def decoder_tokenizer(config: Config, train_texts: list[str], run_dir: Path) -> Tokenizer:
+def classifier_tokenizer(config: Config, train_texts: list[str] | Tokenizer, run_dir: Path) -> Tokenizer:
+    """The model's tokenizer (:func:`word_tokenizer`, :func:`decoder_tokenizer` or the BERT-style
+    ``encoder_tokenizer``), trained on ``train_texts``, or ``train_texts`` itself when it is a
+    tokenizer already (prepared rows'), checked against the model either way."""
+    if uses_words(config.model):
+        return word_tokenizer(config, train_texts, run_dir)
+    if reads_token_rows(config.model):
+        return decoder_tokenizer(config, train_texts, run_dir)
+    return encoder_tokenizer(config, train_texts, run_dir, needs=("[PAD]", "[CLS]", "[SEP]"))
+
+
+def tokenizer_kind(model_config) -> str:
+    """The kind of tokenizer :func:`classifier_tokenizer` trains for the model."""
+    if uses_words(model_config):
+        return "word"
+    if reads_token_rows(model_config):
+        return "bpe"
+    return "roberta_bpe" if model_config.type == "roberta" else "wordpiece"
+
+
+def decoder_tokenizer(config: Config, train_texts: list[str] | Tokenizer, run_dir: Path) -> Tokenizer:
     """The configured tokenizer (an imported decoder's own), or a byte-level BPE trained on ``train_texts``."""
     t = config.data.tokenizer
-    tok = get_tokenizer(t.path, t.vocab_size, train_texts, run_dir / "tokenizer")
+    tok = train_texts if isinstance(train_texts, Tokenizer) else \
+        get_tokenizer(t.path, t.vocab_size, train_texts, run_dir / "tokenizer")
     if tok.vocab_size > config.model.vocab_size:
         raise DataError(f"the tokenizer in {t.path or run_dir / 'tokenizer'} has {tok.vocab_size} tokens but "
                         f"model.vocab_size={config.model.vocab_size}; set model.vocab_size={tok.vocab_size}")
     return tok
 
 
-def word_tokenizer(config: Config, train_texts: list[str], run_dir: Path) -> Tokenizer:
+def word_tokenizer(config: Config, train_texts: list[str] | Tokenizer, run_dir: Path) -> Tokenizer:
     """The configured word vocabulary, or one built from ``train_texts`` (saved with the run,
     so a resumed, evaluated or served run reads the same ids)."""
     t = config.data.tokenizer
     where = t.path or run_dir / "tokenizer"
-    tok = get_tokenizer(t.path, t.vocab_size, train_texts, run_dir / "tokenizer", kind="word",
-                        min_frequency=t.min_frequency, lowercase=t.lowercase, segmenter=t.segmenter)
+    tok = train_texts if isinstance(train_texts, Tokenizer) else \
+        get_tokenizer(t.path, t.vocab_size, train_texts, run_dir / "tokenizer", kind="word",
+                      min_frequency=t.min_frequency, lowercase=t.lowercase, segmenter=t.segmenter)
     if tok.token_id("<PAD>") != 0 or tok.token_id("<UNK>") is None:
         raise DataError(f"the tokenizer in {where} is not a word vocabulary with <PAD> = 0 and <UNK>; leave "
                         "data.tokenizer.path unset to build one from the training split")
