@@ -47,18 +47,11 @@ def cmd_eval(args) -> int:
 
     if (args.epsilon, args.steps, args.step_size) != (None, None, None) and not args.attack:
         raise JaxlmError("--epsilon / --steps / --step-size set an attack: add --attack fgm|pgd|noise")
-    config = _config(args)
-    distributed.initialize()
-    _, params, meta = load_run(config.run.out_dir, args.step, args.best)
-    model_state = load_model_state(config.run.out_dir, meta["step"])
-    s = setup(config.model_copy(update={"distill": None}))  # a distilled student evaluates without its teacher
-    s.model = for_params(s.model, params)
-    attack = {}
-    if args.attack:
+    cfg = None
+    if args.attack:  # checked before any data or checkpoint is read
         from pydantic import ValidationError
 
         from jaxlm.config import AdversarialConfig
-        from jaxlm.train.adversarial import AdversarialTask
 
         settings = {"method": args.attack, "epsilon": args.epsilon, "steps": args.steps, "step_size": args.step_size}
         try:
@@ -66,6 +59,16 @@ def cmd_eval(args) -> int:
         except ValidationError as e:
             err = e.errors()[0]
             raise JaxlmError(f"--{str(err['loc'][0]).replace('_', '-')} {err['input']}: {err['msg'].lower()}") from None
+    config = _config(args)
+    distributed.initialize()
+    _, params, meta = load_run(config.run.out_dir, args.step, args.best)
+    model_state = load_model_state(config.run.out_dir, meta["step"])
+    s = setup(config.model_copy(update={"distill": None}))  # a distilled student evaluates without its teacher
+    s.model = for_params(s.model, params)
+    attack = {}
+    if cfg is not None:
+        from jaxlm.train.adversarial import AdversarialTask
+
         clean = s.task.task if isinstance(s.task, AdversarialTask) else s.task  # attack the task, not its training loss
         s.task = AdversarialTask(clean, s.model, None, attack=cfg)
         attack = {"attack": args.attack, "epsilon": cfg.epsilon}

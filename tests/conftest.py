@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -14,6 +15,10 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))
 # Prepared token shards of the corpora tests train on (keyed by file, size and time: never stale).
 os.environ.setdefault("JAXLM_CACHE_DIR", os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), ".pytest_cache", "jaxlm-data"))
+
+# The tfds datasets tests build (build_local_tfds): one directory per test process, since tfds
+# reads TFDS_DATA_DIR once per process.
+os.environ["TFDS_DATA_DIR"] = tempfile.mkdtemp(prefix="jaxlm-tests-tfds-")
 
 import pytest  # noqa: E402
 
@@ -59,24 +64,25 @@ def corpus_file(tmp_path):
     return small_corpus(tmp_path)
 
 
-def build_local_tfds(data_dir, dataset: str, examples: list[tuple[str, int]]) -> None:
+def build_local_tfds(dataset: str, examples: list[tuple[str, int]]) -> None:
     """Build the tfds dataset ``dataset`` (one ``train`` split of ``text`` / binary ``label``
-    examples) under ``data_dir``, as a user builds their own: no download."""
+    examples) in this test process's TFDS_DATA_DIR, as a user builds their own: no download."""
     import tensorflow_datasets as tfds
 
-    class Builder(tfds.core.GeneratorBasedBuilder):
-        name = dataset
-        VERSION = tfds.core.Version("1.0.0")
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+            {"text": tfds.features.Text(), "label": tfds.features.ClassLabel(num_classes=2)}))
 
-        def _info(self):
-            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
-                {"text": tfds.features.Text(), "label": tfds.features.ClassLabel(num_classes=2)}))
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples()}
 
-        def _split_generators(self, dl_manager):
-            return {"train": self._generate_examples()}
+    def _generate_examples(self):
+        for i, (text, label) in enumerate(examples):
+            yield i, {"text": text, "label": label}
 
-        def _generate_examples(self):
-            for i, (text, label) in enumerate(examples):
-                yield i, {"text": text, "label": label}
-
-    Builder(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
+    # A class of its own per dataset (tfds registers builders by class name).
+    name = "".join(part.title() for part in dataset.split("_"))
+    builder = type(name, (tfds.core.GeneratorBasedBuilder,), {
+        "VERSION": tfds.core.Version("1.0.0"), "_info": _info, "_split_generators": _split_generators,
+        "_generate_examples": _generate_examples, "__module__": __name__})
+    builder(data_dir=os.environ["TFDS_DATA_DIR"], file_format="array_record").download_and_prepare()

@@ -93,11 +93,10 @@ def test_every_local_format_and_hf_datasets_give_one_stream(tmp_path):
                      progress=False)
 
 
-def test_tfds_dataset_built_locally(tmp_path, monkeypatch):
+def test_tfds_dataset_built_locally(tmp_path):
     import tensorflow_datasets as tfds
 
-    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
-    build_local_tfds(tmp_path / "tfds", "tiny_reviews", [(row, i % 2) for i, row in enumerate(ROWS)])
+    build_local_tfds("tiny_reviews", [(row, i % 2) for i, row in enumerate(ROWS)])
     directory = prep.prepare(config(tmp_path, **{"data.dataset": "tfds:tiny_reviews"}), progress=False)
     rows = [r["text"].decode() for r in tfds.data_source("tiny_reviews", split="train")]  # tfds's own order
     assert sorted(rows) == sorted(ROWS)

@@ -245,8 +245,7 @@ def test_hf_datasets_and_tfds_sources(monkeypatch, tmp_path):
     with pytest.raises(DataError, match="task.dataset='no_such_set_here': Hugging Face datasets could not load"):
         labeled.read_dataset("no_such_set_here", None, "train")
 
-    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
-    build_local_tfds(tmp_path / "tfds", "tiny_imdb", [("fine", 1), ("poor", 0)])
+    build_local_tfds("tiny_imdb", [("fine", 1), ("poor", 0)])
     table = labeled.read_dataset("tfds:tiny_imdb", None, "train")
     assert sorted(zip(table.columns["text"], table.columns["label"])) == [("fine", 1), ("poor", 0)]
 

@@ -86,7 +86,6 @@ class LabelledRows:
     dicts of row arrays, ``label`` included) and what built them."""
 
     tok: Tokenizer
-    encode: TextEncoder
     splits: list[dict[str, np.ndarray]]
     texts: list[str]
     parts: list[np.ndarray]
@@ -127,8 +126,7 @@ def encode_labelled(config: Config, run_dir: Path) -> LabelledRows:
                           "task.long_text=windows or task.augment: drop one of them")
     train_texts = [texts[i] for i in parts[0]] + ([pairs[i] for i in parts[0]] if pairs else [])
     tok = classifier_tokenizer(config, train_texts, run_dir)
-    encode = TextEncoder(tok, config)
-    rows, cut = encode(texts, pairs)
+    rows, cut = TextEncoder(tok, config)(texts, pairs)
     if cut.any():
         held = f" (the model holds {model.max_positions})" if model.max_positions else ""
         limit = f"data.seq_len={config.data.seq_len} tokens{held}"
@@ -144,7 +142,7 @@ def encode_labelled(config: Config, run_dir: Path) -> LabelledRows:
     else:
         rows["label"] = labels
         splits = [{k: v[part] for k, v in rows.items()} for part in parts]
-    return LabelledRows(tok, encode, splits, texts, parts, table.where, int(cut.sum()))
+    return LabelledRows(tok, splits, texts, parts, table.where, int(cut.sum()))
 
 
 class ClassificationTask(EncoderTask):
@@ -170,9 +168,10 @@ class ClassificationTask(EncoderTask):
         if reason is None:
             tok, (self.train, valid, test) = load_rows(config, run_dir)
         else:
-            log.info("classification rows encoded in memory: %s", reason)
+            (log.info if t.augment else log.debug)("classification rows encoded in memory: %s", reason)
             data = encode_labelled(config, run_dir)
             tok, (self.train, valid, test) = data.tok, data.splits
+        self.encode = TextEncoder(tok, config)
         if uses_words(model):
             self.model_kwargs = word_model_kwargs(model, tok)
         self.valid = valid if t.eval_split == "validation" else test
@@ -181,7 +180,7 @@ class ClassificationTask(EncoderTask):
         if t.augment:
             from jaxlm.data.text_augment import build_augmenter
 
-            self.augment, self.encode = build_augmenter(t.augment), data.encode
+            self.augment = build_augmenter(t.augment)
             self.train_texts = [data.texts[i] for i in data.parts[0]]
             self.train = {**self.train, "row": np.arange(len(data.parts[0]))}  # which text each batch row holds
 
