@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -19,6 +21,7 @@ os.environ.setdefault("JAXLM_CACHE_DIR", os.path.join(os.path.dirname(os.path.di
 # The tfds datasets tests build (build_local_tfds): one directory per test process, since tfds
 # reads TFDS_DATA_DIR once per process.
 os.environ["TFDS_DATA_DIR"] = tempfile.mkdtemp(prefix="jaxlm-tests-tfds-")
+atexit.register(shutil.rmtree, os.environ["TFDS_DATA_DIR"], True)
 
 import pytest  # noqa: E402
 
@@ -69,20 +72,19 @@ def build_local_tfds(dataset: str, examples: list[tuple[str, int]]) -> None:
     examples) in this test process's TFDS_DATA_DIR, as a user builds their own: no download."""
     import tensorflow_datasets as tfds
 
-    def _info(self):
-        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
-            {"text": tfds.features.Text(), "label": tfds.features.ClassLabel(num_classes=2)}))
+    class Builder(tfds.core.GeneratorBasedBuilder):
+        name = dataset  # what tfds registers it as
+        VERSION = tfds.core.Version("1.0.0")
 
-    def _split_generators(self, dl_manager):
-        return {"train": self._generate_examples()}
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+                {"text": tfds.features.Text(), "label": tfds.features.ClassLabel(num_classes=2)}))
 
-    def _generate_examples(self):
-        for i, (text, label) in enumerate(examples):
-            yield i, {"text": text, "label": label}
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
 
-    # A class of its own per dataset (tfds registers builders by class name).
-    name = "".join(part.title() for part in dataset.split("_"))
-    builder = type(name, (tfds.core.GeneratorBasedBuilder,), {
-        "VERSION": tfds.core.Version("1.0.0"), "_info": _info, "_split_generators": _split_generators,
-        "_generate_examples": _generate_examples, "__module__": __name__})
-    builder(data_dir=os.environ["TFDS_DATA_DIR"], file_format="array_record").download_and_prepare()
+        def _generate_examples(self):
+            for i, (text, label) in enumerate(examples):
+                yield i, {"text": text, "label": label}
+
+    Builder(data_dir=os.environ["TFDS_DATA_DIR"], file_format="array_record").download_and_prepare()
