@@ -62,13 +62,19 @@ def tokenizer_kind(config: Config) -> str:
     return kind
 
 
+def configured_tokenizer_sha256(config: Config) -> str | None:
+    """The sha256 of the tokenizer ``data.tokenizer.path`` names (the run's copy once the path has
+    moved), or ``None`` when the run trains its own."""
+    path = configured_path(config.data.tokenizer.path, Path(config.run.out_dir) / "tokenizer")
+    return None if path is None else hashlib.sha256(load_tokenizer(path).tok.to_str().encode()).hexdigest()
+
+
 def key_of(config: Config) -> dict:
     """Everything that determines the prepared shards."""
     data, t = config.data, config.data.tokenizer
-    path = configured_path(t.path, Path(config.run.out_dir) / "tokenizer")
-    if path is not None:
-        tok = load_tokenizer(path)
-        tokenizer = {"sha256": hashlib.sha256(tok.tok.to_str().encode()).hexdigest()}
+    sha = configured_tokenizer_sha256(config)
+    if sha is not None:
+        tokenizer = {"sha256": sha}
     else:
         tokenizer = {"kind": tokenizer_kind(config), "vocab_size": t.vocab_size, "sample_bytes": t.sample_bytes,
                      "sample_seed": t.sample_seed}

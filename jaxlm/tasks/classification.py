@@ -163,7 +163,6 @@ class ClassificationTask(EncoderTask):
         t, model = config.task, config.model
         self.head, self.num_labels = t.head, model.num_labels
         self.windows, self.pooling, self.packing = t.long_text == "windows", t.window_pooling, t.packing
-        check_source(config)
         reason = in_memory_reason(config)
         if reason is None:
             tok, (self.train, valid, test) = load_rows(config, run_dir)

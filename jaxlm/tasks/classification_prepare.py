@@ -31,7 +31,6 @@ whole, as the in-memory path reads it.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import time
@@ -43,7 +42,7 @@ from jaxlm.config import Config
 from jaxlm.data import sources
 from jaxlm.data.labeled import shipped_sets
 from jaxlm.data.npy_rows import ROWS_FORMAT, open_rows, write_rows
-from jaxlm.data.prepare import keyed_dir, load_prepared, once
+from jaxlm.data.prepare import configured_tokenizer_sha256, keyed_dir, load_prepared, once
 from jaxlm.data.reviews import NAMES as REVIEWS
 from jaxlm.data.shards import MANIFEST, file_sha256, read_manifest, write_json
 from jaxlm.data.tokenizer import FILE, Tokenizer, configured_path, load_tokenizer
@@ -79,9 +78,9 @@ def key_of(config: Config, run_copy: bool = False) -> dict:
     """Everything that determines the prepared rows; ``run_copy``: the run's own tokenizer encodes them."""
     t, data, model, tok = config.task, config.data, config.model, config.data.tokenizer
     kind = tokenizer_kind(model)
-    path = configured_path(tok.path, Path(config.run.out_dir) / "tokenizer")
-    if path is not None:
-        tokenizer = {"kind": kind, "sha256": hashlib.sha256(load_tokenizer(path).tok.to_str().encode()).hexdigest()}
+    sha = configured_tokenizer_sha256(config)
+    if sha is not None:
+        tokenizer = {"kind": kind, "sha256": sha}
     elif run_copy:
         tokenizer = {"kind": kind, "file_sha256": file_sha256(run_tokenizer_file(config))}
     else:
