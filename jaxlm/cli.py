@@ -764,6 +764,21 @@ def _silence_library_noise():
         logging.getLogger(name).setLevel(logging.CRITICAL)
     threading.excepthook = lambda args: None
     sys.unraisablehook = lambda args: None
+    sys.excepthook = _main_thread_only(sys.excepthook)
+
+
+def _main_thread_only(hook):
+    """TensorStore's C++ threads report a callback that failed on orbax's closed event loop through
+    ``sys.excepthook`` (``RuntimeError: Event loop is closed``); only the main thread's errors are jaxlm's."""
+    if getattr(hook, "main_thread_only", False):
+        return hook
+
+    def excepthook(kind, value, tb):
+        if threading.current_thread() is threading.main_thread():
+            hook(kind, value, tb)
+
+    excepthook.main_thread_only = True
+    return excepthook
 
 
 @contextlib.contextmanager
@@ -771,7 +786,7 @@ def _library_noise(debug: bool):
     """orbax, TensorStore and asyncio report failures that jaxlm names in one line of its own:
     their logs, thread and coroutine tracebacks show only with --debug or JAXLM_DEBUG=1."""
     saved = ({name: logging.getLogger(name).level for name in NOISY_LIBRARIES}, threading.excepthook,
-             sys.unraisablehook)
+             sys.unraisablehook, sys.excepthook)
     if debug:
         for name in NOISY_LIBRARIES:
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -782,7 +797,7 @@ def _library_noise(debug: bool):
     finally:
         for name, level in saved[0].items():
             logging.getLogger(name).setLevel(level)
-        threading.excepthook, sys.unraisablehook = saved[1], saved[2]
+        threading.excepthook, sys.unraisablehook, sys.excepthook = saved[1:]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -817,10 +832,13 @@ def console() -> None:
     """The ``jaxlm`` command: ``main``, then the process exits. Failed reads and writes leave
     TensorStore futures and asyncio tasks that report while the interpreter shuts down, after the
     one-line error, some of them from C++ threads straight to the stderr descriptor: outside
-    --debug, stderr is closed once ``main`` has returned and said what it had to say."""
-    code = main()
-    if not (_debug_env() or "--debug" in sys.argv):
+    --debug, their reports are silenced for the whole process (not only while a command runs: the
+    threads outlive it), and stderr is closed once ``main`` has returned and said what it had to say."""
+    quiet = not (_debug_env() or "--debug" in sys.argv)
+    if quiet:
         _silence_library_noise()
+    code = main()
+    if quiet:
         sys.stdout.flush()
         sys.stderr.flush()
         devnull = os.open(os.devnull, os.O_WRONLY)
