@@ -465,8 +465,9 @@ def cmd_data_prepare(args) -> int:
     """Encode a config's data into token shards, or a classification config's labelled rows into
     ``.npy`` files (what ``train`` would prepare if they were missing)."""
     from jaxlm.data.prepare import describe, prepare
+    from jaxlm.train.setup import inherit_base_tokenizer
 
-    config = _config(args)
+    config = inherit_base_tokenizer(_config(args))
     directory = prepare(config, workers=args.workers)
     print(f"prepared {directory}: {describe(config, directory)}; jaxlm train {args.config} "
           f"{' '.join(args.overrides)} streams them".rstrip())

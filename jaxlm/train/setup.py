@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import yaml
 
 from jaxlm.config import Config
 from jaxlm.errors import ConfigError
@@ -266,6 +267,45 @@ def check_init_from(config: Config) -> None:
     hint = f"run `jaxlm train {maker}` first" if maker.is_file() else "train or convert that run first"
     raise ConfigError(f"model.init_from={source} is not a jaxlm run or checkpoint directory (it does not exist): "
                       f"{hint}")
+
+
+def inherit_base_tokenizer(config: Config) -> Config:
+    """``model.init_from`` a run that has a tokenizer: that tokenizer (as ``data.tokenizer.path``),
+    so each token id keeps the embedding row the base learned for it. A tokenizer trained afresh
+    numbers the tokens differently, even on the same text (WordPiece breaks ties by hash order),
+    and would scramble the base's embeddings without a word; a configured one must number them as
+    the base's does. A resumed run keeps the tokenizer it began with."""
+    from jaxlm.checkpoint import resolve
+    from jaxlm.data.tokenizer import FILE, load_tokenizer
+
+    source = config.model.init_from
+    base = resolve(source)[0] / "tokenizer" if source else None
+    if base is None or not (base / FILE).is_file():
+        return config
+    configured = config.data.tokenizer.path
+    if configured is None:
+        path = _started_with_tokenizer(Path(config.run.out_dir))
+        if path is False:
+            path = str(base)
+            log.info("model.init_from=%s: using its tokenizer (data.tokenizer.path=%s)", source, base)
+        if path is None:
+            return config
+        tokenizer = config.data.tokenizer.model_copy(update={"path": path})
+        return config.model_copy(update={"data": config.data.model_copy(update={"tokenizer": tokenizer})})
+    if Path(configured).exists() and load_tokenizer(configured).tok.get_vocab() != load_tokenizer(base).tok.get_vocab():
+        raise ConfigError(f"data.tokenizer.path={configured} numbers tokens differently from {base}, the tokenizer "
+                          f"model.init_from={source} was trained with: its embeddings would belong to other tokens; "
+                          f"set data.tokenizer.path={base} or leave it unset")
+    return config
+
+
+def _started_with_tokenizer(run_dir: Path) -> str | None | bool:
+    """The ``data.tokenizer.path`` a run began with (``None``: one of its own), or False if it has not begun."""
+    try:
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return False
+    return ((saved.get("data") or {}).get("tokenizer") or {}).get("path")
 
 
 def setup(config: Config) -> Setup:

@@ -21,7 +21,7 @@ from jaxlm.train.early_stopping import EarlyStopping, LoopPosition
 from jaxlm.train.logging import MetricsLogger, console_summary, rewind_metrics
 from jaxlm.train.optim import plateau_observer
 from jaxlm.train.preemption import PreemptionGuard
-from jaxlm.train.setup import Setup, check_init_from, setup  # noqa: F401 - setup is part of this module's interface
+from jaxlm.train.setup import Setup, check_init_from, inherit_base_tokenizer, setup  # noqa: F401 - setup is part of this module's interface
 from jaxlm.train.step import TrainState, make_eval_step, make_train_step
 from jaxlm.train.trainable import check_frozen, frozen_meta
 
@@ -56,6 +56,7 @@ def train(config: Config) -> dict[str, float]:
     fails before its first step leaves no directory it created.
     """
     check_init_from(config)
+    config = inherit_base_tokenizer(config)
     with claim_run_dir(config.run.out_dir) as claim:
         return _train(setup(config), claim)
 
