@@ -29,7 +29,8 @@ class ModelConfig(BaseModel):
 
     type: str
     init_from: str | None = None
-    """Load params (only) from a jaxlm run or checkpoint directory before training."""
+    """Load params (only) from a jaxlm run or checkpoint directory before training; the run's
+    tokenizer comes with them when ``data.tokenizer.path`` is unset."""
     attention_implementation: Literal["xla", "cudnn"] | None = None
     """Force an attention kernel; ``None`` lets JAX pick (cuDNN flash on GPU when it can)."""
     remat: Literal["none", "full", "dots"] = "none"
