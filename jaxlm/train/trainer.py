@@ -21,7 +21,8 @@ from jaxlm.train.early_stopping import EarlyStopping, LoopPosition
 from jaxlm.train.logging import MetricsLogger, console_summary, rewind_metrics
 from jaxlm.train.optim import plateau_observer
 from jaxlm.train.preemption import PreemptionGuard
-from jaxlm.train.setup import Setup, check_init_from, inherit_base_tokenizer, setup  # noqa: F401 - setup is part of this module's interface
+from jaxlm.train.setup import (  # noqa: F401 - setup is part of this module's interface
+    Setup, check_init_from, inherit_base_tokenizer, setup)
 from jaxlm.train.step import TrainState, make_eval_step, make_train_step
 from jaxlm.train.trainable import check_frozen, frozen_meta
 
