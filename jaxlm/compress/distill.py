@@ -302,10 +302,10 @@ def _add_teacher_columns(config, task, teacher, tokenizer_path, teacher_config) 
 
 
 def _same_tokenizer(a: Path, b: Path) -> bool:
-    from jaxlm.data.tokenizer import load_tokenizer
+    from jaxlm.data.tokenizer import same_vocabulary
 
     try:
-        return load_tokenizer(a).tok.get_vocab() == load_tokenizer(b).tok.get_vocab()
+        return same_vocabulary(a, b)
     except Exception:  # noqa: BLE001 - a missing or unreadable tokenizer is not the same one
         return False
 

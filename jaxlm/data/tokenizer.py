@@ -188,6 +188,12 @@ def load_tokenizer(path: str | Path, segmenter: str | None = None) -> Tokenizer:
     raise DataError(f"no tokenizer in {path}: expected tokenizer.json, vocab.json + merges.txt, or vocab.txt")
 
 
+def same_vocabulary(a: str | Path, b: str | Path) -> bool:
+    """Whether the tokenizers at ``a`` and ``b`` give every token the same id (so one model's
+    embeddings read the other's ids)."""
+    return load_tokenizer(a).tok.get_vocab() == load_tokenizer(b).tok.get_vocab()
+
+
 def _configured_eos(path: Path) -> str | None:
     """The ``eos_token`` a Hugging Face directory's ``tokenizer_config.json`` names (Llama 3's
     ``<|end_of_text|>``, ...), if any."""

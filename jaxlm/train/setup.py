@@ -276,7 +276,7 @@ def inherit_base_tokenizer(config: Config) -> Config:
     and would scramble the base's embeddings without a word; a configured one must number them as
     the base's does. A resumed run keeps the tokenizer it began with."""
     from jaxlm.checkpoint import resolve
-    from jaxlm.data.tokenizer import FILE, load_tokenizer
+    from jaxlm.data.tokenizer import FILE, same_vocabulary
 
     source = config.model.init_from
     base = resolve(source)[0] / "tokenizer" if source else None
@@ -292,7 +292,7 @@ def inherit_base_tokenizer(config: Config) -> Config:
             return config
         tokenizer = config.data.tokenizer.model_copy(update={"path": path})
         return config.model_copy(update={"data": config.data.model_copy(update={"tokenizer": tokenizer})})
-    if Path(configured).exists() and load_tokenizer(configured).tok.get_vocab() != load_tokenizer(base).tok.get_vocab():
+    if Path(configured).exists() and not same_vocabulary(configured, base):
         raise ConfigError(f"data.tokenizer.path={configured} numbers tokens differently from {base}, the tokenizer "
                           f"model.init_from={source} was trained with: its embeddings would belong to other tokens; "
                           f"set data.tokenizer.path={base} or leave it unset")
