@@ -771,14 +771,11 @@ def _silence_library_noise():
 def _main_thread_only(hook):
     """TensorStore's C++ threads report a callback that failed on orbax's closed event loop through
     ``sys.excepthook`` (``RuntimeError: Event loop is closed``); only the main thread's errors are jaxlm's."""
-    if getattr(hook, "main_thread_only", False):
-        return hook
 
     def excepthook(kind, value, tb):
         if threading.current_thread() is threading.main_thread():
             hook(kind, value, tb)
 
-    excepthook.main_thread_only = True
     return excepthook
 
 
