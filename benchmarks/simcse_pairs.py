@@ -23,25 +23,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from activation_memory import cpu_model
+from text_results import jaxlm
 
 QUIET = ["trainer.progress_bar=false"]
 UNTUNED = ["trainer.max_steps=1", "trainer.eval_every=1", "optimizer.learning_rate=1e-12"]
 # configs/simcse-bert.yaml at the sizes of configs/bert-reviews-zh-mlm.yaml
 REVIEW_SIZES = ["model.vocab_size=5000", "data.tokenizer.vocab_size=5000", "model.max_position_embeddings=128",
                 "data.seq_len=128", "task.truncation=truncate"]
-
-
-def jaxlm(*args) -> dict:
-    """Run a jaxlm command; the metrics of its last JSON line."""
-    out = subprocess.run([sys.executable, "-m", "jaxlm.cli", *map(str, args)], capture_output=True, text=True)
-    if out.returncode:
-        sys.exit(f"jaxlm {' '.join(map(str, args))} failed:\n{out.stderr[-3000:]}")
-    return json.loads([line for line in out.stdout.splitlines() if line.startswith("{")][-1])
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -97,7 +88,7 @@ def main() -> None:
     p.add_argument("pairs", choices=["python", "reviews"])
     p.add_argument("--out", default="runs/simcse-pairs")
     args = p.parse_args()
-    out = Path(args.out) / args.pairs
+    out = Path(args.out).absolute() / args.pairs  # the commands run in the repository root
     out.mkdir(parents=True, exist_ok=True)
     simcse = ["train", "configs/simcse-bert.yaml", *QUIET]
     rows = []

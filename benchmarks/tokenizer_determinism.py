@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import platform
 import subprocess
 import sys
 import time
+
+from activation_memory import cpu_model
 
 KINDS = ("wordpiece", "bpe", "roberta_bpe", "word")
 
@@ -36,7 +37,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=4)
     parser.add_argument("--vocab-size", type=int, default=2048)
     args = parser.parse_args()
-    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.processor() or platform.machine()}, "
+    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpu_model()}, "
           f"{args.runs} processes, vocab_size {args.vocab_size}, the embedded corpus")
     runs = [json.loads(subprocess.run([sys.executable, "-c", CHILD, str(args.vocab_size), *KINDS], check=True,
                                       capture_output=True, text=True).stdout.strip().splitlines()[-1])
